@@ -1,0 +1,30 @@
+# Quick start: `make run` (set up, then the main job) and `make test` (set up, then the tests).
+PY ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+SOURCES := pyproject.toml
+
+.PHONY: setup run test summary benchmark clean
+
+$(STAMP): $(SOURCES)
+	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[torch,dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/python scripts/demo.py
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
+
+summary: $(STAMP)
+	$(VENV)/bin/python scripts/model_summary.py --variant smallbig50 --frames 8 --size 224
+
+benchmark: $(STAMP)
+	$(VENV)/bin/python scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

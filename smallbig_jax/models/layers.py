@@ -1,0 +1,153 @@
+"""Layers of SmallBigNet written for speed on XLA: frame-folded convs, separable max-pools, BatchNorm.
+
+Layout is NTHWC throughout. Every conv of SmallBigNet has temporal kernel 1 (slowonly's 3x1x1 aside), so a conv is
+a 2D conv over frames folded into the batch; a 3x3x3 max-pool is three 1D maxima of shifted slices, whose backward
+is far cheaper than `lax.reduce_window`'s select-and-scatter.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+Array = jax.Array
+Dtype = Any
+
+# torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated normal, std sqrt(2 / fan_out).
+kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
+
+
+class Conv(nnx.Module):
+    """Bias-free conv with kernel THWIO `[kt, kh, kw, in, out]`, explicit symmetric padding, no temporal stride.
+
+    With kt == 1 (every SmallBig conv) it runs as a 2D conv on `[N*T, H, W, C]`. The kernel keeps its time axis so
+    that PyTorch's `[O, I, kt, kh, kw]` maps onto it by a plain transpose.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: Sequence[int] = (1, 1, 1),
+        stride: int = 1,
+        *,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kt, kh, kw = kernel_size
+        self.kernel_size = (kt, kh, kw)
+        self.stride = stride
+        self.padding = (kt // 2, kh // 2, kw // 2)
+        self.dtype = dtype
+        shape = (kt, kh, kw, in_features, out_features)
+        self.kernel = nnx.Param(kaiming_normal_fan_out(rngs.params(), shape, param_dtype))
+
+    def __call__(self, x: Array) -> Array:
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        kernel = self.kernel[...].astype(dtype)
+        _, pad_h, pad_w = self.padding
+        s = self.stride
+        if self.kernel_size[0] == 1:
+            n, t, h, w, c = x.shape
+            y = lax.conv_general_dilated(
+                x.reshape(n * t, h, w, c),
+                kernel[0],
+                window_strides=(s, s),
+                padding=((pad_h, pad_h), (pad_w, pad_w)),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
+            return y.reshape(n, t, *y.shape[1:])
+        pad_t = self.padding[0]
+        return lax.conv_general_dilated(
+            x,
+            kernel,
+            window_strides=(1, s, s),
+            padding=((pad_t, pad_t), (pad_h, pad_h), (pad_w, pad_w)),
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+        )
+
+
+class BatchNorm(nnx.Module):
+    """BatchNorm over all axes but the last, as `torch.nn.BatchNorm3d` computes it.
+
+    Statistics are reduced and stored in float32 whatever the compute dtype. The running variance is updated
+    with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
+    (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        zero_init: bool = False,
+        momentum: float = 0.1,
+        epsilon: float = 1e-5,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        use_running_average: bool = False,
+    ):
+        self.momentum = momentum
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.use_running_average = use_running_average
+        init = jnp.zeros if zero_init else jnp.ones
+        self.scale = nnx.Param(init((num_features,), param_dtype))
+        self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        dtype = self.dtype or x.dtype
+        if self.use_running_average:
+            mean, var = self.mean[...], self.var[...]
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axes)
+            var = jnp.mean(jnp.square(x32 - mean), axes)  # two-pass: no cancellation as E[x^2] - E[x]^2 has
+            count = x.size // x.shape[-1]
+            unbiased = var * (count / max(count - 1, 1))
+            m = self.momentum
+            self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(mean)
+            self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(unbiased)
+        multiplier = self.scale[...].astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
+        offset = self.bias[...].astype(jnp.float32) - mean * multiplier
+        return x.astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)
+
+
+def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
+    """Max over a 1D window along `axis`, padding with -inf (PyTorch's rule), as maxima of strided slices."""
+    if padding:
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (padding, padding)
+        x = jnp.pad(x, pad, constant_values=-jnp.inf)
+    n_out = (x.shape[axis] - window) // stride + 1
+    out = None
+    for offset in range(window):
+        piece = lax.slice_in_dim(x, offset, offset + (n_out - 1) * stride + 1, stride, axis)
+        out = piece if out is None else jnp.maximum(out, piece)
+    return out
+
+
+def max_pool_3x3x3(x: Array) -> Array:
+    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2."""
+    for axis in (1, 2, 3):
+        if x.shape[axis] > 1:
+            x = max_pool_1d(x, axis)
+    return x
+
+
+def max_pool_global_t_3x3(x: Array) -> Array:
+    """Max over all frames (keeping T=1), then 3x3 spatial max, stride 1: the big view of conv3.
+
+    Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets one
+    set of weights serve any T.
+    """
+    x = jnp.max(x, axis=1, keepdims=True)
+    return max_pool_1d(max_pool_1d(x, 2), 3)
