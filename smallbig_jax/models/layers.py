@@ -76,7 +76,7 @@ class Conv(nnx.Module):
 class BatchNorm(nnx.Module):
     """BatchNorm over all axes but the last, as `torch.nn.BatchNorm3d` computes it.
 
-    Statistics are reduced and stored in float32 whatever the compute dtype. The running variance is updated
+    Statistics are reduced and stored in float32 (or `param_dtype` if wider) whatever the compute dtype. The running variance is updated
     with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
     (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
     """
@@ -99,8 +99,9 @@ class BatchNorm(nnx.Module):
         init = jnp.zeros if zero_init else jnp.ones
         self.scale = nnx.Param(init((num_features,), param_dtype))
         self.bias = nnx.Param(jnp.zeros((num_features,), param_dtype))
-        self.mean = nnx.BatchStat(jnp.zeros((num_features,), jnp.float32))
-        self.var = nnx.BatchStat(jnp.ones((num_features,), jnp.float32))
+        self.stat_dtype = jnp.promote_types(jnp.float32, param_dtype)
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), self.stat_dtype))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), self.stat_dtype))
 
     def __call__(self, x: Array) -> Array:
         dtype = self.dtype or x.dtype
@@ -108,25 +109,31 @@ class BatchNorm(nnx.Module):
             mean, var = self.mean[...], self.var[...]
         else:
             axes = tuple(range(x.ndim - 1))
-            x32 = x.astype(jnp.float32)
-            mean = jnp.mean(x32, axes)
-            var = jnp.mean(jnp.square(x32 - mean), axes)  # two-pass: no cancellation as E[x^2] - E[x]^2 has
+            x_wide = x.astype(self.stat_dtype)
+            mean = jnp.mean(x_wide, axes)
+            var = jnp.mean(jnp.square(x_wide - mean), axes)  # two-pass: E[x^2] - E[x]^2 cancels
             count = x.size // x.shape[-1]
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(mean)
             self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(unbiased)
-        multiplier = self.scale[...].astype(jnp.float32) * lax.rsqrt(var + self.epsilon)
-        offset = self.bias[...].astype(jnp.float32) - mean * multiplier
+        multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)
+        offset = self.bias[...].astype(self.stat_dtype) - mean * multiplier
         return x.astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)
 
 
 def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
-    """Max over a 1D window along `axis`, padding with -inf (PyTorch's rule), as maxima of strided slices."""
+    """Max over a 1D window along `axis` as maxima of strided slices; same result as padding with -inf (PyTorch).
+
+    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
+    padding also holds the edge element, so the maximum is unchanged, and no infinities reach the backward pass.
+    """
     if padding:
+        if padding > window // 2:
+            raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
         pad = [(0, 0)] * x.ndim
         pad[axis] = (padding, padding)
-        x = jnp.pad(x, pad, constant_values=-jnp.inf)
+        x = jnp.pad(x, pad, mode="edge")
     n_out = (x.shape[axis] - window) // stride + 1
     out = None
     for offset in range(window):

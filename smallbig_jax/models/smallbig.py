@@ -198,7 +198,7 @@ class SmallBigNet(nnx.Module):
             for block in getattr(self, name):
                 x = block(x)
             out[name] = x
-        features = jnp.mean(x.astype(jnp.float32), axis=(1, 2, 3))
+        features = jnp.mean(x.astype(jnp.promote_types(jnp.float32, x.dtype)), axis=(1, 2, 3))
         out["pool"] = features
         out["logits"] = self.fc(features)
         return out
