@@ -345,7 +345,7 @@ BAD_INPUTS = {
     "text_file": ("not a PyTorch checkpoint", lambda torch, ref, p: p.write_text("epoch,top1\n1,0.5\n")),
     "empty_file": ("the file is empty", lambda torch, ref, p: p.write_bytes(b"")),
     "truncated": ("truncated or corrupt", None),
-    "code_in_pickle": ("execute code", lambda torch, ref, p: p.write_bytes(pickle.dumps(_Evil()))),
+    "code_in_pickle": ("execute code", lambda torch, ref, p: p.write_bytes(pickle.dumps(_Evil(p), protocol=2))),
     "not_a_dict": ("not a checkpoint", lambda torch, ref, p: torch.save([torch.zeros(3)], p)),
     "no_tensors": ("holds no tensors", lambda torch, ref, p: torch.save({"epoch": 3, "best_metric": 0.1}, p)),
     "torchvision_2d": ("--imagenet", None),
@@ -353,8 +353,13 @@ BAD_INPUTS = {
 
 
 class _Evil:
+    """Unpickling this runs a shell command that creates `<path>.pwned`."""
+
+    def __init__(self, path):
+        self.path = f"{path}.pwned"
+
     def __reduce__(self):
-        return (os.system, ("echo pwned > /dev/null",))
+        return (os.system, (f"touch '{self.path}'",))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
@@ -377,6 +382,7 @@ def test_bad_input_clear_error_and_no_output(torch, ref, tmp_path, capsys, case)
     assert _run_script("--input", path, "--output", out) == 2
     assert expected in capsys.readouterr().err
     assert leftovers(tmp_path, "converted") == []
+    assert not os.path.exists(f"{path}.pwned")  # nothing from the file was executed
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -569,6 +575,11 @@ def test_imagenet_inflation_smallbig50(torch, tmp_path):
     net = tiny_torchvision_resnet(torch, (3, 4, 6, 3), 8)
     torch.save(net.state_dict(), tmp_path / "resnet50.pth")
     model, report = inflate_imagenet_pth(tmp_path / "resnet50.pth", num_classes=12)
+    out = tmp_path / "init"
+    assert _run_script("--imagenet", "--input", tmp_path / "resnet50.pth", "--output", out, "--num-classes", 12) == 0
+    from smallbig_jax.convert import load_converted_model
+
+    scripted = flat_arrays(load_converted_model(out))
     assert (report["source_arch"], report["variant"], report["num_classes"]) == ("resnet50", "smallbig50", 12)
     # 265 of 267 ImageNet tensors load for SB-R50 (spec 2.5): all but fc.weight and fc.bias.
     assert report["tensors_from_imagenet"] == 265 and report["skipped_from_file"] == ["fc.bias", "fc.weight"]
@@ -582,6 +593,7 @@ def test_imagenet_inflation_smallbig50(torch, tmp_path):
         if ".big" in key and key.endswith(("weight", "bias")):
             assert not arrays[spec.nnx_path].any(), key  # big-view BNs stay zero
     assert arrays[table["fc.weight"].nnx_path].shape == (256, 12)
+    assert scripted.keys() == arrays.keys() and all(np.array_equal(scripted[k], arrays[k]) for k in arrays)
 
     # Functionally the inflated 2D net: on a clip of identical frames, pooled features equal the 2D features.
     image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
