@@ -150,7 +150,10 @@ def load_converted_model(
         raise CheckpointFormatError(f"{path}: state does not match {config}:\n  " + "\n  ".join(problems))
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
     model = nnx.merge(graphdef, state)
-    model.train() if train else model.eval()
+    if train:
+        model.train()
+    else:
+        model.eval()
     return model
 
 

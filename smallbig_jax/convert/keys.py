@@ -114,7 +114,8 @@ def key_table(variant: str, num_classes: int, base_width: int = 64) -> tuple[Key
     return tuple(sorted(specs, key=lambda s: _official_order(s.torch_key)))
 
 
-# Official order inside a block: extra unit, conv1, bn1, conv2, bn2, conv3, bn3, big1, big2, big3, downsample;
+# Official order inside a block: conv1, bn1, conv2, bn2, conv3, bn3, big1, big2, big3, downsample (spec section 3);
+# the extra gate's big4_1 / big4_2 (absent from the spec's smallbig50 list) are placed before downsample;
 # BN tensors: weight, bias, running_mean, running_var (then num_batches_tracked).
 _MODULE_ORDER = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "big1", "big2", "big3", "big4_1", "big4_2", "downsample"]
 _TENSOR_ORDER = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]

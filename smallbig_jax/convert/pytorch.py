@@ -432,7 +432,6 @@ def inflate_imagenet(
     With `model` given, its variant, classes and width are the target and it is updated in place (tensors not taken
     from ImageNet keep their current values). Returns (model in train mode, report).
     """
-    torch = _torch()
     depths = []
     for stage in range(1, 5):
         pat = re.compile(rf"^layer{stage}\.(\d+)\.")
@@ -519,7 +518,6 @@ def inflate_imagenet(
         "missing_left_at_init": [m.split(" ")[2] for m in missing],
         "temporal_inflation": sorted({f"kT={s.torch_shape[2]}" for s in wanted.values() if s.kind == "conv"}),
     }
-    del torch
     return model, report
 
 
