@@ -411,6 +411,19 @@ def test_script_converts_and_checkpoint_loads_ready_model(torch, ref, tmp_path, 
     x = torch.randn(2, 3, 8, 32, 32)
     assert_parity(torch, tmodel, model, x)
 
+    # A directory whose state does not fit its config, or no converted checkpoint at all, is refused.
+    import shutil
+
+    from smallbig_jax.convert import CheckpointFormatError
+
+    shutil.copytree(out, tmp_path / "tampered")
+    config["num_classes"] = 10
+    (tmp_path / "tampered" / "model_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointFormatError, match=r"shape of fc.kernel: expected \(256, 10\), found \(256, 9\)"):
+        load_converted_model(tmp_path / "tampered")
+    with pytest.raises(CheckpointFormatError, match="not a converted checkpoint"):
+        load_converted_model(tmp_path)
+
     # An existing output is not replaced without --overwrite, and stays intact.
     assert _run_script("--input", tmp_path / "ck.pth", "--output", out) == 2
     assert "exists" in capsys.readouterr().err

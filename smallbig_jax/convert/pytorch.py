@@ -69,7 +69,8 @@ def load_pth(path: str | os.PathLike) -> Any:
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             why = (
                 "it holds Python objects other than tensors and plain containers, and loading them would execute "
-                "code from the file (torch.load weights_only=True refused it)"
+                "code from the file (torch.load weights_only=True refused it). If it is a whole pickled model, "
+                "save `model.state_dict()` instead"
             )
         elif os.path.getsize(path) == 0:
             why = "the file is empty"
@@ -101,7 +102,10 @@ def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, 
         sd = obj
     non_tensors = [f"{k}: {type(v).__name__}" for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if not sd or len(non_tensors) == len(sd):
-        raise ConversionError(f"{source}: not a checkpoint: it holds no tensors (top-level entries: {sorted(map(str, sd))[:10]})")
+        raise ConversionError(
+            f"{source}: not a checkpoint: it holds no tensors (top-level entries: {sorted(map(str, sd))[:10]}); "
+            "expected a state dict or the official {'state_dict': ...} dict"
+        )
     if non_tensors:
         raise ConversionError(f"{source}: the state dict holds entries that are not tensors", non_tensors)
     keys = [str(k) for k in sd]
@@ -155,12 +159,12 @@ def infer_config(sd: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     for key in ("conv1.weight", "bn1.weight", "layer1.0.conv1.weight"):
         if key in sd:
             found["base_width"] = _shape(sd[key])[0]
-            why.append(f"base width {found['base_width']} from {key} {_fmt(_shape(sd[key]))}")
+            why.append(f"inferred base width {found['base_width']} from {key} {_fmt(_shape(sd[key]))}")
             break
     for key in ("fc.weight", "fc.bias"):
         if key in sd:
             found["num_classes"] = _shape(sd[key])[0]
-            why.append(f"{found['num_classes']} classes from {key} {_fmt(_shape(sd[key]))}")
+            why.append(f"inferred {found['num_classes']} classes from {key} {_fmt(_shape(sd[key]))}")
             break
     depths, kinds = [], []
     for stage in range(1, 5):
@@ -184,7 +188,7 @@ def infer_config(sd: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     )
     if len(matches) == 1:
         found["variant"] = matches[0]
-        why.append(f"variant {matches[0]} ({VARIANTS[matches[0]].official_name}) from the blocks ({desc})")
+        why.append(f"inferred variant {matches[0]} ({VARIANTS[matches[0]].official_name}) from the blocks ({desc})")
     else:
         why.append(f"no single known variant has these blocks ({desc}); known: {sorted(VARIANTS)}")
     return found, why
@@ -210,7 +214,7 @@ def _resolve(sd, variant, num_classes, base_width, source) -> tuple[str, int, in
         raise ConversionError(f"{source}: cannot tell which model these weights are for", problems + why)
     if resolved["variant"] not in VARIANTS:
         raise ConversionError(f"unknown variant {resolved['variant']!r}; expected one of {sorted(VARIANTS)}")
-    return resolved["variant"], int(resolved["num_classes"]), int(resolved["base_width"]), [f"inferred {w}" for w in why] + notes
+    return resolved["variant"], int(resolved["num_classes"]), int(resolved["base_width"]), why + notes
 
 
 # ---------------------------------------------------------------------------------------------------------------
