@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert SmallBigNet weights between PyTorch and JAX.
+r"""Convert SmallBigNet weights between PyTorch and JAX.
 
 Official SmallBigNet checkpoint (.pth) -> converted JAX checkpoint directory (Orbax + model_config.json +
 conversion_report.json); the variant, class count and width are inferred from the keys unless given:

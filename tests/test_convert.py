@@ -679,3 +679,14 @@ def test_import_without_torch():
     code = "import sys, smallbig_jax, smallbig_jax.convert; assert 'torch' not in sys.modules, 'torch imported'"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def test_reference_runs_channels_last_3d(torch, ref):
+    """The reference (also used for speed comparisons) gives the same result in torch's channels_last_3d layout."""
+    model = torch_model(torch, ref, "smallbig50_extra", 6, 8, 8)
+    x = torch.randn(2, 3, 8, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(x)
+        model = model.to(memory_format=torch.channels_last_3d)
+        got = model(x.to(memory_format=torch.channels_last_3d))
+    assert float((got - want).abs().max()) <= 1e-5
