@@ -1,0 +1,49 @@
+"""Weight conversion between the official PyTorch SmallBigNet / torchvision ResNets and this package.
+
+torch is imported lazily inside the functions that read or write `.pth` files.
+"""
+
+from smallbig_jax.convert.checkpoint import (
+    CheckpointFormatError,
+    load_converted_model,
+    load_converted_state,
+    save_converted,
+)
+from smallbig_jax.convert.keys import KeySpec, key_table, torch_module_name, torch_state_dict_shapes
+from smallbig_jax.convert.pretrained import init_from
+from smallbig_jax.convert.pytorch import (
+    ConversionError,
+    convert_pth,
+    export_state_dict,
+    extract_state_dict,
+    inflate_imagenet,
+    inflate_imagenet_pth,
+    infer_config,
+    load_pth,
+    save_pth,
+    state_dict_to_model,
+    validate_state_dict,
+)
+
+__all__ = [
+    "CheckpointFormatError",
+    "ConversionError",
+    "KeySpec",
+    "convert_pth",
+    "export_state_dict",
+    "extract_state_dict",
+    "infer_config",
+    "inflate_imagenet",
+    "inflate_imagenet_pth",
+    "init_from",
+    "key_table",
+    "load_converted_model",
+    "load_converted_state",
+    "load_pth",
+    "save_converted",
+    "save_pth",
+    "state_dict_to_model",
+    "torch_module_name",
+    "torch_state_dict_shapes",
+    "validate_state_dict",
+]
