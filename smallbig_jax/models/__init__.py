@@ -1,5 +1,5 @@
 """SmallBigNet models."""
 
-from smallbig_jax.models.smallbig import VARIANTS, SmallBigNet, build_model, count_params
+from smallbig_jax.models.smallbig import VARIANTS, SmallBigNet, build_model, count_params, set_batchnorm_groups
 
-__all__ = ["VARIANTS", "SmallBigNet", "build_model", "count_params"]
+__all__ = ["VARIANTS", "SmallBigNet", "build_model", "count_params", "set_batchnorm_groups"]

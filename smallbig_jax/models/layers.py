@@ -79,6 +79,10 @@ class BatchNorm(nnx.Module):
     Statistics are reduced and stored in float32 (or `param_dtype` if wider) whatever the compute dtype. The running variance is updated
     with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
     (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
+
+    `groups` > 1 splits the batch into that many contiguous groups with statistics of their own ("ghost" BN). With
+    the batch sharded over G devices and groups = G this is per-device BatchNorm as in PyTorch DDP training, with no
+    cross-device reduction; the running statistics move by the mean of the groups' statistics.
     """
 
     def __init__(
@@ -91,7 +95,9 @@ class BatchNorm(nnx.Module):
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         use_running_average: bool = False,
+        groups: int = 1,
     ):
+        self.groups = groups
         self.momentum = momentum
         self.epsilon = epsilon
         self.dtype = dtype
@@ -108,15 +114,21 @@ class BatchNorm(nnx.Module):
         if self.use_running_average:
             mean, var = self.mean[...], self.var[...]
         else:
-            axes = tuple(range(x.ndim - 1))
-            x_wide = x.astype(self.stat_dtype)
-            mean = jnp.mean(x_wide, axes)
-            var = jnp.mean(jnp.square(x_wide - mean), axes)  # two-pass: E[x^2] - E[x]^2 cancels
-            count = x.size // x.shape[-1]
+            g = self.groups
+            if x.shape[0] % g:
+                raise ValueError(f"batch of {x.shape[0]} does not split into {g} BatchNorm groups")
+            grouped = x.astype(self.stat_dtype).reshape(g, -1, x.shape[-1])  # [groups, elements, C]
+            mean = jnp.mean(grouped, axis=1, keepdims=True)
+            var = jnp.mean(jnp.square(grouped - mean), axis=1, keepdims=True)  # two-pass: E[x^2] - E[x]^2 cancels
+            count = grouped.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
-            self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(mean)
-            self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(unbiased)
+            self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(jnp.mean(mean, axis=(0, 1)))
+            self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(jnp.mean(unbiased, axis=(0, 1)))
+            multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)  # [groups, 1, C]
+            offset = self.bias[...].astype(self.stat_dtype) - mean * multiplier
+            y = x.reshape(g, -1, x.shape[-1]).astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)
+            return y.reshape(x.shape)
         multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)
         offset = self.bias[...].astype(self.stat_dtype) - mean * multiplier
         return x.astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)

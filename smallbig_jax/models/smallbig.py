@@ -235,6 +235,13 @@ def build_model(
     )
 
 
+def set_batchnorm_groups(model: nnx.Module, groups: int) -> None:
+    """Every BatchNorm of `model` takes training statistics over `groups` contiguous parts of the batch."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, BatchNorm):
+            module.groups = groups
+
+
 def count_params(model: nnx.Module) -> int:
     """Number of trainable parameters (BatchNorm running statistics excluded, as in PyTorch's `parameters()`)."""
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
