@@ -1,0 +1,108 @@
+"""Turns a frame-folder or video list into TFDS examples (one per video), in parallel, listing failures.
+
+Used by :class:`~smallbig_jax.data.tfds_builder.SmallBigVideo` during ``download_and_prepare``; the split spec
+comes from the ``manifest.json`` that ``scripts/prepare_dataset.py`` writes. A video that cannot be read is
+written to the split's ``failed`` file (list line and reason) and skipped instead of stopping the build.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import sys
+from typing import Any, Iterator
+
+import av
+import numpy as np
+from PIL import Image
+
+from smallbig_jax.data import sources
+from smallbig_jax.data.lists import DataError
+
+
+def _source(spec: dict[str, Any]):
+  if spec["format"] == "frames":
+    return sources.FrameFolderSource(spec["list"], spec["root"], spec.get("template", "img_{:05d}.jpg"),
+                                     spec.get("kinetics_ids", False))
+  if spec["format"] == "video":
+    return sources.VideoFileSource(spec["list"], spec.get("root", ""))
+  raise ValueError(f"unknown input format {spec['format']!r}")
+
+
+def _encode_jpeg(frame: np.ndarray, quality: int, short_side: int | None) -> bytes:
+  img = Image.fromarray(frame)
+  if short_side and min(img.size) > short_side:
+    f = short_side / min(img.size)
+    img = img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BILINEAR)
+  buf = io.BytesIO()
+  img.save(buf, format="JPEG", quality=quality)
+  return buf.getvalue()
+
+
+def make_example(source, i: int, config: str, quality: int = 90, short_side: int | None = None) -> dict[str, Any]:
+  """The record of video ``i``; reads every frame, so a broken video raises :class:`DataError` here."""
+  meta = source[i] if not isinstance(source, sources.FrameFolderSource) else None
+  e = source.entries[i]
+  empty = np.zeros((0,), np.object_)
+  if config == "video":
+    if not isinstance(source, sources.VideoFileSource):
+      raise ValueError("config 'video' needs a video list as input")
+    n = meta["num_frames"]
+    source.load(i, lambda _: np.arange(n))  # Checks that every frame decodes.
+    with open(source.path(i), "rb") as f:
+      video = f.read()
+    return {"name": e.path, "label": e.label, "num_frames": n, "frames": empty, "video": video}
+  if isinstance(source, sources.FrameFolderSource) and not short_side:
+    # Frames are already JPEG: copy their bytes after checking that each exists and decodes.
+    frames, _ = source.load(i, lambda n: np.arange(n), min_short_side=None)
+    folder = source.folder(i)
+    data = [open(os.path.join(folder, source.template.format(k + 1)), "rb").read() for k in range(e.num_frames)]
+    n = len(data)
+  else:
+    frames, _ = source.load(i, lambda n: np.arange(n))
+    data = [_encode_jpeg(f, quality, short_side) for f in frames]
+    n = len(data)
+  arr = np.empty((n,), np.object_)
+  arr[:] = data
+  return {"name": e.path, "label": e.label, "num_frames": n, "frames": arr, "video": b""}
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init(spec: dict[str, Any], config: str) -> None:
+  _WORKER.update(source=_source(spec), spec=spec, config=config)
+
+
+def _work(i: int) -> tuple[int, dict[str, Any] | None, str]:
+  spec = _WORKER["spec"]
+  try:
+    ex = make_example(_WORKER["source"], i, _WORKER["config"], spec.get("quality", 90), spec.get("short_side"))
+    return i, ex, ""
+  except (DataError, OSError, av.error.FFmpegError) as err:
+    return i, None, str(err)
+
+
+def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Yields ``(key, example)`` for every readable video of the split, in list order, using
+  ``spec['workers']`` processes; writes failures to ``spec['failed_file']``."""
+  source = _source(spec)
+  n, failed = len(source), []
+  workers = int(spec.get("workers") or os.cpu_count() or 1)
+  ctx = multiprocessing.get_context("spawn")
+  try:
+    from tqdm import tqdm
+  except ImportError:  # pragma: no cover
+    tqdm = lambda it, **kw: it
+  with ctx.Pool(workers, initializer=_init, initargs=(spec, config)) as pool:
+    results = pool.imap(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
+    for i, ex, err in tqdm(results, total=n, desc=f"{spec.get('split', '')} videos", file=sys.stderr,
+                           disable=not spec.get("progress", True)):
+      if ex is None:
+        failed.append(f"{source.entries[i].source}\t{source.entries[i].path}\t{err}")
+        continue
+      yield f"{i:09d}", ex
+  if spec.get("failed_file"):
+    with open(spec["failed_file"], "w") as f:
+      f.writelines(line + "\n" for line in failed)

@@ -1,0 +1,79 @@
+"""The embedded synthetic dataset: classes that need temporal context but not temporal order.
+
+SmallBigNet cannot tell a clip from its reversal (spec, section 9), so the classes are the *axis* of motion of
+a shape: still, horizontal, vertical, diagonal and anti-diagonal. The shape moves back and forth (a triangle
+wave) along its axis, so every class looks the same in a single frame and played backwards: a per-frame model
+with temporal average pooling stays near chance, a model that relates frames (SmallBig's big views) does not.
+Shape (square, disc, cross), colour, size, position, speed, phase, amplitude and background clutter are random.
+Everything is deterministic in the seed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import av
+import numpy as np
+
+CLASSES = ("still", "horizontal", "vertical", "diagonal", "antidiagonal")
+_AXES = {1: (1.0, 0.0), 2: (0.0, 1.0), 3: (0.7071, 0.7071), 4: (0.7071, -0.7071)}
+
+
+def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size: int = 64) -> np.ndarray:
+  """One clip ``[T, size, size, 3]`` uint8 of class ``label``."""
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+  bg = rng.integers(0, 256, 3).astype(np.float32) * 0.5
+  frame0 = np.broadcast_to(bg, (size, size, 3)).copy()
+  for _ in range(int(rng.integers(3, 7))):  # Static clutter rectangles.
+    x0, y0 = rng.integers(0, size, 2)
+    w, h = rng.integers(3, size // 3, 2)
+    frame0[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3)
+  radius = float(rng.uniform(size * 0.07, size * 0.14))
+  colour = rng.integers(0, 256, 3).astype(np.float32)
+  kind = int(rng.integers(3))
+  margin = radius + 1
+  amp = float(rng.uniform(size * 0.15, size * 0.3)) if label else 0.0
+  cx, cy = rng.uniform(margin + amp * 0.75, size - margin - amp * 0.75, 2)
+  ax, ay = _AXES.get(label, (0.0, 0.0))
+  period = float(rng.uniform(6, 14))
+  phase = float(rng.uniform(0, 1))
+  video = np.empty((num_frames, size, size, 3), np.uint8)
+  for t in range(num_frames):
+    u = (t / period + phase) % 1.0
+    tri = 4 * abs(u - 0.5) - 1  # Triangle wave in [-1, 1].
+    px, py = cx + amp * tri * ax, cy + amp * tri * ay
+    dx, dy = np.abs(xx - px), np.abs(yy - py)
+    if kind == 0:
+      mask = (dx <= radius) & (dy <= radius)
+    elif kind == 1:
+      mask = dx * dx + dy * dy <= radius * radius
+    else:
+      mask = ((dx <= radius) & (dy <= radius / 3)) | ((dy <= radius) & (dx <= radius / 3))
+    frame = frame0.copy()
+    frame[mask] = colour
+    noise = rng.normal(0, 6, frame.shape)
+    video[t] = np.clip(frame + noise, 0, 255).astype(np.uint8)
+  return video
+
+
+def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18) -> None:
+  """Writes ``[T, H, W, 3]`` uint8 as an h264 mp4 with PyAV (every frame kept, constant frame rate)."""
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with av.open(path, "w") as out:
+    stream = out.add_stream("libx264", rate=fps)
+    stream.width, stream.height = video.shape[2], video.shape[1]
+    stream.pix_fmt = "yuv420p"
+    stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1"}
+    for f in video:
+      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+        out.mux(packet)
+    for packet in stream.encode():
+      out.mux(packet)
+
+
+def write_frame_folder(folder: str, video: np.ndarray, template: str = "img_{:05d}.jpg", quality: int = 95) -> None:
+  """Writes ``[T, H, W, 3]`` uint8 as JPEG frames ``img_00001.jpg``... (1-based, the official layout)."""
+  from PIL import Image
+  os.makedirs(folder, exist_ok=True)
+  for t, f in enumerate(video):
+    Image.fromarray(f).save(os.path.join(folder, template.format(t + 1)), quality=quality)
