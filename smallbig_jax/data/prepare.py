@@ -7,6 +7,7 @@ written to the split's ``failed`` file (list line and reason) and skipped instea
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import multiprocessing
 import os
@@ -90,13 +91,13 @@ def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, 
   source = _source(spec)
   n, failed = len(source), []
   workers = int(spec.get("workers") or os.cpu_count() or 1)
+  from tqdm import tqdm
+  # A process pool that fails loudly (BrokenProcessPool) if a worker dies, where multiprocessing.Pool would
+  # respawn workers forever. "spawn": safe whatever threads the parent (tfds, JAX) has started.
   ctx = multiprocessing.get_context("spawn")
-  try:
-    from tqdm import tqdm
-  except ImportError:  # pragma: no cover
-    tqdm = lambda it, **kw: it
-  with ctx.Pool(workers, initializer=_init, initargs=(spec, config)) as pool:
-    results = pool.imap(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
+                                              initargs=(spec, config)) as pool:
+    results = pool.map(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
     for i, ex, err in tqdm(results, total=n, desc=f"{spec.get('split', '')} videos", file=sys.stderr,
                            disable=not spec.get("progress", True)):
       if ex is None:
@@ -106,3 +107,32 @@ def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, 
   if spec.get("failed_file"):
     with open(spec["failed_file"], "w") as f:
       f.writelines(line + "\n" for line in failed)
+
+
+def prepare_dataset(out: str, splits: dict[str, str], *, input_format: str, root: str = "", config: str = "jpeg",
+                    template: str = "img_{:05d}.jpg", kinetics_ids: bool = False, short_side: int | None = None,
+                    quality: int = 90, workers: int | None = None, progress: bool = True) -> dict[str, tuple[int, int]]:
+  """Builds the TFDS dataset ``small_big_video/<config>`` under ``out``; returns ``{split: (written, failed)}``.
+
+  ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``."""
+  import json
+  import tensorflow_datasets as tfds
+  from smallbig_jax.data import tfds_builder
+  os.makedirs(out, exist_ok=True)
+  manual = os.path.join(out, "manual")
+  os.makedirs(manual, exist_ok=True)
+  spec = {name: {"split": name, "format": input_format, "list": os.path.abspath(lst), "root": os.path.abspath(root),
+                 "template": template, "kinetics_ids": kinetics_ids, "short_side": short_side, "quality": quality,
+                 "workers": workers, "progress": progress,
+                 "failed_file": os.path.abspath(os.path.join(out, f"failed_{name}.txt"))}
+          for name, lst in splits.items()}
+  with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
+    json.dump({"splits": spec}, f, indent=1)
+  builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+  counts = {}
+  for name in splits:
+    with open(spec[name]["failed_file"]) as f:
+      failed = sum(1 for line in f if line.strip())
+    counts[name] = (builder.info.splits[name].num_examples, failed)
+  return counts

@@ -44,6 +44,7 @@ class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
             "video": obj(()),
         }),
         supervised_keys=None,
+        disable_shuffling=True,  # Records keep the list order (minus unreadable videos).
     )
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
