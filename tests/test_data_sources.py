@@ -98,6 +98,12 @@ def test_arrayrecord_jpeg_records(sbdata_arrayrecord):
   assert src[5] == {"name": "vid05", "label": 2, "num_frames": 16, "where": "train record 5"}
   frames, _ = src.load(5, lambda n: IDX)
   np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
+  import glob
+  from array_record.python import array_record_module
+  (shard,) = glob.glob(f"{out}/jpeg/**/*.array_record-*", recursive=True)
+  reader = array_record_module.ArrayRecordReader(shard)
+  assert "uncompressed" in reader.writer_options_string()  # JPEG bytes: zstd would only cost reads
+  reader.close()
 
 
 def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):
