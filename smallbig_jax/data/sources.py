@@ -43,7 +43,7 @@ def decode_jpeg(data: bytes | str, min_short_side: int | None = None) -> np.ndar
     scale = min(w, h) / min_short_side
     if scale >= 2:
       img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-  return np.asarray(img.convert("RGB"))
+  return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
 
 
 def _stack(frames: list[np.ndarray], where: str) -> np.ndarray:
