@@ -75,3 +75,23 @@ def test_synthetic_classes_are_axes_of_motion():
         assert corr > 0.5
       else:
         assert corr < -0.5
+
+
+def test_scripts_command_lines(sbdata_dir, tmp_path):
+  """make_synthetic_dataset.py and prepare_dataset.py as users run them (counts per split, failed list)."""
+  env = {**os.environ, "PYTHONPATH": ROOT}
+  r = subprocess.run([sys.executable, f"{ROOT}/scripts/make_synthetic_dataset.py", "--out", str(tmp_path / "syn"),
+                      "--num_train", "5", "--num_val", "5", "--workers", "1"],
+                     capture_output=True, text=True, env=env, timeout=180)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "wrote {'train': 5, 'val': 5} videos" in r.stdout
+  assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train")) == 5
+  (tmp_path / "l.txt").write_text("vid00 16 0\nvid01 16 1\nnot_there 16 2\n")
+  r = subprocess.run([sys.executable, f"{ROOT}/scripts/prepare_dataset.py", "--input_format", "frames", "--root",
+                      f"{sbdata_dir}/frames", "--split", f"train={tmp_path}/l.txt", "--split",
+                      f"val={sbdata_dir}/frames.txt", "--out", str(tmp_path / "ar"), "--workers", "2"],
+                     capture_output=True, text=True, env=env, timeout=180)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "train: 2 videos written, 1 unreadable" in r.stdout and "val: 12 videos written, 0 unreadable" in r.stdout
+  assert "l.txt:3" in open(tmp_path / "ar" / "failed_train.txt").read()
+  assert "train videos" in r.stderr  # progress bar
