@@ -22,8 +22,21 @@ Bad input: ``bad_input='error'`` stops with the :class:`DataError` message (file
 epoch. In evaluation a broken video stops the run unless ``eval_bad_input='exclude'``, which masks its views
 out (``mask`` False, ``broken`` True) and logs it.
 
-The iterator's state (``get_state``/``set_state``, a small dict) is the state after the last batch handed out,
-not after the prefetched ones: resuming from it yields exactly the batches that would have come next.
+The iterator's state (``get_state``/``set_state``, a small JSON-serialisable dict) is the state after the last
+batch handed out, not after the prefetched ones: resuming from it yields exactly the batches that would have come
+next (with the same global batch size and host count).
+
+Use::
+
+  cfg = default_data_config()              # or smallbig_jax.data.synthetic.data_config("data/synthetic")
+  cfg.format, cfg.arrayrecord_dir = "arrayrecord", "data/k400"
+  train = make_train_loader(cfg, global_batch_size=64, seed=1, mesh=mesh)   # infinite
+  batch = next(train)                      # {"clip": f32 [64, 8, 224, 224, 3], "label": i32 [64]}, sharded
+  state = train.get_state()                # save next to the model; later: train.set_state(state)
+  for batch in make_eval_loader(cfg, global_batch_size=64, mesh=mesh):   # one pass over every view
+    ...                                    # average logits per batch["video_index"] where batch["mask"]
+
+Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries).
 """
 
 from __future__ import annotations
@@ -290,14 +303,23 @@ class DeviceIterator:
     self._thread = threading.Thread(target=self._produce, daemon=True)
     self._thread.start()
 
-  def close(self) -> None:
-    """Stops the prefetch thread (batches it prefetched are dropped; the state is unaffected)."""
+  def _stop_thread(self) -> None:
     if self._thread is not None:
       self._stop.set()
       self._thread.join()
       self._thread = None
+
+  def _reset_iterator(self) -> None:
+    """A fresh grain iterator at ``self._state`` (the old one's worker processes are shut down)."""
+    self._it.close()
     self._it = iter(self._ds)
     self._it.set_state(self._state)
+
+  def close(self) -> None:
+    """Stops the prefetch thread and grain's workers; prefetched batches are dropped, the state is kept, and
+    iterating again resumes right after the last batch returned."""
+    self._stop_thread()
+    self._reset_iterator()
 
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     return self
@@ -336,13 +358,9 @@ class DeviceIterator:
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Resumes at ``state``: the next batch is the one that followed it."""
-    if self._thread is not None:
-      self._stop.set()
-      self._thread.join()
-      self._thread = None
+    self._stop_thread()
     self._state, self.steps = state["grain"], int(state["steps"])
-    self._it = iter(self._ds)
-    self._it.set_state(self._state)
+    self._reset_iterator()
 
 
 def _mesh(mesh: Mesh | None) -> Mesh:
