@@ -191,3 +191,15 @@ def test_malformed_csv(tmp_path):
   (tmp_path / "m.csv").write_text("path,label\na.mp4,1\nb.mp4,\n")
   with pytest.raises(DataError, match=r"m\.csv:3: missing"):
     lists.read_video_list(str(tmp_path / "m.csv"))
+
+
+def test_corrupt_jpeg_frame(sbdata_dir, tmp_path):
+  shutil.copytree(f"{sbdata_dir}/frames/vid00", tmp_path / "vid00")
+  path = tmp_path / "vid00" / "img_00003.jpg"
+  path.write_bytes(path.read_bytes()[:200])  # truncated
+  lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 16, 0)])
+  src = sources.FrameFolderSource(str(tmp_path / "l.txt"), str(tmp_path))
+  with pytest.raises(DataError, match=r"l\.txt:1: cannot decode frame .*img_00003\.jpg"):
+    src.load(0, lambda n: np.arange(n))
+  frames, _ = src.load(0, lambda n: np.array([0, 1, 3]))  # the other frames still read
+  np.testing.assert_array_equal(sbdata_frame_ids(frames), [0, 1, 3])

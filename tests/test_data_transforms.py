@@ -58,6 +58,9 @@ def test_flip_mirrors_width():
   np.testing.assert_array_equal(f[:, :, 0], clip[:, :, -1])
   assert f[0, 0, 0, 0] == 255 and clip[0, 0, 0, 0] == 0
   np.testing.assert_array_equal(transforms.flip(f), clip)
+  box = (2, 1, 9, 8)
+  np.testing.assert_array_equal(transforms.resize_crop(clip, box, 5, flip=True),
+                                transforms.flip(transforms.resize_crop(clip, box, 5)))
 
 
 def test_normalize_values():

@@ -137,10 +137,8 @@ class TrainExample:
     _, h, w, _ = frames.shape
     box = transforms.train_crop_box(rng, h, w, c["crop_size"], c["train_short_side"] or None, c["scales"],
                                     c["max_distort"])
-    clip = transforms.resize_crop(frames, box, c["crop_size"])
-    if c["flip"] and rng.random() < 0.5:
-      clip = transforms.flip(clip)
-    return clip
+    mirror = bool(c["flip"] and rng.random() < 0.5)
+    return transforms.resize_crop(frames, box, c["crop_size"], flip=mirror)
 
   def __call__(self, p: int, v: int) -> dict[str, np.ndarray]:
     epoch, v = p // self.n, int(v)

@@ -46,11 +46,14 @@ def decode_jpeg(data: bytes | str, min_short_side: int | None = None) -> np.ndar
   return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
 
 
-def _stack(frames: list[np.ndarray], where: str) -> np.ndarray:
+def _stack(frames: list[np.ndarray], where: str, inverse: np.ndarray) -> np.ndarray:
+  """``[K, H, W, 3]`` of the decoded distinct frames put back in the requested order."""
   shapes = {f.shape for f in frames}
   if len(shapes) != 1:
     raise DataError(f"{where}: frames of different sizes {sorted(shapes)}")
-  return np.stack(frames)
+  if len(inverse) == len(frames) and np.array_equal(inverse, np.arange(len(frames))):
+    return np.stack(frames)  # Already in order: skip a copy.
+  return np.stack(frames)[inverse]
 
 
 class FrameFolderSource:
@@ -94,7 +97,7 @@ class FrameFolderSource:
         raise DataError(f"{e.source}: missing frame {path} (the list claims {e.num_frames} frames)") from None
       except (OSError, ValueError) as err:
         raise DataError(f"{e.source}: cannot decode frame {path}: {err}") from None
-    return _stack(frames, e.source)[inverse], indices
+    return _stack(frames, e.source, inverse), indices
 
 
 def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
@@ -163,7 +166,7 @@ def decode_video(file: str | io.BytesIO, choose: Choose, where: str, num_frames:
   if missing:
     raise DataError(f"{where}: {name} is shorter than its {num_frames} frames: frames {missing[:5]} "
                     f"could not be decoded (truncated or corrupt video)")
-  return _stack(out, where)[inverse], indices, num_frames
+  return _stack(out, where, inverse), indices, num_frames
 
 
 def _decode_size(h: int, w: int, min_short_side: int | None) -> tuple[int, int]:
@@ -281,7 +284,7 @@ class ArrayRecordSource:
         frames = [decode_jpeg(r["frames"][int(k)], min_short_side) for k in uniq]
       except (OSError, ValueError) as err:
         raise DataError(f"{where}: cannot decode a JPEG frame: {err}") from None
-      return _stack(frames, where)[inverse], indices
+      return _stack(frames, where, inverse), indices
     frames, indices, _ = decode_video(io.BytesIO(r["video"]), choose, where, n, min_short_side)
     return frames, indices
 

@@ -77,17 +77,22 @@ def eval_crop_boxes(image_h: int, image_w: int, scale_size: int, crop_size: int,
   return [(x / f, y / f, (x + c) / f, (y + c) / f) for x, y in pos]
 
 
-def resize_crop(frames: np.ndarray, box: Box, out_size: int) -> np.ndarray:
-  """Crops ``box`` from every frame and resizes it (PIL bilinear) to ``out_size`` squared, uint8."""
+def resize_crop(frames: np.ndarray, box: Box, out_size: int, flip: bool = False) -> np.ndarray:
+  """Crops ``box`` from every frame, resizes it (PIL bilinear) to ``out_size`` squared and, with ``flip``,
+  mirrors it horizontally (in PIL: 3x cheaper than a numpy copy of the reversed array). uint8."""
   t, h, w, _ = frames.shape
   out = np.empty((t, out_size, out_size, 3), np.uint8)
-  whole = box == (0, 0, w, h) and h == w == out_size
+  whole = tuple(box) == (0, 0, w, h) and h == w == out_size
   for i in range(t):
-    if whole:
+    if whole and not flip:
       out[i] = frames[i]
-    else:
-      img = Image.fromarray(frames[i])
-      out[i] = np.asarray(img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=box))
+      continue
+    img = Image.fromarray(frames[i])
+    if not whole:
+      img = img.resize((out_size, out_size), Image.Resampling.BILINEAR, box=box)
+    if flip:
+      img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    out[i] = np.asarray(img)
   return out
 
 
