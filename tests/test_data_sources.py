@@ -46,6 +46,16 @@ def test_video_file_decodes_the_chosen_frames(sbdata_dir):
   assert np.abs(frames.astype(int) - ref).mean() < 3  # h264 at crf 18
 
 
+@pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9")])
+def test_video_containers(tmp_path, ext, codec):
+  synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec)
+  lists.write_video_list(str(tmp_path / "l.txt"), [(f"v.{ext}", 0)])
+  src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
+  assert src.num_frames(0) == SBDATA_FRAMES
+  frames, _ = src.load(0, lambda n: IDX)
+  np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
+
+
 def test_video_list_csv(sbdata_dir, tmp_path):
   (tmp_path / "l.csv").write_text(f"path,label\n{sbdata_dir}/videos/vid01.mp4,5\n")
   src = sources.VideoFileSource(str(tmp_path / "l.csv"))

@@ -56,14 +56,20 @@ def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size:
   return video
 
 
-def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18) -> None:
-  """Writes ``[T, H, W, 3]`` uint8 as an h264 mp4 with PyAV (every frame kept, constant frame rate)."""
+def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264") -> None:
+  """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
+  default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   with av.open(path, "w") as out:
-    stream = out.add_stream("libx264", rate=fps)
+    stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height = video.shape[2], video.shape[1]
     stream.pix_fmt = "yuv420p"
-    stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
+    if codec == "libx264":
+      stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
+    elif codec == "mpeg4":
+      stream.options = {"qscale": "2"}
+    else:
+      stream.options = {"crf": str(crf), "b": "0"}
     for f in video:
       for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
         out.mux(packet)
