@@ -101,6 +101,13 @@ def test_eval_covers_every_view_once_with_padding(cfg):
   labels = np.concatenate([b["label"] for b in allb])
   np.testing.assert_array_equal(labels[mask], vid[mask])
   assert allb[0]["clip"].shape == (5, 4, 40, 40, 3)  # 3 crops are scale_size squares
+  # Each clip is decoded once for its 3 crops.
+  source = pipeline._open_source(cfg, "val")
+  calls = []
+  load = source.load
+  source.load = lambda *a, **k: calls.append(a[0]) or load(*a, **k)
+  list(pipeline.eval_dataset(cfg, global_batch_size=10, source=source))
+  assert sorted(calls) == sorted(list(range(12)) * 2)
   # The 6 views of a video differ (clips by frames, crops by position).
   views = np.stack([c for b in allb for c, v in zip(b["clip"], b["video_index"]) if v == 0])
   assert len({v.tobytes() for v in views}) == 6

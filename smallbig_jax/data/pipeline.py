@@ -12,7 +12,8 @@ float work. Batches are ``{"clip": [N, T, H, W, 3] dtype, "label": int32 [N]}``.
 
 Evaluation: each element is **one view** (video, clip, crop), not one video with its views stacked: batches keep
 one shape whatever ``num_clips x num_crops`` is (30 views of 256^2 x 8 frames would be 190 MB of float32 per
-video), memory stays bounded, and views shard evenly over hosts. The price is decoding a clip once per crop.
+video), memory stays bounded, and views shard evenly over hosts. The crops of a clip are consecutive views
+and are cut from one decode of the clip.
 Views are padded up to a whole number of global batches; eval batches add ``video_index`` (int32, -1 for padding)
 and ``mask`` (bool, False for padding and for excluded broken videos) so the evaluator averages views per video
 and ignores the rest. Every view is produced exactly once over all hosts.
@@ -42,6 +43,7 @@ Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on acros
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import queue
 import threading
@@ -157,6 +159,9 @@ class TrainExample:
                     "is the dataset readable at all? Run scripts/check_dataset.py")
 
 
+_EVAL_CLIP_CACHE = 32  # Decoded eval clips kept per process (a few MB each at 256 px).
+
+
 class EvalExample:
   """View position ``q`` -> one evaluation view (video ``q // V``, clip, crop), or padding past the end."""
 
@@ -170,6 +175,34 @@ class EvalExample:
     self.total = len(source) * self.views
     self.size = c["crop_size"] if c["num_crops"] == 1 else c["scale_size"]
     self.min_side = c["scale_size"]
+    self._lock = threading.Lock()
+    self._cache: collections.OrderedDict = collections.OrderedDict()
+
+  def __getstate__(self) -> dict[str, Any]:
+    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
+
+  def __setstate__(self, state: dict[str, Any]) -> None:
+    self.__dict__.update(state, _lock=threading.Lock(), _cache=collections.OrderedDict())
+
+  def _frames(self, v: int, clip_i: int) -> np.ndarray:
+    """The clip's frames, decoded once for all its crops: the crops of a clip are consecutive views, which grain
+    computes at the same time in its reader threads, so the first one decodes and the others wait for it."""
+    key = (v, clip_i)
+    with self._lock:
+      future = self._cache.get(key)
+      owner = future is None
+      if owner:
+        future = self._cache[key] = concurrent.futures.Future()
+        while len(self._cache) > _EVAL_CLIP_CACHE:
+          self._cache.popitem(last=False)
+    if owner:
+      c = self.cfg
+      choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[clip_i]
+      try:
+        future.set_result(self.source.load(v, choose, self.min_side)[0])
+      except BaseException as err:
+        future.set_exception(err)
+    return future.result()
 
   def __call__(self, q: int) -> dict[str, np.ndarray]:
     c = self.cfg
@@ -179,9 +212,8 @@ class EvalExample:
       return empty
     v, r = divmod(int(q), self.views)
     clip_i, crop_i = divmod(r, c["num_crops"])
-    choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[clip_i]
     try:
-      frames, _ = self.source.load(v, choose, self.min_side)
+      frames = self._frames(v, clip_i)
     except DataError as err:
       if c["eval_bad_input"] == "error":
         raise
