@@ -74,7 +74,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     official rawframes_320), ``scales``, ``max_distort``, ``flip`` (off for Something-Something).
   * ``num_clips``, ``num_crops`` (1 or 3): eval views per video.
   * ``bad_input`` ('error'|'resample'), ``max_resample``, ``eval_bad_input`` ('error'|'exclude').
-  * ``worker_count``, ``worker_buffer_size`` (grain), ``device_prefetch``, ``dtype``, ``decode_threads``.
+  * ``worker_count``, ``worker_buffer_size`` (grain worker processes and batches queued per worker),
+    ``reader_threads``, ``reader_buffer`` (threads computing batches in each process, batches they may hold),
+    ``device_prefetch`` (global batches on the devices ahead), ``dtype``, ``decode_threads`` (PyAV threads).
   """
   c = ml_collections.ConfigDict()
   c.format = "arrayrecord"
@@ -102,6 +104,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.eval_bad_input = "error"
   c.worker_count = 0
   c.worker_buffer_size = 2
+  c.reader_threads = 2
+  c.reader_buffer = 2
   c.device_prefetch = 2
   c.dtype = "float32"
   c.decode_threads = False
@@ -236,7 +240,10 @@ def _local_batch(global_batch_size: int, shard: grain.sharding.ShardOptions) -> 
 
 
 def _with_workers(ds: grain.MapDataset, cfg) -> grain.IterDataset:
-  it = ds.to_iter_dataset()
+  """Batches are computed by ``reader_threads`` threads per process (decoders release the GIL) with at most
+  ``reader_buffer`` finished batches waiting; grain's defaults (16 threads, 500 elements) would hold hundreds
+  of video batches (77 MB each at 64 x 8 x 224^2) in memory."""
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.reader_threads, prefetch_buffer_size=cfg.reader_buffer))
   if cfg.worker_count > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags; parse them for the user.
