@@ -3,7 +3,6 @@ bad-input policies, flip, and global jax.Array batches."""
 
 import json
 import logging
-import os
 
 import grain
 import jax

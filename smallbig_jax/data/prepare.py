@@ -42,32 +42,32 @@ def _encode_jpeg(frame: np.ndarray, quality: int, short_side: int | None) -> byt
   return buf.getvalue()
 
 
+def _read_bytes(path: str) -> bytes:
+  with open(path, "rb") as f:
+    return f.read()
+
+
 def make_example(source, i: int, config: str, quality: int = 90, short_side: int | None = None) -> dict[str, Any]:
-  """The record of video ``i``; reads every frame, so a broken video raises :class:`DataError` here."""
-  meta = source[i] if not isinstance(source, sources.FrameFolderSource) else None
+  """The record of video ``i``. Every frame is decoded, so a broken video raises :class:`DataError` here and
+  not during training."""
   e = source.entries[i]
   empty = np.zeros((0,), np.object_)
   if config == "video":
     if not isinstance(source, sources.VideoFileSource):
       raise ValueError("config 'video' needs a video list as input")
-    n = meta["num_frames"]
-    source.load(i, lambda _: np.arange(n))  # Checks that every frame decodes.
-    with open(source.path(i), "rb") as f:
-      video = f.read()
-    return {"name": e.path, "label": e.label, "num_frames": n, "frames": empty, "video": video}
-  if isinstance(source, sources.FrameFolderSource) and not short_side:
-    # Frames are already JPEG: copy their bytes after checking that each exists and decodes.
-    frames, _ = source.load(i, lambda n: np.arange(n), min_short_side=None)
-    folder = source.folder(i)
-    data = [open(os.path.join(folder, source.template.format(k + 1)), "rb").read() for k in range(e.num_frames)]
-    n = len(data)
-  else:
     frames, _ = source.load(i, lambda n: np.arange(n))
+    return {"name": e.path, "label": e.label, "num_frames": len(frames), "frames": empty,
+            "video": _read_bytes(source.path(i))}
+  frames, _ = source.load(i, lambda n: np.arange(n))
+  if isinstance(source, sources.FrameFolderSource) and not short_side:
+    # The frames are JPEG files already (and decode, as just checked): store their bytes as they are.
+    folder = source.folder(i)
+    data = [_read_bytes(os.path.join(folder, source.template.format(k + 1))) for k in range(len(frames))]
+  else:
     data = [_encode_jpeg(f, quality, short_side) for f in frames]
-    n = len(data)
-  arr = np.empty((n,), np.object_)
+  arr = np.empty((len(data),), np.object_)
   arr[:] = data
-  return {"name": e.path, "label": e.label, "num_frames": n, "frames": arr, "video": b""}
+  return {"name": e.path, "label": e.label, "num_frames": len(data), "frames": arr, "video": b""}
 
 
 _WORKER: dict[str, Any] = {}

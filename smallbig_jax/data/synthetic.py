@@ -97,7 +97,7 @@ def write_dataset(out: str, *, seed: int = 0, num_train: int = 300, num_val: int
   Balanced classes (video ``i`` has label ``i % 5``); deterministic in ``seed``."""
   import concurrent.futures
   import multiprocessing
-  from smallbig_jax.data import lists, prepare
+  from smallbig_jax.data import prepare
   jobs, counts = [], {}
   for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
     rows = []
