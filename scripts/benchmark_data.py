@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
   lines += [f"| {n} | {c:.1f} | {w:.1f} |" for n, c, w in rows]
   lines += ["", "Default path (arrayrecord jpeg), per stage, clips/s per core:", "",
             "| record read + parse (ours, uncompressed) | read + TFDS parse | read + TFDS parse, zstd shard (TFDS "
-            "default, before) | read + decode 8 JPEG | crop+resize 8 frames | host float32 normalise (not done: on device) |",
+            "default, before) | read + decode 8 JPEG | crop+resize 8 frames "
+            "| host float32 normalise (not done: on device) |",
             "|---|---|---|---|---|---|",
             f"| {read:.0f} | {read_tfds:.0f} | {read_zstd:.0f} | {load:.1f} | {crop:.0f} | {norm:.0f} |"]
   text = "\n".join(lines)
