@@ -10,6 +10,7 @@ run saved on 8 devices resumes on 1 or 4 (or with FSDP instead of replication).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import jax
@@ -34,8 +35,9 @@ def make_manager(workdir: str, *, keep: int = 2, save_every: int = 0, async_save
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
     )
+    directory = workdir if "://" in workdir else os.path.abspath(workdir)  # orbax wants absolute local paths
     return ocp.CheckpointManager(
-        epath.Path(workdir) / "checkpoints", options=options, item_names=("state", "data", "config")
+        epath.Path(directory) / "checkpoints", options=options, item_names=("state", "data", "config")
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import ml_collections
 
+from smallbig_jax.data.pipeline import default_data_config
 from smallbig_jax.models.smallbig import VARIANTS, SmallBigNet, build_model
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -26,17 +27,18 @@ def official_recipe(
         dict(variant=variant, num_classes=num_classes, base_width=64, dtype="float32", param_dtype="float32")
     )
 
-    config.data = ml_collections.ConfigDict()
-    config.data.dataset = dataset
+    config.data = default_data_config()  # every field is documented there
     config.data.num_frames = num_frames
     config.data.sampling = sampling  # "dense" (Kinetics) or "segment" (TSN, Something-Something)
-    config.data.frame_stride = 8  # dense sampling only; ignored by segment sampling, as officially
+    config.data.stride = 8  # dense sampling only; ignored by segment sampling, as officially
     config.data.crop_size = 224
     config.data.scale_size = 256  # short side before the evaluation crops
-    config.data.multiscale_crop_scales = (1.0, 0.875, 0.75, 0.66)
+    config.data.train_short_side = 320  # the official frames were extracted at short side 320
+    config.data.scales = (1.0, 0.875, 0.75, 0.66)
     config.data.flip = sampling == "dense"  # off for Something-Something: its labels name left and right
-    config.data.eval_num_clips = 10 if sampling == "dense" else 2
-    config.data.eval_num_crops = 3  # 256x256 crops: centre, top-left, bottom-right
+    config.data.num_clips = 10 if sampling == "dense" else 2  # final multi-view test
+    config.data.num_crops = 3  # 256x256 crops: centre, top-left, bottom-right
+    config.dataset = dataset
 
     config.batch_size = 64  # global: 8 GPUs x 8 clips
     config.num_epochs = 100
@@ -47,8 +49,21 @@ def official_recipe(
         dict(base_lr=0.01, decay="cosine", per_epoch=True, warmup_epochs=0, end_lr=0.0)
     )
     config.label_smoothing = 0.0
-    config.batchnorm = "per_device"  # the official run used plain per-GPU BatchNorm (no SyncBN)
-    config.best_metric = "top1_top5_mean"  # the official "best" checkpoint maximises (top1 + top5) / 2
+    config.grad_clip_norm = 0.0  # 0: no clipping (official)
+    config.grad_accum_steps = 1  # micro-batches per step; BatchNorm statistics are per micro-batch
+    config.ema_decay = 0.0  # 0: no EMA of the weights; else evaluation uses the EMA weights
+    # "per_device": statistics over each device's part of the batch, like the official per-GPU BatchNorm (DDP);
+    # "global": over the whole global batch (what a plain jit gives; SyncBN-like, one all-reduce per BN layer).
+    config.batchnorm = "per_device"
+    config.params_sharding = "replicate"  # or "fsdp" (smallbig_jax/sharding.py)
+    config.init_from = ""  # torchvision ImageNet .pth, official SmallBigNet .pth or converted dir
+    config.log_every = 20  # steps
+    config.checkpoint_every = 1000  # steps; also at every evaluation and at the end
+    config.keep_checkpoints = 2  # the last ones; the best by (top1 + top5) / 2 is kept as well
+    config.eval_every_epochs = 1  # single-view validation during training; 0: never
+    config.eval_batch_size = 64  # views per evaluation step (global)
+    config.eval_average = "softmax"  # per-video fusion of view scores: "softmax" or "logits"
+    config.final_eval = True  # full multi-view test (num_clips x num_crops) at the end
     return config
 
 

@@ -358,6 +358,15 @@ class DeviceIterator:
     self._stop_thread()
     self._reset_iterator()
 
+  @property
+  def source(self):
+    """The random-access source the batches are read from (``len``, ``source[i]["name"]``)."""
+    return self._source
+
+  @property
+  def num_videos(self) -> int:
+    return len(self._source)
+
   def __iter__(self) -> Iterator[dict[str, jax.Array]]:
     return self
 

@@ -1,0 +1,117 @@
+"""Multi-view evaluation: clips x crops views per video, scores fused per video, top-1/top-5 over videos.
+
+Views arrive in batches of any size (`config.eval_batch_size`, not tied to the device count) with `video_index`
+and `mask`; each view's scores (softmax or logits, `config.eval_average`) are summed into its video and divided by
+the number of views seen. Every video is counted once over all hosts; padding views are ignored; a video whose
+views are all masked (broken and excluded under `eval_bad_input='exclude'`) leaves the denominator and is listed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from smallbig_jax.sharding import replicated
+
+
+def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
+    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device."""
+
+    def step(params, batch_stats, clips):
+        return nnx.merge(graphdef, params, batch_stats)(clips)
+
+    return jax.jit(step, out_shardings=replicated(mesh))
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class VideoScores:
+    """Accumulates view scores per video."""
+
+    def __init__(self, num_videos: int, num_classes: int, average: str = "softmax"):
+        if average not in ("softmax", "logits"):
+            raise ValueError(f"eval_average={average!r}; expected 'softmax' or 'logits'")
+        self.average = average
+        self.sums = np.zeros((num_videos, num_classes), np.float64)
+        self.views = np.zeros(num_videos, np.int64)
+        self.labels = np.full(num_videos, -1, np.int64)
+        self.broken = np.zeros(num_videos, bool)
+
+    def add(self, logits: np.ndarray, labels: np.ndarray, video_index: np.ndarray, mask: np.ndarray,
+            broken: np.ndarray | None = None) -> None:
+        scores = logits.astype(np.float64)
+        if self.average == "softmax":
+            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
+        real = video_index >= 0
+        self.labels[video_index[real]] = labels[real]
+        if broken is not None:
+            self.broken[video_index[real & broken]] = True
+        keep = real & mask
+        np.add.at(self.sums, video_index[keep], scores[keep])
+        np.add.at(self.views, video_index[keep], 1)
+
+    def result(self) -> dict[str, Any]:
+        seen = self.views > 0
+        scores = self.sums[seen] / self.views[seen, None]
+        labels = self.labels[seen]
+        top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        top1_correct = top5[:, 0] == labels
+        top5_correct = (top5 == labels[:, None]).any(axis=1)
+        n = int(seen.sum())
+        top1 = float(top1_correct.mean()) if n else float("nan")
+        top5_acc = float(top5_correct.mean()) if n else float("nan")
+        return {
+            "top1": top1,
+            "top5": top5_acc,
+            "top1_top5_mean": (top1 + top5_acc) / 2,
+            "videos": n,
+            "excluded_videos": int((~seen & self.broken).sum()),
+            "missing_videos": int((~seen & ~self.broken).sum()),
+            "predictions": [
+                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]])}
+                for v, l, t, s in zip(np.flatnonzero(seen), labels, top5, scores)
+            ],
+        }
+
+
+def evaluate(
+    eval_step: Callable,
+    params: Any,
+    batch_stats: Any,
+    batches: Iterable[dict[str, jax.Array]],
+    *,
+    num_videos: int,
+    num_classes: int,
+    average: str = "softmax",
+) -> dict[str, Any]:
+    """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions."""
+    scores = VideoScores(num_videos, num_classes, average)
+    for batch in batches:
+        logits = eval_step(params, batch_stats, batch["clip"])
+        host = {k: _to_host(batch[k]) for k in ("label", "video_index", "mask") if k in batch}
+        broken = _to_host(batch["broken"]) if "broken" in batch else None
+        scores.add(np.asarray(jax.device_get(logits)), host["label"], host["video_index"], host["mask"], broken)
+    return scores.result()
+
+
+def write_predictions(path: str, result: dict[str, Any]) -> None:
+    """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    names = result.get("names", {})
+    with open(path + ".tmp", "w") as f:
+        for p in result["predictions"]:
+            if p["video"] in names:
+                p = {"name": names[p["video"]], **p}
+            f.write(json.dumps(p) + "\n")
+    os.replace(path + ".tmp", path)

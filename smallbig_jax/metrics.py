@@ -1,0 +1,77 @@
+"""What a run writes about itself (process 0 only): TensorBoard scalars, a JSON-lines log and a PNG of the curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+
+
+class MetricWriter:
+    """Scalars to `<workdir>/tensorboard` (TensorBoard event files) and `<workdir>/metrics.jsonl`."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._events = None
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
+            from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+            self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        values = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in scalars.items()]
+        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, "split": split, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> str | None:
+    """`<workdir>/curves.png`: training loss and accuracy, and validation top-1/top-5, against the step."""
+    rows = read_metrics(workdir)
+    if not rows or jax.process_index() != 0:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    train = [r for r in rows if r["split"] == "train"]
+    if train:
+        ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+        ax_acc.plot([r["step"] for r in train], [r["accuracy"] for r in train], label="train top-1 (batch)", alpha=0.6)
+    for split in sorted({r["split"] for r in rows} - {"train"}):
+        evals = [r for r in rows if r["split"] == split and "top1" in r]
+        if evals:
+            ax_acc.plot([r["step"] for r in evals], [r["top1"] for r in evals], "o-", label=f"{split} top-1")
+            ax_acc.plot([r["step"] for r in evals], [r["top5"] for r in evals], "s--", label=f"{split} top-5")
+    ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
+    ax_acc.set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02), title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    path = os.path.join(workdir, "curves.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,294 @@
+"""Training and evaluation of SmallBigNet from a config, on one CPU, a multi-GPU host or a TPU pod alike.
+
+The train step is one pure `jax.jit` function over the model's `nnx.split` state on a 'data' mesh: state born
+sharded (`out_shardings`), buffers donated, batch split over every device of every process, no pmap. A run in a
+workdir that already has checkpoints resumes from the latest one, iterator position included; SIGTERM saves a
+checkpoint at the current step and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging as absl_logging
+from flax import nnx
+from jax import lax
+from jax.experimental import multihost_utils
+
+from smallbig_jax import checkpointing, evaluate as evaluation, sharding
+from smallbig_jax.config import model_from_config
+from smallbig_jax.data import pipeline
+from smallbig_jax.metrics import MetricWriter, plot_curves
+from smallbig_jax.models import set_batchnorm_groups
+from smallbig_jax.optim import learning_rate_schedule, make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+# --- State and steps --------------------------------------------------------------------------------------------
+
+
+def build_model(config: ml_collections.ConfigDict, mesh) -> nnx.Module:
+    """The config's model with BatchNorm groups set for `config.batchnorm`."""
+    model = model_from_config(config.model, seed=config.seed)
+    if config.batchnorm == "per_device":
+        set_batchnorm_groups(model, mesh.size)
+    elif config.batchnorm != "global":
+        raise ValueError(f"config.batchnorm={config.batchnorm!r}; expected 'per_device' or 'global'")
+    return model
+
+
+def model_graphdefs(config: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, nnx.GraphDef]:
+    """Graph definitions of the model in train mode (batch statistics) and in eval mode (running statistics)."""
+    model = nnx.eval_shape(lambda: build_model(config, mesh))
+    train_graphdef = nnx.graphdef(model)
+    model.eval()
+    return train_graphdef, nnx.graphdef(model)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
+    """(graphdef, state, shardings): `state` = step, params, batch_stats, opt_state (and ema_params), created
+    directly with its target shardings."""
+
+    def init():
+        model = build_model(config, mesh)
+        if config.init_from:
+            from smallbig_jax.convert import init_from  # torch only needed for .pth files
+
+            init_from(model, config.init_from)
+        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+                 "opt_state": tx.init(params)}
+        if config.ema_decay:
+            state["ema_params"] = params
+        return state
+
+    graphdef = model_graphdefs(config, mesh)[0]
+    abstract = jax.eval_shape(init) if not config.init_from else None
+    if abstract is None:  # init_from reads files on the host: build there, then place
+        state = init()
+        shardings = sharding.state_shardings(state, mesh, config.params_sharding)
+        return graphdef, jax.device_put(state, shardings), shardings
+    shardings = sharding.state_shardings(abstract, mesh, config.params_sharding)
+    return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh, state_shardings, lr_schedule):
+    """The jitted step `(state, batch) -> (state, metrics)`.
+
+    With `grad_accum_steps = k` the global batch is split into k micro-batches (every device keeps 1/k of its part
+    in each), run one after another with BatchNorm statistics per micro-batch and running statistics updated after
+    each, as k PyTorch forward passes would; the mean of their gradients makes one update.
+    """
+    k = config.grad_accum_steps
+    ema_decay = config.ema_decay
+
+    def loss_fn(params, batch_stats, clips, labels):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        logits = model(clips)
+        loss = cross_entropy(logits, labels, config.label_smoothing).mean()
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        return loss, (nnx.state(model, nnx.BatchStat), correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(state, batch):
+        clips, labels = batch["clip"], batch["label"]
+        params = state["params"]
+        if k == 1:
+            (loss, (batch_stats, correct)), grads = grad_fn(params, state["batch_stats"], clips, labels)
+        else:
+            n = clips.shape[0]
+            if n % k:
+                raise ValueError(f"batch {n} does not split into grad_accum_steps={k} micro-batches")
+            split = lambda x: jnp.swapaxes(x.reshape(n // k, k, *x.shape[1:]), 0, 1)  # noqa: E731
+
+            def micro(carry, xs):
+                batch_stats, grad_sum, loss_sum, correct_sum = carry
+                (loss, (batch_stats, correct)), grads = grad_fn(params, batch_stats, *xs)
+                grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+                return (batch_stats, grad_sum, loss_sum + loss, correct_sum + correct), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            init = (state["batch_stats"], zeros, jnp.zeros(()), jnp.zeros((), jnp.int32))
+            (batch_stats, grads, loss, correct), _ = lax.scan(micro, init, (split(clips), split(labels)))
+            grads = jax.tree.map(lambda g: g / k, grads)
+            loss = loss / k
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                     "batch_stats": batch_stats, "opt_state": opt_state}
+        if ema_decay:
+            new_state["ema_params"] = optax.incremental_update(new_state["params"], state["ema_params"], 1 - ema_decay)
+        metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": lr_schedule(state["step"])}
+        return new_state, metrics
+
+    batch_sharding = sharding.batch_sharding(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+
+# --- The run ----------------------------------------------------------------------------------------------------
+
+
+class Preemption:
+    """SIGTERM sets a flag; all processes agree on it at a step boundary so they checkpoint the same step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(multihost_utils.process_allgather(np.int32(self.requested)).max())
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def _first_nonfinite(history: list[tuple[int, dict]]) -> int | None:
+    for step, m in history:
+        if not math.isfinite(float(m["loss"])):
+            return step
+    return None
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def validation_config(data_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Single view per video (centre clip, centre crop): the fast validation run during training."""
+    c = ml_collections.ConfigDict(data_config.to_dict())
+    c.num_clips, c.num_crops = 1, 1
+    return c
+
+
+def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[str, Any]:
+    """Evaluates the current (or EMA) weights on the validation split with `data_config`'s views."""
+    eval_graphdef = model_graphdefs(config, mesh)[1]
+    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size, mesh=mesh)
+    params = state.get("ema_params", state["params"])
+    result = evaluation.evaluate(
+        evaluation.make_eval_step(eval_graphdef, mesh), params, state["batch_stats"], loader,
+        num_videos=loader.num_videos, num_classes=config.model.num_classes, average=config.eval_average,
+    )
+    result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
+    loader.close()
+    log.info("%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)", split_name, result["top1"], result["top5"],
+             result["videos"], data_config.num_clips * data_config.num_crops)
+    return result
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming from its latest checkpoint if any) and returns the final metrics."""
+    absl_logging.set_verbosity(absl_logging.INFO)
+    mesh = sharding.make_mesh()
+    devices = mesh.size
+    if config.batch_size % devices:
+        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by {devices} devices")
+    train_loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                              mesh=mesh)
+    steps_per_epoch = max(train_loader.num_videos // config.batch_size, 1)
+    total_steps = config.num_epochs * steps_per_epoch
+    tx = make_optimizer(config, steps_per_epoch)
+    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
+    graphdef, state, state_shardings = create_train_state(config, mesh, tx)
+    train_step = make_train_step(graphdef, tx, config, mesh, state_shardings, lr_schedule)
+
+    manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
+    start = 0
+    if manager.latest_step() is not None:
+        abstract = checkpointing.abstract_like(state, state_shardings)
+        state, data_state, start = checkpointing.restore(manager, abstract)
+        train_loader.set_state(data_state)
+        log.info("resumed from %s at step %d", manager.directory, start)
+    writer = MetricWriter(workdir)
+    preemption = Preemption()
+    log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
+             total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
+             config.batchnorm)
+
+    def save(step, metrics=None, force=False):
+        checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
+
+    history: list[tuple[int, dict]] = []
+    last_log_time, last_log_step = time.perf_counter(), start
+    result: dict[str, Any] = {"steps": start, "total_steps": total_steps}
+    step = start
+    try:
+        for step in range(start + 1, total_steps + 1):
+            state, metrics = train_step(state, next(train_loader))
+            history.append((step, metrics))
+            if step % config.log_every == 0 or step == total_steps:
+                history = jax.device_get(history)
+                bad = _first_nonfinite(history)
+                if bad is not None:
+                    raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} "
+                                             f"at step {bad}; stopping (last checkpoint: {manager.latest_step()})")
+                now = time.perf_counter()
+                rate = (step - last_log_step) * config.batch_size / (now - last_log_time)
+                mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
+                writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
+                log.info("step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s", step, total_steps,
+                         mean["loss"], mean["accuracy"], mean["learning_rate"], rate / devices,
+                         _format_eta((total_steps - step) * config.batch_size / rate))
+                history, last_log_time, last_log_step = [], now, step
+            end_of_epoch = step % steps_per_epoch == 0
+            if config.eval_every_epochs and end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0:
+                val = run_evaluation(config, validation_config(config.data), state, mesh, "val")
+                writer.write(step, "val", {k: val[k] for k in ("top1", "top5")})
+                save(step, {checkpointing.BEST_METRIC: val[checkpointing.BEST_METRIC]})
+                last_log_time = time.perf_counter()  # evaluation time is not training throughput
+            elif step % config.checkpoint_every == 0:
+                save(step)
+            if preemption.agreed():
+                log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
+                save(step, force=True)
+                manager.wait_until_finished()
+                result.update(steps=step, preempted=True)
+                return result
+        if manager.latest_step() != total_steps:
+            save(total_steps, force=True)
+        manager.wait_until_finished()
+        result["steps"] = total_steps
+        if config.final_eval:
+            final = run_evaluation(config, config.data, state, mesh, "test")
+            writer.write(total_steps, "test", {k: final[k] for k in ("top1", "top5")})
+            if jax.process_index() == 0:
+                evaluation.write_predictions(os.path.join(workdir, "predictions_test.jsonl"), final)
+            result.update({k: v for k, v in final.items() if k not in ("predictions", "names")})
+        return result
+    finally:
+        preemption.restore()
+        manager.wait_until_finished()
+        manager.close()
+        train_loader.close()
+        writer.close()
+        plot_curves(workdir)
