@@ -123,7 +123,7 @@ def write_dataset(out: str, *, seed: int = 0, num_train: int = 300, num_val: int
     prepare.prepare_dataset(os.path.join(out, "arrayrecord"),
                             {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
                             input_format="video", root=os.path.join(out, "videos"), config="jpeg",
-                            quality=90, workers=workers, progress=False)
+                            quality=90, workers=workers, progress=False, overwrite=True)
   return counts
 
 
