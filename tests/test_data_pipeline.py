@@ -147,7 +147,7 @@ def test_bad_input_resample_policy(bad_cfg, caplog):
   with caplog.at_level(logging.WARNING):
     _take(loader, 3)
   loader.close()
-  assert dict(loader.bad_inputs[0]) == {"missing_video": 1}
+  assert dict(loader.bad_inputs[0]) == {f"{bad_cfg.train_list}:6 missing_video": 1}
   assert "epoch 0: 1 unreadable videos resampled" in caplog.text and "missing_video" in caplog.text
 
 

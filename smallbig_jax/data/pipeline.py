@@ -383,7 +383,7 @@ class DeviceIterator:
       return
     epoch = self.steps * self._global_batch // self._epoch_size
     for v in [] if bad is None else bad[bad >= 0]:
-      self.bad_inputs[epoch][self._source[int(v)]["name"]] += 1
+      self.bad_inputs[epoch][self._source.name(int(v))] += 1
     next_epoch = (self.steps + 1) * self._global_batch // self._epoch_size
     if next_epoch > epoch and self.bad_inputs.get(epoch):
       names = dict(self.bad_inputs[epoch])

@@ -1,8 +1,9 @@
 """Random-access video sources: frame folders, video files (PyAV) and ArrayRecord shards (TFDS).
 
-Each source is a grain random-access source (``__len__``, ``__getitem__`` giving the video's metadata) and
-has one more method, :meth:`load`, that reads a clip: it learns the video's frame count, asks the caller's
-``choose(num_frames)`` which frame indices (0-based) it wants, and decodes only those. So a video file is opened
+Each source is a grain random-access source (``__len__``, ``__getitem__`` giving the video's metadata) with
+``label(i)``, ``name(i)`` (for reports) and ``load(i, choose, min_short_side)``, which reads a clip: it learns the
+video's frame count, asks the caller's ``choose(num_frames)`` which frame indices (0-based) it wants, and decodes
+only those. So a video file is opened
 once per clip, seeked to the first wanted frame and decoded until the last one.
 
 Sources are picklable (grain sends them to worker processes); open handles are made lazily per process.
@@ -75,6 +76,10 @@ class FrameFolderSource:
 
   def label(self, i: int) -> int:
     return self.entries[i].label
+
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its list line and name."""
+    return f"{self.entries[i].source} {self.entries[i].path}"
 
   def folder(self, i: int) -> str:
     name = self.entries[i].path
@@ -197,6 +202,10 @@ class VideoFileSource:
   def label(self, i: int) -> int:
     return self.entries[i].label
 
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its list line and path."""
+    return f"{self.entries[i].source} {self.entries[i].path}"
+
   def __getitem__(self, i: int) -> dict[str, Any]:
     e = self.entries[i]
     return {"name": e.path, "label": e.label, "num_frames": self.num_frames(i), "where": e.source}
@@ -269,6 +278,13 @@ class ArrayRecordSource:
 
   def label(self, i: int) -> int:
     return self._record(i)["label"]
+
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its split, record number and (if readable) name."""
+    try:
+      return f"{self.split} record {i} ({self._record(i)['name']})"
+    except DataError:
+      return f"{self.split} record {i} (unreadable)"
 
   def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
