@@ -151,7 +151,7 @@ def test_bad_input_resample_policy(bad_cfg, caplog):
   assert "epoch 0: 1 unreadable videos resampled" in caplog.text and "missing_video" in caplog.text
 
 
-def test_eval_broken_video_error_or_excluded(bad_cfg):
+def test_eval_broken_video_error_or_excluded(bad_cfg, caplog):
   with pytest.raises(DataError, match=r"bad\.txt:6"):
     list(pipeline.eval_dataset(bad_cfg, global_batch_size=4))
   bad_cfg.eval_bad_input = "exclude"
@@ -160,6 +160,12 @@ def test_eval_broken_video_error_or_excluded(bad_cfg):
   mask = np.concatenate([b["mask"] for b in batches])
   broken = np.concatenate([b["broken"] for b in batches])
   assert mask.sum() == 11 and list(vid[broken]) == [5] and not mask[vid == 5].any()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  with caplog.at_level(logging.WARNING):
+    loader = pipeline.make_eval_loader(bad_cfg, global_batch_size=4, mesh=mesh)
+    assert sum(int(b["mask"].sum()) for b in loader) == 11
+  assert loader.excluded == {f"{bad_cfg.val_list}:6 missing_video"}
+  assert "evaluation: 1 unreadable videos excluded on this host" in caplog.text
 
 
 def test_flip_off_keeps_orientation_flip_on_mirrors(cfg):

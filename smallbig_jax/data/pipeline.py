@@ -304,6 +304,7 @@ class DeviceIterator:
     self._stop = threading.Event()
     self.steps = 0
     self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    self.excluded: set[str] = set()  # Evaluation: broken videos left out (eval_bad_input='exclude'), this host.
 
   def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     out = {}
@@ -322,7 +323,8 @@ class DeviceIterator:
         except StopIteration:
           self._put(None)
           return
-        self._put((self._it.get_state(), batch.get("bad_index"), self._to_global(batch)))
+        broken = batch["video_index"][batch["broken"]] if "broken" in batch else None
+        self._put((self._it.get_state(), (batch.get("bad_index"), broken), self._to_global(batch)))
     except BaseException as err:  # Hand every failure to the consumer: never hang.
       self._put(err)
 
@@ -367,6 +369,9 @@ class DeviceIterator:
     item = self._queue.get()
     if item is None:
       self._thread = None
+      if self.excluded:
+        log.warning("evaluation: %d unreadable videos excluded on this host: %s", len(self.excluded),
+                    sorted(self.excluded))
       raise StopIteration
     if isinstance(item, BaseException):
       self._thread = None
@@ -377,8 +382,11 @@ class DeviceIterator:
     self.steps += 1
     return batch
 
-  def _account(self, bad: np.ndarray | None) -> None:
-    """Counts resampled videos; logs an epoch's summary when the stream crosses into the next epoch."""
+  def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+    """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
+    bad, broken = bad
+    if broken is not None:
+      self.excluded.update(self._source.name(int(v)) for v in broken)
     if self._epoch_size is None:
       return
     epoch = self.steps * self._global_batch // self._epoch_size
