@@ -21,7 +21,8 @@ and ignores the rest. Every view is produced exactly once over all hosts.
 Bad input: ``bad_input='error'`` stops with the :class:`DataError` message (file and list line);
 ``'resample'`` replaces the video by a deterministic other one, counts it and logs the names at the end of each
 epoch. In evaluation a broken video stops the run unless ``eval_bad_input='exclude'``, which masks its views
-out (``mask`` False, ``broken`` True) and logs it.
+out (``mask`` False, ``broken`` True, so the evaluator leaves them out of the denominator), logs each, and lists
+them at the end of the pass (``loader.excluded``). A broken video never hangs the pipeline.
 
 The iterator's state (``get_state``/``set_state``, a small JSON-serialisable dict) is the state after the last
 batch handed out, not after the prefetched ones: resuming from it yields exactly the batches that would have come
@@ -37,7 +38,8 @@ Use::
   for batch in make_eval_loader(cfg, global_batch_size=64, mesh=mesh):   # one pass over every view
     ...                                    # average logits per batch["video_index"] where batch["mask"]
 
-Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries).
+Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries). Call
+``loader.close()`` when done (it stops the prefetch thread and grain's worker processes).
 """
 
 from __future__ import annotations
