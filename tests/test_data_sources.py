@@ -48,12 +48,13 @@ def test_video_file_decodes_the_chosen_frames(sbdata_dir):
 
 @pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9")])
 def test_video_containers(tmp_path, ext, codec):
-  synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec)
+  synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec, gop=4)  # key frames 0, 4, 8...
   lists.write_video_list(str(tmp_path / "l.txt"), [(f"v.{ext}", 0)])
   src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
   assert src.num_frames(0) == SBDATA_FRAMES
-  frames, _ = src.load(0, lambda n: IDX)
-  np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
+  for idx in (IDX, IDX[:-1], np.array([9, 13, 14])):  # from frame 0, seeking to frames 3 and 9
+    frames, _ = src.load(0, lambda n: idx)
+    np.testing.assert_array_equal(sbdata_frame_ids(frames), idx)
 
 
 def test_video_list_csv(sbdata_dir, tmp_path):

@@ -146,7 +146,8 @@ def decode_video(file: str | io.BytesIO, choose: Choose, where: str, num_frames:
       last = int(uniq[-1])
       start = stream.start_time or 0
       rate = stream.average_rate
-      if uniq[0] > 0 and rate:
+      seeked = bool(uniq[0] > 0 and rate)
+      if seeked:
         target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
         container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
       size = None
@@ -156,6 +157,9 @@ def decode_video(file: str | io.BytesIO, choose: Choose, where: str, num_frames:
       out: list[np.ndarray | None] = [None] * len(uniq)
       count = 0
       for frame in container.decode(stream):
+        if frame.pts is None and seeked:
+          raise DataError(f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
+                          "(or prepare it as JPEG frames)")
         idx = _frame_index(frame, stream, start) if (frame.pts is not None and rate) else count
         count += 1
         if idx in wanted:

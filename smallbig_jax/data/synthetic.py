@@ -56,7 +56,8 @@ def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size:
   return video
 
 
-def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264") -> None:
+def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264",
+              gop: int | None = None) -> None:
   """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
   default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -64,6 +65,8 @@ def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec:
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height = video.shape[2], video.shape[1]
     stream.pix_fmt = "yuv420p"
+    if gop:
+      stream.gop_size = gop  # Key frame interval.
     if codec == "libx264":
       stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
     elif codec == "mpeg4":
