@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SBDATA_FRAMES, SBDATA_VIDEOS, sbdata_frame_ids, sbdata_video
-from smallbig_jax.data import lists, prepare, sources, synthetic
+from smallbig_jax.data import check, lists, prepare, sources, synthetic
 from smallbig_jax.data.lists import DataError
 
 IDX = np.array([15, 3, 3, 7, 0])
@@ -115,6 +115,7 @@ def test_arrayrecord_jpeg_records(sbdata_arrayrecord):
   reader = array_record_module.ArrayRecordReader(shard)
   assert "uncompressed" in reader.writer_options_string()  # JPEG bytes: zstd would only cost reads
   reader.close()
+  assert check.check_source(src, workers=1, progress=False) == []
 
 
 def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):

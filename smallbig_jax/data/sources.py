@@ -262,8 +262,9 @@ class ArrayRecordSource:
 
   def _record(self, i: int) -> dict[str, Any]:
     """``{"name", "label", "num_frames", "frames" (a sequence of JPEG bytes), "video"}`` of record ``i``."""
-    if self._last is not None and self._last[0] == i:
-      return self._last[1]
+    last = self._last  # One read: grain's reader threads share this source.
+    if last is not None and last[0] == i:
+      return last[1]
     from tensorflow_datasets.proto import tf_example_pb2
     try:
       raw = self._open().data_source[i]
