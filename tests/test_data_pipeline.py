@@ -270,3 +270,19 @@ def test_resume_on_another_host_or_worker_count(cfg):
   np.testing.assert_array_equal(np.asarray(next(fresh)["label"]), _take(pipeline.train_dataset(
       cfg, global_batch_size=4, seed=0, start_position=24), 1)[0]["label"])
   fresh.close()
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("format", "hdf5", r"data.format must be one of"), ("sampling", "tsm", r"data.sampling must be one of"),
+    ("num_crops", 5, r"data.num_crops must be one of"), ("bad_input", "skip", r"data.bad_input must be one of"),
+    ("num_frames", 0, r"data.num_frames must be positive"),
+])
+def test_bad_config_is_reported_before_reading(cfg, field, value, match):
+  good = cfg[field]
+  cfg[field] = value
+  with pytest.raises(ValueError, match=match):
+    pipeline.train_dataset(cfg, global_batch_size=4, seed=0)
+  cfg[field] = good
+  cfg.sampling, cfg.num_clips = "segment", 3
+  with pytest.raises(ValueError, match=r"data.num_clips must be 1 or 2"):
+    pipeline.eval_dataset(cfg, global_batch_size=4)

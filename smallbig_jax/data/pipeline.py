@@ -115,6 +115,22 @@ def default_data_config() -> ml_collections.ConfigDict:
   return c
 
 
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
+  choices = {"format": ("frames", "video", "arrayrecord"), "sampling": ("dense", "segment"),
+             "num_crops": (1, 3), "bad_input": ("error", "resample"), "eval_bad_input": ("error", "exclude")}
+  for field, allowed in choices.items():
+    if cfg[field] not in allowed:
+      raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
+  if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
+    raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
+  for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
+    if int(cfg[field]) < 1:
+      raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
+  if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
+    raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
+
+
 def _open_source(cfg, split: str):
   if cfg.format == "arrayrecord":
     return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"])
@@ -262,6 +278,7 @@ def train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, see
   """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
   every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
   ``ShardByJaxProcess``."""
+  check_config(cfg)
   source = source if source is not None else _open_source(cfg, "train")
   shard = _shard_options(shard_options)
   example = TrainExample(source, cfg, seed)
@@ -275,6 +292,7 @@ def train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, see
 def eval_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int,
                  shard_options: grain.sharding.ShardOptions | None = None, source=None) -> grain.IterDataset:
   """This host's evaluation batches (every view once over all hosts, padded to whole global batches)."""
+  check_config(cfg)
   source = source if source is not None else _open_source(cfg, "val")
   shard = _shard_options(shard_options)
   example = EvalExample(source, cfg)
