@@ -130,7 +130,7 @@ def write_dataset(out: str, *, seed: int = 0, num_train: int = 300, num_val: int
   return counts
 
 
-def data_config(out: str, fmt: str = "arrayrecord"):
+def data_config(out: str, fmt: str = "arrayrecord") -> "ml_collections.ConfigDict":
   """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
   from smallbig_jax.data.pipeline import default_data_config
   c = default_data_config()
