@@ -91,6 +91,9 @@ class Cycled:
   def label(self, i: int) -> int:
     return self.source.label(i % len(self.source))
 
+  def name(self, i: int) -> str:
+    return self.source.name(i % len(self.source))
+
   def load(self, i: int, *args, **kwargs):
     return self.source.load(i % len(self.source), *args, **kwargs)
 

@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--quality", type=int, default=90)
   p.add_argument("--workers", type=int, default=os.cpu_count())
   p.add_argument("--quiet", action="store_true", help="no progress bar")
+  p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
   a = p.parse_args(argv)
   splits = dict(s.split("=", 1) for s in a.split)
   counts = prepare.prepare_dataset(
       a.out, splits, input_format=a.input_format, root=a.root, config=a.config, template=a.template,
       kinetics_ids=a.kinetics_ids, short_side=a.short_side or None, quality=a.quality, workers=a.workers,
-      progress=not a.quiet)
+      progress=not a.quiet, overwrite=a.overwrite)
   for split, (ok, failed) in counts.items():
     print(f"{split}: {ok} videos written, {failed} unreadable" + (
         f" (listed in {os.path.join(a.out, f'failed_{split}.txt')})" if failed else ""))

@@ -1,6 +1,6 @@
 """Two real JAX processes (jax.distributed on loopback, one CPU device each) read their own halves and build
 global batches with make_array_from_process_local_data: together they equal the single-host batches, and
-evaluation sees every video exactly once."""
+evaluation sees every video exactly once. Also: batches on a 2x2 device mesh in bfloat16."""
 
 import json
 import os
@@ -80,3 +80,33 @@ def test_two_processes_build_the_single_host_batches(sbdata_dir, tmp_path):
   vids, mask = np.array(res[0]["eval_video_index"]), np.array(res[0]["eval_mask"])
   assert len(vids) == 16 and mask.sum() == 12
   assert sorted(vids[mask]) == list(range(12)) and np.all(vids[~mask] == -1)
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, ml_collections, numpy as np
+    from smallbig_jax.data import pipeline, transforms
+    cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
+    loader = pipeline.make_train_loader(cfg, global_batch_size=8, seed=0, mesh=mesh, batch_axis="data")
+    b = next(loader)
+    loader.close()
+    ref = next(iter(pipeline.train_dataset(cfg, global_batch_size=8, seed=0)))
+    assert len(jax.devices()) == 4 and b["clip"].dtype == jax.numpy.bfloat16, (jax.devices(), b["clip"].dtype)
+    assert b["clip"].sharding.spec[0] == "data" and b["clip"].addressable_shards[0].data.shape[0] == 4
+    np.testing.assert_allclose(np.asarray(b["clip"], np.float32), transforms.normalize(ref["clip"]), atol=0.02)
+    np.testing.assert_array_equal(np.asarray(b["label"]), ref["label"])
+    print("ok")
+""")
+
+
+def test_batches_sharded_over_a_device_mesh_in_bfloat16(sbdata_dir, tmp_path):
+  cfg = pipeline.default_data_config()
+  cfg.format, cfg.root, cfg.train_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
+  cfg.num_frames, cfg.stride, cfg.crop_size, cfg.dtype = 4, 2, 32, "bfloat16"
+  (tmp_path / "sharded.py").write_text(SHARDED)
+  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  r = subprocess.run([sys.executable, str(tmp_path / "sharded.py"), json.dumps(cfg.to_dict())],
+                     capture_output=True, text=True, env=env, timeout=240)
+  assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]

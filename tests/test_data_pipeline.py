@@ -147,11 +147,11 @@ def test_bad_input_resample_policy(bad_cfg, caplog):
   with caplog.at_level(logging.WARNING):
     _take(loader, 3)
   loader.close()
-  assert dict(loader.bad_inputs[0]) == {"missing_video": 1}
+  assert dict(loader.bad_inputs[0]) == {f"{bad_cfg.train_list}:6 missing_video": 1}
   assert "epoch 0: 1 unreadable videos resampled" in caplog.text and "missing_video" in caplog.text
 
 
-def test_eval_broken_video_error_or_excluded(bad_cfg):
+def test_eval_broken_video_error_or_excluded(bad_cfg, caplog):
   with pytest.raises(DataError, match=r"bad\.txt:6"):
     list(pipeline.eval_dataset(bad_cfg, global_batch_size=4))
   bad_cfg.eval_bad_input = "exclude"
@@ -160,6 +160,12 @@ def test_eval_broken_video_error_or_excluded(bad_cfg):
   mask = np.concatenate([b["mask"] for b in batches])
   broken = np.concatenate([b["broken"] for b in batches])
   assert mask.sum() == 11 and list(vid[broken]) == [5] and not mask[vid == 5].any()
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  with caplog.at_level(logging.WARNING):
+    loader = pipeline.make_eval_loader(bad_cfg, global_batch_size=4, mesh=mesh)
+    assert sum(int(b["mask"].sum()) for b in loader) == 11
+  assert loader.excluded == {f"{bad_cfg.val_list}:6 missing_video"}
+  assert "evaluation: 1 unreadable videos excluded on this host" in caplog.text
 
 
 def test_flip_off_keeps_orientation_flip_on_mirrors(cfg):
@@ -233,3 +239,50 @@ def test_loader_state_round_trips_through_orbax(cfg, tmp_path):
     np.testing.assert_array_equal(np.asarray(b["label"]), label)
     np.testing.assert_array_equal(np.asarray(b["clip"]), clip)
   resumed.close()
+
+
+def test_resume_on_another_host_or_worker_count(cfg):
+  """The saved global position restarts the stream exactly, whatever the new layout."""
+  ref = _take(pipeline.train_dataset(cfg, global_batch_size=4, seed=0), 6)
+  hosts = [_take(pipeline.train_dataset(cfg, global_batch_size=4, seed=0, start_position=8,
+                                        shard_options=grain.sharding.ShardOptions(h, 2)), 2) for h in range(2)]
+  for k in range(2):
+    for key in ("clip", "label"):
+      np.testing.assert_array_equal(np.stack([hosts[0][k][key], hosts[1][k][key]], 1).reshape(ref[2 + k][key].shape),
+                                    ref[2 + k][key])
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+  loader = pipeline.make_train_loader(cfg, global_batch_size=4, seed=0, mesh=mesh)
+  _take(loader, 3)
+  state = json.loads(json.dumps(loader.get_state()))
+  loader.close()
+  assert state["position"] == 12 and state["layout"]["worker_count"] == 0
+  state["layout"]["process_count"] = 2  # As if saved on two hosts: grain's per-host state does not apply.
+  resumed = pipeline.make_train_loader(cfg, global_batch_size=4, seed=0, mesh=mesh)
+  resumed.set_state(state)
+  for k, b in enumerate(_take(resumed, 3)):
+    np.testing.assert_array_equal(np.asarray(b["label"]), ref[3 + k]["label"])
+    np.testing.assert_allclose(np.asarray(b["clip"]), transforms.normalize(ref[3 + k]["clip"]), atol=1e-6)
+  again = resumed.get_state()
+  resumed.close()
+  assert again["position"] == 24 and again["steps"] == 6 and again["layout"]["start_position"] == 12
+  fresh = pipeline.make_train_loader(cfg, global_batch_size=4, seed=0, mesh=mesh)
+  fresh.set_state(again)  # Saved by a position-resumed loader: resumes by position again.
+  np.testing.assert_array_equal(np.asarray(next(fresh)["label"]), _take(pipeline.train_dataset(
+      cfg, global_batch_size=4, seed=0, start_position=24), 1)[0]["label"])
+  fresh.close()
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("format", "hdf5", r"data.format must be one of"), ("sampling", "tsm", r"data.sampling must be one of"),
+    ("num_crops", 5, r"data.num_crops must be one of"), ("bad_input", "skip", r"data.bad_input must be one of"),
+    ("num_frames", 0, r"data.num_frames must be positive"),
+])
+def test_bad_config_is_reported_before_reading(cfg, field, value, match):
+  good = cfg[field]
+  cfg[field] = value
+  with pytest.raises(ValueError, match=match):
+    pipeline.train_dataset(cfg, global_batch_size=4, seed=0)
+  cfg[field] = good
+  cfg.sampling, cfg.num_clips = "segment", 3
+  with pytest.raises(ValueError, match=r"data.num_clips must be 1 or 2"):
+    pipeline.eval_dataset(cfg, global_batch_size=4)

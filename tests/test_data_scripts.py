@@ -95,6 +95,13 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
   assert "train: 2 videos written, 1 unreadable" in r.stdout and "val: 12 videos written, 0 unreadable" in r.stdout
   assert "l.txt:3" in open(tmp_path / "ar" / "failed_train.txt").read()
   assert "train videos" in r.stderr  # progress bar
+  args = [sys.executable, f"{ROOT}/scripts/prepare_dataset.py", "--input_format", "frames", "--root",
+          f"{sbdata_dir}/frames", "--split", f"train={sbdata_dir}/frames.txt", "--out", str(tmp_path / "ar")]
+  r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+  assert r.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in r.stderr
+  r = subprocess.run(args + ["--overwrite", "--quiet"], capture_output=True, text=True, env=env, timeout=180)
+  assert r.returncode == 0 and "train: 12 videos written, 0 unreadable" in r.stdout, r.stderr[-2000:]
+  assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train")) == 12
 
 
 def _pooled_features(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

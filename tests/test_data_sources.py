@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SBDATA_FRAMES, SBDATA_VIDEOS, sbdata_frame_ids, sbdata_video
-from smallbig_jax.data import lists, prepare, sources, synthetic
+from smallbig_jax.data import check, lists, prepare, sources, synthetic
 from smallbig_jax.data.lists import DataError
 
 IDX = np.array([15, 3, 3, 7, 0])
@@ -48,12 +48,13 @@ def test_video_file_decodes_the_chosen_frames(sbdata_dir):
 
 @pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9")])
 def test_video_containers(tmp_path, ext, codec):
-  synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec)
+  synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec, gop=4)  # key frames 0, 4, 8...
   lists.write_video_list(str(tmp_path / "l.txt"), [(f"v.{ext}", 0)])
   src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
   assert src.num_frames(0) == SBDATA_FRAMES
-  frames, _ = src.load(0, lambda n: IDX)
-  np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
+  for idx in (IDX, IDX[:-1], np.array([9, 13, 14])):  # from frame 0, seeking to frames 3 and 9
+    frames, _ = src.load(0, lambda n: idx)
+    np.testing.assert_array_equal(sbdata_frame_ids(frames), idx)
 
 
 def test_video_list_csv(sbdata_dir, tmp_path):
@@ -114,6 +115,7 @@ def test_arrayrecord_jpeg_records(sbdata_arrayrecord):
   reader = array_record_module.ArrayRecordReader(shard)
   assert "uncompressed" in reader.writer_options_string()  # JPEG bytes: zstd would only cost reads
   reader.close()
+  assert check.check_source(src, workers=1, progress=False) == []
 
 
 def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):

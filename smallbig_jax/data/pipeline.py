@@ -21,11 +21,13 @@ and ignores the rest. Every view is produced exactly once over all hosts.
 Bad input: ``bad_input='error'`` stops with the :class:`DataError` message (file and list line);
 ``'resample'`` replaces the video by a deterministic other one, counts it and logs the names at the end of each
 epoch. In evaluation a broken video stops the run unless ``eval_bad_input='exclude'``, which masks its views
-out (``mask`` False, ``broken`` True) and logs it.
+out (``mask`` False, ``broken`` True, so the evaluator leaves them out of the denominator), logs each, and lists
+them at the end of the pass (``loader.excluded``). A broken video never hangs the pipeline.
 
 The iterator's state (``get_state``/``set_state``, a small JSON-serialisable dict) is the state after the last
 batch handed out, not after the prefetched ones: resuming from it yields exactly the batches that would have come
-next (with the same global batch size and host count).
+next. With the same hosts, workers and batch size it is grain's own iterator state; after a change of any of them
+training resumes at the saved global stream position, which every layout maps to the same examples.
 
 Use::
 
@@ -37,7 +39,8 @@ Use::
   for batch in make_eval_loader(cfg, global_batch_size=64, mesh=mesh):   # one pass over every view
     ...                                    # average logits per batch["video_index"] where batch["mask"]
 
-Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries).
+Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries). Call
+``loader.close()`` when done (it stops the prefetch thread and grain's worker processes).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grain
 import jax
@@ -110,6 +113,22 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.dtype = "float32"
   c.decode_threads = False
   return c
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
+  choices = {"format": ("frames", "video", "arrayrecord"), "sampling": ("dense", "segment"),
+             "num_crops": (1, 3), "bad_input": ("error", "resample"), "eval_bad_input": ("error", "exclude")}
+  for field, allowed in choices.items():
+    if cfg[field] not in allowed:
+      raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
+  if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
+    raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
+  for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
+    if int(cfg[field]) < 1:
+      raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
+  if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
+    raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
 
 
 def _open_source(cfg, split: str):
@@ -254,14 +273,17 @@ def _with_workers(ds: grain.MapDataset, cfg) -> grain.IterDataset:
 
 
 def train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                  shard_options: grain.sharding.ShardOptions | None = None, source=None) -> grain.IterDataset:
+                  shard_options: grain.sharding.ShardOptions | None = None, source=None,
+                  start_position: int = 0) -> grain.IterDataset:
   """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
-  every epoch); ``shard_options`` defaults to ``ShardByJaxProcess``."""
+  every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
+  ``ShardByJaxProcess``."""
+  check_config(cfg)
   source = source if source is not None else _open_source(cfg, "train")
   shard = _shard_options(shard_options)
   example = TrainExample(source, cfg, seed)
   ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
-  ds = ds.map_with_index(example)
+  ds = ds.map_with_index(example)[start_position:]  # The index seen by `example` stays the global position.
   ds = ds[shard.shard_index::shard.shard_count]
   ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
   return _with_workers(ds, cfg)
@@ -270,6 +292,7 @@ def train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, see
 def eval_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int,
                  shard_options: grain.sharding.ShardOptions | None = None, source=None) -> grain.IterDataset:
   """This host's evaluation batches (every view once over all hosts, padded to whole global batches)."""
+  check_config(cfg)
   source = source if source is not None else _open_source(cfg, "val")
   shard = _shard_options(shard_options)
   example = EvalExample(source, cfg)
@@ -291,8 +314,12 @@ class DeviceIterator:
   resampled videos are counted per epoch and logged by name when an epoch ends (``bad_inputs``)."""
 
   def __init__(self, host_ds: grain.IterDataset, source, *, mesh: Mesh, global_batch_size: int,
-               prefetch: int = 2, dtype: str = "float32", batch_axis=None, epoch_size: int | None = None):
+               prefetch: int = 2, dtype: str = "float32", batch_axis=None, epoch_size: int | None = None,
+               restart: Callable[[int], grain.IterDataset] | None = None, layout: dict[str, int] | None = None):
     self._ds, self._source, self._mesh = host_ds, source, mesh
+    self._restart = restart  # Stream position -> this host's dataset from there (training only).
+    self._layout = dict(layout or {}, global_batch_size=global_batch_size, start_position=0)
+    self.position = 0  # Global stream position of the next batch's first example.
     self._it = iter(host_ds)
     self._state = self._it.get_state()
     self._sharding = NamedSharding(mesh, _batch_spec(mesh, batch_axis))
@@ -304,6 +331,7 @@ class DeviceIterator:
     self._stop = threading.Event()
     self.steps = 0
     self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+    self.excluded: set[str] = set()  # Evaluation: broken videos left out (eval_bad_input='exclude'), this host.
 
   def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     out = {}
@@ -322,7 +350,8 @@ class DeviceIterator:
         except StopIteration:
           self._put(None)
           return
-        self._put((self._it.get_state(), batch.get("bad_index"), self._to_global(batch)))
+        broken = batch["video_index"][batch["broken"]] if "broken" in batch else None
+        self._put((self._it.get_state(), (batch.get("bad_index"), broken), self._to_global(batch)))
     except BaseException as err:  # Hand every failure to the consumer: never hang.
       self._put(err)
 
@@ -376,6 +405,9 @@ class DeviceIterator:
     item = self._queue.get()
     if item is None:
       self._thread = None
+      if self.excluded:
+        log.warning("evaluation: %d unreadable videos excluded on this host: %s", len(self.excluded),
+                    sorted(self.excluded))
       raise StopIteration
     if isinstance(item, BaseException):
       self._thread = None
@@ -384,29 +416,46 @@ class DeviceIterator:
     self._state = state
     self._account(bad)
     self.steps += 1
+    self.position += self._global_batch
     return batch
 
-  def _account(self, bad: np.ndarray | None) -> None:
-    """Counts resampled videos; logs an epoch's summary when the stream crosses into the next epoch."""
+  def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+    """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
+    bad, broken = bad
+    if broken is not None:
+      self.excluded.update(self._source.name(int(v)) for v in broken)
     if self._epoch_size is None:
       return
-    epoch = self.steps * self._global_batch // self._epoch_size
+    epoch = self.position // self._epoch_size
     for v in [] if bad is None else bad[bad >= 0]:
-      self.bad_inputs[epoch][self._source[int(v)]["name"]] += 1
-    next_epoch = (self.steps + 1) * self._global_batch // self._epoch_size
+      self.bad_inputs[epoch][self._source.name(int(v))] += 1
+    next_epoch = (self.position + self._global_batch) // self._epoch_size
     if next_epoch > epoch and self.bad_inputs.get(epoch):
       names = dict(self.bad_inputs[epoch])
       log.warning("epoch %d: %d unreadable videos resampled on this host: %s", epoch, sum(names.values()), names)
 
   def get_state(self) -> dict[str, Any]:
-    """grain state after the last batch returned (save it next to the model)."""
-    return {"grain": self._state, "steps": self.steps}
+    """State after the last batch returned (JSON-serialisable; save it next to the model): grain's iterator
+    state, the step, the global stream position, and the layout (hosts, workers, batch) grain's state is for."""
+    return {"grain": self._state, "steps": self.steps, "position": self.position, "layout": dict(self._layout)}
 
   def set_state(self, state: dict[str, Any]) -> None:
-    """Resumes at ``state``: the next batch is the one that followed it."""
+    """Resumes at ``state``: the next batch is the one that followed it.
+
+    With the layout the state was saved under, grain's own state is restored. With another number of hosts or
+    workers (or another global batch size), training restarts the stream at the saved global position, so the
+    examples that follow are still exactly those that would have come next (grouped into the new batches)."""
     self._stop_thread()
-    self._state, self.steps = state["grain"], int(state["steps"])
-    self._reset_iterator()
+    self.steps, self.position = int(state["steps"]), int(state.get("position", 0))
+    if state.get("layout") in (None, self._layout) or self._restart is None:
+      self._state = state["grain"]
+      self._reset_iterator()
+      return
+    self._it.close()
+    self._ds = self._restart(self.position)
+    self._layout["start_position"] = self.position
+    self._it = iter(self._ds)
+    self._state = self._it.get_state()
 
 
 def _mesh(mesh: Mesh | None) -> Mesh:
@@ -417,10 +466,12 @@ def make_train_loader(data_config: ml_collections.ConfigDict, *, global_batch_si
                       mesh: Mesh | None = None, batch_axis=None) -> DeviceIterator:
   """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
   source = _open_source(data_config, "train")
-  ds = train_dataset(data_config, global_batch_size=global_batch_size, seed=seed, source=source)
-  return DeviceIterator(ds, source, mesh=_mesh(mesh), global_batch_size=global_batch_size,
+  make = lambda start: train_dataset(data_config, global_batch_size=global_batch_size, seed=seed, source=source,
+                                     start_position=start)
+  layout = {"process_count": jax.process_count(), "worker_count": data_config.worker_count}
+  return DeviceIterator(make(0), source, mesh=_mesh(mesh), global_batch_size=global_batch_size,
                         prefetch=data_config.device_prefetch, dtype=data_config.dtype, batch_axis=batch_axis,
-                        epoch_size=len(source))
+                        epoch_size=len(source), restart=make, layout=layout)
 
 
 def make_eval_loader(data_config: ml_collections.ConfigDict, *, global_batch_size: int,

@@ -112,13 +112,18 @@ def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, 
 
 def prepare_dataset(out: str, splits: dict[str, str], *, input_format: str, root: str = "", config: str = "jpeg",
                     template: str = "img_{:05d}.jpg", kinetics_ids: bool = False, short_side: int | None = None,
-                    quality: int = 90, workers: int | None = None, progress: bool = True) -> dict[str, tuple[int, int]]:
+                    quality: int = 90, workers: int | None = None, progress: bool = True,
+                    overwrite: bool = False) -> dict[str, tuple[int, int]]:
   """Builds the TFDS dataset ``small_big_video/<config>`` under ``out``; returns ``{split: (written, failed)}``.
 
-  ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``."""
+  ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``. An existing build is
+  an error unless ``overwrite`` (TFDS would silently keep the old one)."""
   import json
   import tensorflow_datasets as tfds
   from smallbig_jax.data import tfds_builder
+  existing = os.path.join(out, "small_big_video", config)
+  if os.path.exists(existing) and not overwrite:
+    raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
   os.makedirs(out, exist_ok=True)
   manual = os.path.join(out, "manual")
   os.makedirs(manual, exist_ok=True)
@@ -131,7 +136,9 @@ def prepare_dataset(out: str, splits: dict[str, str], *, input_format: str, root
     json.dump({"splits": spec}, f, indent=1)
   builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
   with _uncompressed_array_record():
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
+    modes = tfds.download.GenerateMode
+    mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
   counts = {}
   for name in splits:
     with open(spec[name]["failed_file"]) as f:

@@ -40,7 +40,8 @@ def dense_center_indices(num_frames: int, length: int, stride: int) -> np.ndarra
 
 
 def dense_multiclip_indices(num_frames: int, length: int, stride: int, num_clips: int) -> np.ndarray:
-  """Kinetics multi-clip test: ``[num_clips, length]``, starts spread evenly, indices wrap modulo ``N``."""
+  """Kinetics multi-clip test: ``[num_clips, length]``, starts spread evenly, indices wrap modulo ``N``.
+  One clip is the centred clip (the official ``linspace`` would start it at frame 0)."""
   if num_clips == 1:
     return dense_center_indices(num_frames, length, stride)[None]
   starts = np.linspace(0, max(1, num_frames - length * stride) - 1, num_clips).astype(np.int64)
@@ -48,7 +49,8 @@ def dense_multiclip_indices(num_frames: int, length: int, stride: int, num_clips
 
 
 def segment_train_indices(rng: np.random.Generator, num_frames: int, length: int) -> np.ndarray:
-  """TSN training clip: one uniformly random frame in each of ``length`` equal segments."""
+  """TSN training clip: one uniformly random frame in each of ``length`` equal segments. For a video shorter
+  than ``length`` frames the official code repeats frame 0; this takes sorted random frames instead."""
   seg = num_frames // length
   if seg > 0:
     return np.arange(length) * seg + rng.integers(0, seg, size=length)

@@ -1,8 +1,9 @@
 """Random-access video sources: frame folders, video files (PyAV) and ArrayRecord shards (TFDS).
 
-Each source is a grain random-access source (``__len__``, ``__getitem__`` giving the video's metadata) and
-has one more method, :meth:`load`, that reads a clip: it learns the video's frame count, asks the caller's
-``choose(num_frames)`` which frame indices (0-based) it wants, and decodes only those. So a video file is opened
+Each source is a grain random-access source (``__len__``, ``__getitem__`` giving the video's metadata) with
+``label(i)``, ``name(i)`` (for reports) and ``load(i, choose, min_short_side)``, which reads a clip: it learns the
+video's frame count, asks the caller's ``choose(num_frames)`` which frame indices (0-based) it wants, and decodes
+only those. So a video file is opened
 once per clip, seeked to the first wanted frame and decoded until the last one.
 
 Sources are picklable (grain sends them to worker processes); open handles are made lazily per process.
@@ -76,6 +77,10 @@ class FrameFolderSource:
   def label(self, i: int) -> int:
     return self.entries[i].label
 
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its list line and name."""
+    return f"{self.entries[i].source} {self.entries[i].path}"
+
   def folder(self, i: int) -> str:
     name = self.entries[i].path
     return os.path.join(self.root, lists.kinetics_folder_name(name) if self.kinetics_ids else name)
@@ -141,16 +146,20 @@ def decode_video(file: str | io.BytesIO, choose: Choose, where: str, num_frames:
       last = int(uniq[-1])
       start = stream.start_time or 0
       rate = stream.average_rate
-      if uniq[0] > 0 and rate:
+      seeked = bool(uniq[0] > 0 and rate)
+      if seeked:
         target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
         container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
       size = None
       # One reformatter for the whole clip: it keeps its swscale context, where frame.to_ndarray builds a new
-      # one per frame (5x slower on small frames).
+      # one per frame (3-7x slower on 64x64 frames in a micro-benchmark).
       reformatter = VideoReformatter()
       out: list[np.ndarray | None] = [None] * len(uniq)
       count = 0
       for frame in container.decode(stream):
+        if frame.pts is None and seeked:
+          raise DataError(f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
+                          "(or prepare it as JPEG frames)")
         idx = _frame_index(frame, stream, start) if (frame.pts is not None and rate) else count
         count += 1
         if idx in wanted:
@@ -196,6 +205,10 @@ class VideoFileSource:
 
   def label(self, i: int) -> int:
     return self.entries[i].label
+
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its list line and path."""
+    return f"{self.entries[i].source} {self.entries[i].path}"
 
   def __getitem__(self, i: int) -> dict[str, Any]:
     e = self.entries[i]
@@ -249,8 +262,9 @@ class ArrayRecordSource:
 
   def _record(self, i: int) -> dict[str, Any]:
     """``{"name", "label", "num_frames", "frames" (a sequence of JPEG bytes), "video"}`` of record ``i``."""
-    if self._last is not None and self._last[0] == i:
-      return self._last[1]
+    last = self._last  # One read: grain's reader threads share this source.
+    if last is not None and last[0] == i:
+      return last[1]
     from tensorflow_datasets.proto import tf_example_pb2
     try:
       raw = self._open().data_source[i]
@@ -269,6 +283,13 @@ class ArrayRecordSource:
 
   def label(self, i: int) -> int:
     return self._record(i)["label"]
+
+  def name(self, i: int) -> str:
+    """How error reports name video ``i``: its split, record number and (if readable) name."""
+    try:
+      return f"{self.split} record {i} ({self._record(i)['name']})"
+    except DataError:
+      return f"{self.split} record {i} (unreadable)"
 
   def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""

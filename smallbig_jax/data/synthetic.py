@@ -56,7 +56,8 @@ def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size:
   return video
 
 
-def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264") -> None:
+def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264",
+              gop: int | None = None) -> None:
   """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
   default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -64,6 +65,8 @@ def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec:
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height = video.shape[2], video.shape[1]
     stream.pix_fmt = "yuv420p"
+    if gop:
+      stream.gop_size = gop  # Key frame interval.
     if codec == "libx264":
       stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
     elif codec == "mpeg4":
@@ -123,11 +126,11 @@ def write_dataset(out: str, *, seed: int = 0, num_train: int = 300, num_val: int
     prepare.prepare_dataset(os.path.join(out, "arrayrecord"),
                             {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
                             input_format="video", root=os.path.join(out, "videos"), config="jpeg",
-                            quality=90, workers=workers, progress=False)
+                            quality=90, workers=workers, progress=False, overwrite=True)
   return counts
 
 
-def data_config(out: str, fmt: str = "arrayrecord"):
+def data_config(out: str, fmt: str = "arrayrecord") -> "ml_collections.ConfigDict":
   """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
   from smallbig_jax.data.pipeline import default_data_config
   c = default_data_config()

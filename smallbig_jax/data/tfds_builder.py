@@ -20,6 +20,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 MANIFEST = "manifest.json"
+_CITATION = """@inproceedings{li2020smallbignet,
+  title={SmallBigNet: Integrating Core and Contextual Views for Video Classification},
+  author={Li, Xianhang and Wang, Yali and Zhou, Zhipeng and Qiao, Yu},
+  booktitle={CVPR},
+  note={arXiv:2006.14582},
+  year={2020}
+}"""
 
 
 class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
@@ -44,6 +51,8 @@ class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
             "video": obj(()),
         }),
         supervised_keys=None,
+        homepage="https://github.com/xhl-video/SmallBigNet",
+        citation=_CITATION,
         disable_shuffling=True,  # Records keep the list order (minus unreadable videos).
     )
 
