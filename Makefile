@@ -15,7 +15,8 @@ $(STAMP): $(SOURCES)
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python scripts/demo.py
+	@test -d data/synthetic/arrayrecord || $(VENV)/bin/python scripts/make_synthetic_dataset.py --out data/synthetic
+	$(VENV)/bin/python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q tests

@@ -2,8 +2,9 @@ r"""The embedded default: SmallBig-R50 (narrow) on the synthetic axis-of-motion 
 
 Five classes (still, horizontal, vertical, diagonal, anti-diagonal motion of a random shape over clutter) that need
 temporal context but not temporal order (spec, section 9). `scripts/make_synthetic_dataset.py` writes the data.
-The argument "res50" swaps in the per-frame C2D baseline of the same width, which cannot relate frames and stays
-far below SmallBig (BENCHMARKS.md has the numbers); "smoke" shrinks the run to a few steps.
+Arguments (comma-separated): "res50" swaps in the per-frame C2D baseline of the same width, which cannot relate
+frames and stays far below SmallBig (BENCHMARKS.md has the numbers); "smoke" shrinks the run to one epoch; "tiny"
+is the test suite's seconds-long run (SmallBig-23, width 4, 4 frames of 32x32); "dir=PATH" reads the dataset there.
 
   python scripts/make_synthetic_dataset.py --out data/synthetic
   python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
@@ -18,10 +19,11 @@ from smallbig_jax.data.synthetic import CLASSES, data_config
 
 def get_config(arg: str | None = None):
     args = set((arg or "").split(","))
+    data_dir = next((a[4:] for a in args if a.startswith("dir=")), "data/synthetic")
     variant = "res50" if "res50" in args else "smallbig50"
     config = official_recipe(variant=variant, num_classes=len(CLASSES), num_frames=8, dataset="synthetic",
                              sampling="dense")
-    config.data = data_config("data/synthetic")  # 8 frames at stride 2, 56x56 crops, no flip
+    config.data = data_config(data_dir)  # 8 frames at stride 2, 56x56 crops, no flip
     config.data.num_clips, config.data.num_crops = 2, 3  # final test: 2 clips x 3 crops of 64x64
     config.model.base_width = 16
     config.seed = 0
@@ -38,4 +40,16 @@ def get_config(arg: str | None = None):
     if "smoke" in args:
         config.num_epochs = 1
         config.eval_every_epochs = 1
+    if "tiny" in args:
+        config.data.format = "video"
+        config.data.num_frames, config.data.crop_size, config.data.scale_size = 4, 28, 32
+        config.data.num_clips, config.data.num_crops = 2, 1
+        config.model.variant = "smallbig23" if variant == "smallbig50" else variant
+        config.model.base_width = 4
+        config.batch_size = 4
+        config.num_epochs = 2
+        config.log_every = 1
+        config.checkpoint_every = 2
+        config.eval_every_epochs = 0
+        config.eval_batch_size = 4
     return config

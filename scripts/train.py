@@ -22,9 +22,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
-    logging.getLogger().setLevel(logging.INFO)
-    result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps(result, indent=1))
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax and tfds report every step of their work at INFO
+    logging.getLogger("smallbig_jax").setLevel(logging.INFO)
+    workdir = _WORKDIR.value
+    result = train_and_evaluate(_CONFIG.value, workdir)
+    print(json.dumps(result))
+    if "top1" in result:
+        views = _CONFIG.value.data.num_clips * _CONFIG.value.data.num_crops
+        print(f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
+              f"{views} views")
+    print(f"checkpoints: {workdir}/checkpoints   TensorBoard: {workdir}/tensorboard   log: {workdir}/metrics.jsonl")
+    print(f"curves: {workdir}/curves.png   predictions: {workdir}/predictions_test.jsonl")
 
 
 if __name__ == "__main__":

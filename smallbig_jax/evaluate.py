@@ -115,3 +115,38 @@ def write_predictions(path: str, result: dict[str, Any]) -> None:
                 p = {"name": names[p["video"]], **p}
             f.write(json.dumps(p) + "\n")
     os.replace(path + ".tmp", path)
+
+
+def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | None = None,
+                        step: int | None = None, best: bool = False) -> dict[str, Any]:
+    """Full multi-view evaluation (`config.data`'s clips x crops) of a training checkpoint in `workdir` (latest,
+    `step`, or the best by (top1 + top5) / 2) or of a converted PyTorch checkpoint directory."""
+    from smallbig_jax import checkpointing, sharding, train
+    from smallbig_jax.data import pipeline
+
+    mesh = sharding.make_mesh()
+    _, eval_graphdef = train.model_graphdefs(config, mesh)
+    if converted is not None:
+        from smallbig_jax.convert import load_converted_model
+
+        model = load_converted_model(converted)
+        if (model.variant, model.num_classes) != (config.model.variant, config.model.num_classes):
+            raise ValueError(f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
+                             f"{config.model.variant} with {config.model.num_classes}")
+        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        params, batch_stats = jax.device_put((params, batch_stats), replicated(mesh))
+    else:
+        manager = checkpointing.make_manager(workdir)
+        if best:
+            step = manager.best_step()
+        abstract, shardings = train.abstract_train_state(config, mesh, train.make_optimizer(config, 1))
+        state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
+        manager.close()
+        params, batch_stats = state.get("ema_params", state["params"]), state["batch_stats"]
+    loader = pipeline.make_eval_loader(config.data, global_batch_size=config.eval_batch_size, mesh=mesh)
+    result = evaluate(make_eval_step(eval_graphdef, mesh), params, batch_stats, loader,
+                      num_videos=loader.num_videos, num_classes=config.model.num_classes, average=config.eval_average)
+    result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
+    result["step"] = step
+    loader.close()
+    return result

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from absl import logging as absl_logging
 from flax import nnx
 from jax import lax
 from jax.experimental import multihost_utils
@@ -56,31 +55,35 @@ def model_graphdefs(config: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphD
     return train_graphdef, nnx.graphdef(model)
 
 
+def _initial_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation, load: bool = True):
+    """step, params, batch_stats, opt_state (and ema_params) of a fresh model (`config.init_from` applied if load)."""
+    model = build_model(config, mesh)
+    if load and config.init_from:
+        from smallbig_jax.convert import init_from  # torch is only needed for .pth files
+
+        init_from(model, config.init_from)
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+             "opt_state": tx.init(params)}
+    if config.ema_decay:
+        state["ema_params"] = params
+    return state
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
+    """(shapes and dtypes of the train state, its shardings on `mesh`), without computing anything."""
+    abstract = jax.eval_shape(lambda: _initial_state(config, mesh, tx, load=False))
+    return abstract, sharding.state_shardings(abstract, mesh, config.params_sharding)
+
+
 def create_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
-    """(graphdef, state, shardings): `state` = step, params, batch_stats, opt_state (and ema_params), created
-    directly with its target shardings."""
-
-    def init():
-        model = build_model(config, mesh)
-        if config.init_from:
-            from smallbig_jax.convert import init_from  # torch only needed for .pth files
-
-            init_from(model, config.init_from)
-        _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-                 "opt_state": tx.init(params)}
-        if config.ema_decay:
-            state["ema_params"] = params
-        return state
-
+    """(graphdef, state, shardings), the state created directly with its target shardings (`init_from` reads
+    files on the host, so then the state is built there and placed)."""
     graphdef = model_graphdefs(config, mesh)[0]
-    abstract = jax.eval_shape(init) if not config.init_from else None
-    if abstract is None:  # init_from reads files on the host: build there, then place
-        state = init()
-        shardings = sharding.state_shardings(state, mesh, config.params_sharding)
-        return graphdef, jax.device_put(state, shardings), shardings
-    shardings = sharding.state_shardings(abstract, mesh, config.params_sharding)
-    return graphdef, jax.jit(init, out_shardings=shardings)(), shardings
+    abstract, shardings = abstract_train_state(config, mesh, tx)
+    if config.init_from:
+        return graphdef, jax.device_put(_initial_state(config, mesh, tx), shardings), shardings
+    return graphdef, jax.jit(lambda: _initial_state(config, mesh, tx), out_shardings=shardings)(), shardings
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
@@ -208,7 +211,6 @@ def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[st
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint if any) and returns the final metrics."""
-    absl_logging.set_verbosity(absl_logging.INFO)
     mesh = sharding.make_mesh()
     devices = mesh.size
     if config.batch_size % devices:
@@ -235,8 +237,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
              total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
              config.batchnorm)
 
+    saved = {"step": start}
+
     def save(step, metrics=None, force=False):
-        checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
+        if saved["step"] != step:
+            checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
+            saved["step"] = step
 
     history: list[tuple[int, dict]] = []
     last_log_time, last_log_step = time.perf_counter(), start
@@ -274,8 +280,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 manager.wait_until_finished()
                 result.update(steps=step, preempted=True)
                 return result
-        if manager.latest_step() != total_steps:
-            save(total_steps, force=True)
+        save(total_steps, force=True)
         manager.wait_until_finished()
         result["steps"] = total_steps
         if config.final_eval:

@@ -286,19 +286,19 @@ def test_model_train_and_eval_modes_switch_every_batchnorm():
     assert all(bn.use_running_average for bn in bns)
     x = small_clip(0, n=1, t=4, size=32)
     before = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
-    model(x)
+    apply(model, x)
     after = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
     model.train()
-    model(x)
+    apply(model, x)
     after_train = jax.tree.leaves(nnx.state(model, nnx.BatchStat))
     assert not all(np.array_equal(a, b) for a, b in zip(before, after_train))
 
 
 def test_bfloat16_compute_stays_close_to_float32():
     """Same weights; bf16 convs/activations, float32 params, BN statistics and head. Bound: 5% of the logit range."""
-    f32 = build_model("smallbig50", num_classes=10, base_width=8, seed=9)
-    bf16 = build_model("smallbig50", num_classes=10, base_width=8, seed=9, dtype=jnp.bfloat16)
+    f32 = build_model("smallbig23", num_classes=10, base_width=8, seed=9)
+    bf16 = build_model("smallbig23", num_classes=10, base_width=8, seed=9, dtype=jnp.bfloat16)
     copy_shared_params(f32, bf16)
     assert bf16.layer2[0].conv2.kernel.dtype == jnp.float32
     x = small_clip(10, n=4, t=8, size=32)
@@ -320,15 +320,17 @@ def test_bad_arguments_get_clear_errors():
         model(jnp.zeros((1, 3, 8, 32, 32)))  # NCTHW instead of NTHWC
 
 
-def test_every_variant_runs_forward_and_backward():
-    for variant in VARIANTS:
-        model = build_model(variant, num_classes=3, base_width=4)
-        graphdef, state = nnx.split(model)
-        x = small_clip(11, n=2, t=4, size=32)
+@pytest.mark.parametrize("variant", ["smallbig23", "smallbig50_extra", "slowonly50_extra"])
+def test_every_block_kind_runs_forward_and_backward(variant):
+    """Big views, the context gate and the 3x1x1 temporal conv (res50 and the depth variants are covered above)."""
+    model = randomize_batchnorms(build_model(variant, num_classes=3, base_width=4))  # no zero BN blocks a gradient
+    graphdef, state = nnx.split(model)
+    x = small_clip(11, n=2, t=4, size=32)
 
-        def loss(state):
-            return jnp.sum(nnx.merge(graphdef, state)(x) ** 2)
+    def loss(state):
+        return jnp.sum(nnx.merge(graphdef, state)(x) ** 2)
 
-        grads = jax.grad(loss)(state)
-        norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(nnx.state(grads, nnx.Param))]
-        assert all(np.isfinite(norms)) and max(norms) > 0, variant
+    grads = jax.jit(jax.grad(loss))(state)
+    norms = {str(p): float(jnp.linalg.norm(g[...])) for p, g in nnx.to_flat_state(nnx.state(grads, nnx.Param))}
+    assert all(np.isfinite(list(norms.values())))
+    assert all(n > 0 for n in norms.values()), [p for p, n in norms.items() if n == 0]

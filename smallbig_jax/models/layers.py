@@ -125,13 +125,15 @@ class BatchNorm(nnx.Module):
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(jnp.mean(mean, axis=(0, 1)))
             self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(jnp.mean(unbiased, axis=(0, 1)))
-            multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)  # [groups, 1, C]
-            offset = self.bias[...].astype(self.stat_dtype) - mean * multiplier
-            y = x.reshape(g, -1, x.shape[-1]).astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)
-            return y.reshape(x.shape)
+            y = self._normalize(grouped, mean, var)
+            return y.reshape(x.shape).astype(dtype)
+        return self._normalize(x.astype(self.stat_dtype), mean, var).astype(dtype)
+
+    def _normalize(self, x: Array, mean: Array, var: Array) -> Array:
+        # In float32 even under bfloat16 compute: folding the mean into a low-precision offset (x * a + b) cancels
+        # catastrophically when |mean| >> std. XLA fuses this elementwise work, so it costs no extra memory traffic.
         multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)
-        offset = self.bias[...].astype(self.stat_dtype) - mean * multiplier
-        return x.astype(dtype) * multiplier.astype(dtype) + offset.astype(dtype)
+        return (x - mean) * multiplier + self.bias[...].astype(self.stat_dtype)
 
 
 def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
