@@ -78,7 +78,7 @@ def checkpoint_steps(workdir):
 def reference_run(dataset, compile_cache, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference"))
     out = run(dataset, workdir, compile_cache)
-    return workdir, json.loads(out.stdout[out.stdout.index("{"):])
+    return workdir, json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
 
 
 def test_full_run_trains_evaluates_and_writes_its_outputs(reference_run):
@@ -129,3 +129,44 @@ def test_interrupted_run_resumes_bit_for_bit(dataset, compile_cache, reference_r
     got, want = final_state(workdir), final_state(ref_workdir)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_array_equal(a, b)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, compile_cache, tmp_path):
+    """The real multi-host path: two processes joined by jax.distributed on 127.0.0.1, each feeding its shard."""
+    extra = ["--config.batch_size=8", "--config.num_epochs=1", "--config.final_eval=False",
+             "--config.batchnorm=per_device"]
+    single = str(tmp_path / "single")
+    eight = {**env(compile_cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(train_command(dataset, single, *extra), env=eight, capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-4000:]
+    multi = str(tmp_path / "multi")
+    port = free_port()
+    procs = []
+    for i in range(2):
+        proc_env = {**env(compile_cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                    "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}", "SMALLBIG_NUM_PROCESSES": "2",
+                    "SMALLBIG_PROCESS_ID": str(i)}
+        procs.append(subprocess.Popen(train_command(dataset, multi, *extra), env=proc_env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True, cwd=REPO))
+    try:
+        outputs = [p.communicate(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    assert "on 8 devices (2 processes)" in outputs[0][1]
+    want, got = losses(single), losses(multi)
+    assert sorted(got) == sorted(want) == [1, 2]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6)
