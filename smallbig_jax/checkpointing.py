@@ -78,3 +78,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 
 def abstract_like(state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+
+
+def size_bytes(manager: ocp.CheckpointManager, step: int) -> int:
+    """Bytes on disk of checkpoint `step` (local directories only; 0 elsewhere)."""
+    root = os.path.join(str(manager.directory), str(step))
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(root) for f in files)

@@ -244,6 +244,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
             saved["step"] = step
 
+    result["first_step_seconds"] = None  # time to the first step's result: compilation dominates it
+    started = time.perf_counter()
     history: list[tuple[int, dict]] = []
     last_log_time, last_log_step = time.perf_counter(), start
     result: dict[str, Any] = {"steps": start, "total_steps": total_steps}
@@ -252,6 +254,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         for step in range(start + 1, total_steps + 1):
             state, metrics = train_step(state, next(train_loader))
             history.append((step, metrics))
+            if result["first_step_seconds"] is None:
+                jax.block_until_ready(metrics)
+                result["first_step_seconds"] = round(time.perf_counter() - started, 2)
             if step % config.log_every == 0 or step == total_steps:
                 history = jax.device_get(history)
                 bad = _first_nonfinite(history)
@@ -280,9 +285,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 manager.wait_until_finished()
                 result.update(steps=step, preempted=True)
                 return result
+        started = time.perf_counter()
         save(total_steps, force=True)
         manager.wait_until_finished()
-        result["steps"] = total_steps
+        result.update(steps=total_steps, final_save_seconds=round(time.perf_counter() - started, 2),
+                      checkpoint_megabytes=round(checkpointing.size_bytes(manager, total_steps) / 2**20, 2))
         if config.final_eval:
             final = run_evaluation(config, config.data, state, mesh, "test")
             writer.write(total_steps, "test", {k: final[k] for k in ("top1", "top5")})
