@@ -23,6 +23,11 @@ Dtype = Any
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
 
 
+def _matmul(a: Array, b: Array) -> Array:
+    """a @ b accumulated in at least float32 (XLA:CPU would accumulate a bfloat16 dot in bfloat16), in a's dtype."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.promote_types(a.dtype, jnp.float32)).astype(a.dtype)
+
+
 def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     """A 2D conv (NHWC, kernel HWIO, symmetric zero padding) as im2col + one matmul.
 
@@ -41,7 +46,7 @@ def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
         for j in range(kw)
     ]
     patches = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-    y = patches.reshape(n * ho * wo, kh * kw * c) @ kernel.reshape(kh * kw * c, o)
+    y = _matmul(patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o))
     return y.reshape(n, ho, wo, o)
 
 
@@ -86,7 +91,7 @@ def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
     if stride > 1:
         x = x[:, ::stride, ::stride]
     n, h, w, c = x.shape
-    return (x.reshape(n * h * w, c) @ kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
+    return _matmul(x.reshape(n * h * w, c), kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -115,7 +120,7 @@ def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
     n, ho, wo, _ = dy.shape
     pieces = [lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) for i in range(kh) for j in range(kw)]
     patches = jnp.concatenate(pieces, axis=-1).reshape(n * ho * wo, kh * kw * c)
-    dkernel = (patches.T @ dy.reshape(n * ho * wo, o)).reshape(kh, kw, c, o)
+    dkernel = _matmul(patches.T, dy.reshape(n * ho * wo, o)).reshape(kh, kw, c, o)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
