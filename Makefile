@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml
 
-.PHONY: setup run test summary benchmark clean
+.PHONY: setup run test summary benchmark benchmark-torch clean
 
 $(STAMP): $(SOURCES)
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,9 @@ summary: $(STAMP)
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python scripts/benchmark.py
+
+benchmark-torch: $(STAMP)
+	$(VENV)/bin/python scripts/benchmark.py --compare-torch
 
 clean:
 	rm -rf $(VENV) *.egg-info

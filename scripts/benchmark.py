@@ -1,9 +1,13 @@
-r"""Model throughput on this machine's first device: evaluation forward and training step.
+r"""Training-step and evaluation throughput, per device and in total, optionally side by side with PyTorch.
 
-  python scripts/benchmark.py                       # SmallBig-R50, 8x224x224, batch 2, float32
-  python scripts/benchmark.py --variant res50 --batch 4 --dtype bfloat16
+  python scripts/benchmark.py                                   # SmallBig-R50, 8x224x224, 2 clips/device, float32
+  python scripts/benchmark.py --config configs/kinetics400_smallbig50_8x8.py --batch_per_device 8 --dtype bfloat16
+  python scripts/benchmark.py --compare-torch                   # + the PyTorch reference, same weights and input
+  XLA_FLAGS=--xla_force_host_platform_device_count=2 python scripts/benchmark.py --num_devices 2 --base_width 8
 
-Prints a table and appends a JSON record to benchmarks/results.jsonl (see BENCHMARKS.md).
+Data-parallel over `--num_devices` local devices (all by default): the global batch is batch_per_device x devices on
+a 1-D 'data' mesh. Prints a table and appends a JSON record to `--results` (benchmarks/results.jsonl); BENCHMARKS.md
+lists the latest results per device with the commands that made them.
 """
 
 import json
@@ -16,29 +20,75 @@ from smallbig_jax.benchmark import benchmark_model, format_results
 from smallbig_jax.config import DTYPES
 from smallbig_jax.models import VARIANTS
 
-_VARIANT = flags.DEFINE_enum("variant", "smallbig50", sorted(VARIANTS), "Model variant.")
-_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classifier size.")
-_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
-_SIZE = flags.DEFINE_integer("size", 224, "Crop size.")
-_BATCH = flags.DEFINE_integer("batch", 2, "Clips per step.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", sorted(DTYPES), "Compute dtype (parameters stay float32).")
+_CONFIG = flags.DEFINE_string(
+    "config", None, "A configs/*.py file (optionally file.py:arg): variant, classes, frames, crop, dtype from it."
+)
+_VARIANT = flags.DEFINE_enum("variant", "smallbig50", sorted(VARIANTS), "Model variant (without --config).")
+_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classifier size (without --config).")
+_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip (without --config).")
+_SIZE = flags.DEFINE_integer("size", 224, "Crop size (without --config).")
+_WIDTH = flags.DEFINE_integer("base_width", 64, "Channels of the stem (64 = the paper's; smaller for quick runs).")
+_BATCH = flags.DEFINE_integer("batch_per_device", 2, "Clips per device per step.")
+_DEVICES = flags.DEFINE_integer("num_devices", None, "Devices on the 'data' mesh (default: all local devices).")
+_DTYPE = flags.DEFINE_enum("dtype", None, sorted(DTYPES), "Compute dtype (default float32, or the config's).")
+_MODES = flags.DEFINE_list("modes", ["eval", "train"], "What to time: eval (forward) and/or train (step).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after warm-up.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_TORCH = flags.DEFINE_boolean("compare_torch", False, "Also time the PyTorch reference (same weights and input).")
+_THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: all cores).")
+_PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: from the peaks table).")
+_INPUT = flags.DEFINE_boolean("input_pipeline", True, "Also time the input pipeline alone (needs --config).")
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
+
+
+def _load_config(spec: str):
+    """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
 
 def main(argv):
     del argv
+    config = _load_config(_CONFIG.value) if _CONFIG.value else None
+    if config is not None:
+        model_kw = dict(
+            variant=config.model.variant,
+            num_classes=config.model.num_classes,
+            frames=config.data.num_frames,
+            size=config.data.crop_size,
+            base_width=config.model.base_width,
+            dtype=_DTYPE.value or config.model.dtype,
+        )
+        if _WIDTH.present:
+            model_kw["base_width"] = _WIDTH.value
+    else:
+        model_kw = dict(
+            variant=_VARIANT.value,
+            num_classes=_CLASSES.value,
+            frames=_FRAMES.value,
+            size=_SIZE.value,
+            base_width=_WIDTH.value,
+            dtype=_DTYPE.value or "float32",
+        )
     record = benchmark_model(
-        _VARIANT.value,
-        num_classes=_CLASSES.value,
-        frames=_FRAMES.value,
-        size=_SIZE.value,
-        batch=_BATCH.value,
-        dtype=_DTYPE.value,
+        **model_kw,
+        batch_per_device=_BATCH.value,
+        num_devices=_DEVICES.value,
         steps=_STEPS.value,
         warmup=_WARMUP.value,
+        modes=tuple(_MODES.value),
+        compare_torch=_TORCH.value,
+        torch_threads=_THREADS.value,
+        peak_tflops_per_device=_PEAK.value,
+        config=config,
+        measure_input=_INPUT.value,
     )
+    record["config"] = _CONFIG.value
     record["command"] = " ".join(["python", *sys.argv])
     print(format_results(record))
     path = pathlib.Path(_OUT.value)
@@ -48,5 +98,16 @@ def main(argv):
     print(f"appended to {path}")
 
 
+def _underscored(argv):
+    """Accepts --compare-torch for --compare_torch (absl flags are spelled with underscores)."""
+    out = []
+    for a in argv:
+        if a.startswith("--"):
+            name, eq, value = a[2:].partition("=")
+            a = "--" + name.replace("-", "_") + eq + value
+        out.append(a)
+    return out
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, argv=_underscored(sys.argv))

@@ -1,7 +1,8 @@
 """Weight conversion: official PyTorch SmallBigNet <-> JAX, torchvision ImageNet inflation, strictness, round trips.
 
-The PyTorch side is `tests/torch_reference.py`, written from the spec with the official module names. Tests that
-need torch are skipped only when torch is not installed (`pip install -e '.[torch,dev]'`, as `make test` does).
+The PyTorch side is `smallbig_jax/torch_reference.py` (re-exported by `tests/torch_reference.py`), written from the
+spec with the official module names. Tests that need torch are skipped only when torch is not installed
+(`pip install -e '.[torch,dev]'`, as `make test` does).
 """
 
 from __future__ import annotations

@@ -346,7 +346,7 @@ def model_arrays(model: SmallBigNet) -> dict[tuple, np.ndarray]:
 def export_state_dict(model: SmallBigNet, *, prefix: str = "") -> "collections.OrderedDict[str, Any]":
     """The model's weights as a PyTorch state dict with the official module names, in the official order.
 
-    Loads with `load_state_dict(..., strict=True)` into the official `SmallBigNet` (or `tests/torch_reference.py`).
+    Loads with `load_state_dict(..., strict=True)` into the official `SmallBigNet` (or `smallbig_jax/torch_reference.py`).
     Tensors are float32; every BN also gets `num_batches_tracked` = 0 (JAX does not count batches). Pass
     `prefix="module."` for the keys of a DataParallel / DDP-wrapped model.
     """

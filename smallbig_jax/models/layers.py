@@ -7,6 +7,8 @@ is far cheaper than `lax.reduce_window`'s select-and-scatter.
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Any, Sequence
 
 import jax
@@ -19,6 +21,119 @@ Dtype = Any
 
 # torch.nn.init.kaiming_normal_(mode='fan_out', nonlinearity='relu'): an untruncated normal, std sqrt(2 / fan_out).
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
+
+
+def _matmul(a: Array, b: Array) -> Array:
+    """a @ b accumulated in at least float32 (XLA:CPU would accumulate a bfloat16 dot in bfloat16), in a's dtype."""
+    return jnp.matmul(a, b, preferred_element_type=jnp.promote_types(a.dtype, jnp.float32)).astype(a.dtype)
+
+
+def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """A 2D conv (NHWC, kernel HWIO, symmetric zero padding) as im2col + one matmul.
+
+    The kh*kw shifted (strided) windows of the padded input are concatenated on the channel axis, `[N, Ho, Wo,
+    kh*kw*C]`, and multiplied by the kernel reshaped to `[kh*kw*C, O]`. Same result as `lax.conv_general_dilated`
+    up to float summation order.
+    """
+    kh, kw, c, o = kernel.shape
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
+    pieces = [
+        lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
+    y = _matmul(patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o))
+    return y.reshape(n, ho, wo, o)
+
+
+# How a frame-folded 2D conv is computed. "xla": `lax.conv_general_dilated` and its autodiff (cuDNN on GPU, the MXU
+# conv emitter on TPU: best there). "matmul": 1x1 convs as plain matmuls; kxk convs forward with
+# `lax.conv_general_dilated` (fast on XLA:CPU) and a hand-written backward (input gradient as a forward conv with the
+# flipped kernel, kernel gradient as an im2col matmul), because XLA:CPU's own conv backward is 3-10x slower than
+# its forward (BENCHMARKS.md, "Model speed on CPU"). "auto" (default): "matmul" on CPU, "xla" elsewhere.
+# Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is traced.
+CONV_IMPLS = ("auto", "xla", "matmul")
+_conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
+
+
+def set_conv_impl(impl: str) -> None:
+    """Selects the conv formulation ("auto", "xla" or "matmul") for functions traced from now on."""
+    global _conv_impl
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r}; expected one of {CONV_IMPLS}")
+    _conv_impl = impl
+
+
+def conv_impl() -> str:
+    """The formulation in effect: "xla" or "matmul" ("auto" resolved by the default backend)."""
+    if _conv_impl not in CONV_IMPLS:
+        raise ValueError(f"SMALLBIG_CONV_IMPL={_conv_impl!r}; expected one of {CONV_IMPLS}")
+    if _conv_impl == "auto":
+        return "matmul" if jax.default_backend() == "cpu" else "xla"
+    return _conv_impl
+
+
+def _conv2d_xla(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+
+
+def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
+    if stride > 1:
+        x = x[:, ::stride, ::stride]
+    n, h, w, c = x.shape
+    return _matmul(x.reshape(n * h * w, c), kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv2d_fast_backward(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    return _conv2d_xla(x, kernel, stride, padding)
+
+
+def _conv2d_fast_backward_fwd(x, kernel, stride, padding):
+    return _conv2d_xla(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
+    x, kernel = residuals
+    kh, kw, c, o = kernel.shape
+    if stride != 1 or kh - 1 - padding < 0:  # strided: autodiff of the im2col form (no dilated conv needed)
+        _, vjp = jax.vjp(lambda x, k: conv2d_im2col(x, k, stride, padding), x, kernel)
+        return vjp(dy)
+    # dx: the transposed conv of stride 1 is a forward conv of dy with the spatially flipped, I/O-swapped kernel.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    dx = _conv2d_xla(dy, flipped, 1, kh - 1 - padding) if kh == kw else None
+    if dx is None:
+        _, vjp = jax.vjp(lambda x: conv2d_im2col(x, kernel, stride, padding), x)
+        (dx,) = vjp(dy)
+    # dkernel: im2col patches^T @ dy, one matmul contracting over every output pixel.
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
+    n, ho, wo, _ = dy.shape
+    pieces = [lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) for i in range(kh) for j in range(kw)]
+    patches = jnp.concatenate(pieces, axis=-1).reshape(n * ho * wo, kh * kw * c)
+    dkernel = _matmul(patches.T, dy.reshape(n * ho * wo, o)).reshape(kh, kw, c, o)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv2d_fast_backward.defvjp(_conv2d_fast_backward_fwd, _conv2d_fast_backward_bwd)
+
+
+def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    """2D conv, NHWC input, HWIO kernel, symmetric zero padding, in the formulation `conv_impl()` selects."""
+    if conv_impl() == "xla":
+        return _conv2d_xla(x, kernel, stride, padding)
+    if kernel.shape[0] == kernel.shape[1] == 1 and padding == 0:
+        return _conv1x1_matmul(x, kernel, stride)
+    return _conv2d_fast_backward(x, kernel, stride, padding)
 
 
 class Conv(nnx.Module):
@@ -55,13 +170,9 @@ class Conv(nnx.Module):
         s = self.stride
         if self.kernel_size[0] == 1:
             n, t, h, w, c = x.shape
-            y = lax.conv_general_dilated(
-                x.reshape(n * t, h, w, c),
-                kernel[0],
-                window_strides=(s, s),
-                padding=((pad_h, pad_h), (pad_w, pad_w)),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            )
+            if pad_h != pad_w:
+                raise ValueError(f"square kernels only, got {self.kernel_size}")
+            y = conv2d(x.reshape(n * t, h, w, c), kernel[0], s, pad_h)
             return y.reshape(n, t, *y.shape[1:])
         pad_t = self.padding[0]
         return lax.conv_general_dilated(
@@ -71,6 +182,21 @@ class Conv(nnx.Module):
             padding=((pad_t, pad_t), (pad_h, pad_h), (pad_w, pad_w)),
             dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
         )
+
+
+    def on_views(self, *xs: Array) -> tuple[Array, ...]:
+        """The conv applied to several inputs (e.g. a SmallBig block's small and big views) in ONE call on their
+        frames concatenated along the folded batch axis; same values as separate calls. Temporal kernel 1 only."""
+        if self.kernel_size[0] != 1:
+            return tuple(self(x) for x in xs)
+        dtype = self.dtype or xs[0].dtype
+        folded = [x.astype(dtype).reshape(-1, *x.shape[2:]) for x in xs]
+        y = conv2d(jnp.concatenate(folded, axis=0), self.kernel[...].astype(dtype)[0], self.stride, self.padding[1])
+        out, start = [], 0
+        for x, f in zip(xs, folded):
+            out.append(y[start : start + f.shape[0]].reshape(*x.shape[:2], *y.shape[1:]))
+            start += f.shape[0]
+        return tuple(out)
 
 
 class BatchNorm(nnx.Module):

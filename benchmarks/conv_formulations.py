@@ -1,0 +1,142 @@
+r"""Op-level timing of the conv formulations the model could use, at SmallBig-R50's real shapes, next to PyTorch.
+
+  python benchmarks/conv_formulations.py --frames_x_batch 16 --steps 5
+
+For every distinct conv of SmallBig-R50 at 8x224x224, batch 2 (frames folded into the batch: N*T = 16), times the
+forward and the forward+backward (gradients of input and kernel) of:
+  conv2d   lax.conv_general_dilated on [N*T, H, W, C] (the model's formulation before this study)
+  im2col   kh*kw shifted (strided) slices concatenated on channels, then one matmul [M, kh*kw*C] x [kh*kw*C, O]
+  dot      for 1x1 convs: a plain matmul [M, C] x [C, O] (strided slice first for stride 2)
+  torch    torch.nn.functional.conv2d, channels_last, same shapes (oneDNN)
+Rows alternate between formulations step by step, so machine load hits all of them alike. Results are printed as
+a table; the whole-model effect of a formulation is measured with scripts/benchmark.py --compare-torch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax import lax
+
+from smallbig_jax.models.layers import conv2d_im2col
+
+_NT = flags.DEFINE_integer("frames_x_batch", 16, "N*T of the folded batch.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per formulation.")
+_ONLY = flags.DEFINE_list("only", [], "Names of shapes to run (default all).")
+_BWD = flags.DEFINE_boolean("backward", True, "Also time forward+backward.")
+
+# name: (H_in, C_in, C_out, k, stride) at 224 input; count = how many times the model runs it (big views included).
+SHAPES = {
+    "stem7x7": (224, 3, 64, 7, 2, 1),
+    "l1_3x3": (56, 64, 64, 3, 1, 3),
+    "l1_1x1_in": (56, 256, 64, 1, 1, 2),
+    "l1_1x1_out": (56, 64, 256, 1, 1, 3),
+    "l2_3x3": (28, 128, 128, 3, 1, 6),
+    "l2_1x1_in": (28, 512, 128, 1, 1, 6),
+    "l2_1x1_out": (28, 128, 512, 1, 1, 4),
+    "l3_3x3": (14, 256, 256, 3, 1, 10),
+    "l3_1x1_in": (14, 1024, 256, 1, 1, 10),
+    "l3_1x1_out": (14, 256, 1024, 1, 1, 6),
+    "l4_3x3": (7, 512, 512, 3, 1, 4),
+    "l4_1x1_in": (7, 2048, 512, 1, 1, 4),
+    "l4_1x1_out": (7, 512, 2048, 1, 1, 3),
+    "l2_3x3_s2": (56, 128, 128, 3, 2, 2),
+}
+
+
+def conv2d(x, w, stride, pad):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def dot1x1(x, w, stride, pad):
+    del pad
+    if stride > 1:
+        x = x[:, ::stride, ::stride]
+    n, h, wd, c = x.shape
+    return (x.reshape(-1, c) @ w[0, 0]).reshape(n, h, wd, -1)
+
+
+def timeit(fns, steps):
+    times = {k: [] for k in fns}
+    for i in range(steps + 1):
+        for k, f in fns.items():
+            s = time.perf_counter()
+            f()
+            if i:
+                times[k].append((time.perf_counter() - s) * 1e3)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main(argv):
+    del argv
+    import torch
+
+    torch.set_num_threads(jax.local_device_count() and __import__("os").cpu_count())
+    nt = _NT.value
+    rng = np.random.default_rng(0)
+    print(f"{'shape':12} {'x':>4} {'mode':4} " + " ".join(f"{k:>8}" for k in ("conv2d", "im2col/dot", "torch")) + "  (ms)")
+    for name, (h, cin, cout, k, stride, count) in SHAPES.items():
+        if _ONLY.value and name not in _ONLY.value:
+            continue
+        pad = k // 2
+        x = rng.standard_normal((nt, h, h, cin), np.float32)
+        w = (rng.standard_normal((k, k, cin, cout), np.float32) / np.sqrt(k * k * cin)).astype(np.float32)
+        alt = dot1x1 if k == 1 else (lambda x, w, s, p: conv2d_im2col(x, w, s, p))
+        xj, wj = jnp.asarray(x), jnp.asarray(w)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=torch.channels_last)
+        wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=torch.channels_last)
+        fwd = {
+            "conv2d": jax.jit(lambda x, w: conv2d(x, w, stride, pad)),
+            "alt": jax.jit(lambda x, w: alt(x, w, stride, pad)),
+        }
+        ref = np.asarray(fwd["conv2d"](xj, wj))
+        err = float(np.abs(np.asarray(fwd["alt"](xj, wj)) - ref).max() / np.abs(ref).max())
+        with torch.inference_mode():
+            t_out = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad).permute(0, 2, 3, 1).numpy()
+        terr = float(np.abs(t_out - ref).max() / np.abs(ref).max())
+
+        def torch_fwd():
+            with torch.inference_mode():
+                torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad)
+
+        r = timeit(
+            {
+                "conv2d": lambda: fwd["conv2d"](xj, wj).block_until_ready(),
+                "alt": lambda: fwd["alt"](xj, wj).block_until_ready(),
+                "torch": torch_fwd,
+            },
+            _STEPS.value,
+        )
+        print(f"{name:12} {count:>4} fwd  {r['conv2d']:>8.2f} {r['alt']:>10.2f} {r['torch']:>8.2f}  rel.err {err:.1e} / torch {terr:.1e}", flush=True)
+        if not _BWD.value:
+            continue
+        bwd = {
+            key: jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w, stride, pad) ** 2) * 0.5, argnums=(0, 1)))
+            for key, f in (("conv2d", conv2d), ("alt", alt))
+        }
+        xg = xt.clone().requires_grad_(True)
+        wg = wt.clone().requires_grad_(True)
+
+        def torch_bwd():
+            y = torch.nn.functional.conv2d(xg, wg, stride=stride, padding=pad)
+            (y.square().sum() * 0.5).backward()
+            xg.grad = wg.grad = None
+
+        r = timeit(
+            {
+                "conv2d": lambda: jax.block_until_ready(bwd["conv2d"](xj, wj)),
+                "alt": lambda: jax.block_until_ready(bwd["alt"](xj, wj)),
+                "torch": torch_bwd,
+            },
+            _STEPS.value,
+        )
+        print(f"{name:12} {count:>4} f+b  {r['conv2d']:>8.2f} {r['alt']:>10.2f} {r['torch']:>8.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,106 @@
+"""Benchmark: end to end on a narrow model (JSON record, data-parallel mesh, PyTorch side by side with identical
+outputs), the peaks table, MFU, the input-pipeline hook. No timing is asserted: this machine's timings are noise."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from smallbig_jax import benchmark as bm
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_peaks_table_lookup_by_device_kind():
+    assert bm.peak_tflops("TPU v4", "bfloat16") == 275.0
+    assert bm.peak_tflops("TPU v5 lite", "bfloat16") == 197.0  # v5e's device_kind
+    assert bm.peak_tflops("TPU v5", "bfloat16") == 459.0  # v5p's device_kind
+    assert bm.peak_tflops("TPU v6 lite", "bfloat16") == 918.0
+    assert bm.peak_tflops("NVIDIA A100-SXM4-80GB", "bfloat16") == 312.0
+    assert bm.peak_tflops("NVIDIA H100 80GB HBM3", "float32") == 494.0
+    assert bm.peak_tflops("NVIDIA H200", "bfloat16") == 989.0
+    assert bm.peak_tflops("cpu", "float32") is None
+    assert bm.peak_tflops("TPU v7x", "bfloat16") is None  # unknown chips give no MFU rather than a wrong one
+
+
+def test_mfu_from_given_peak():
+    assert bm.mfu(2e12, 0.5, 10.0) == pytest.approx(0.4)  # 4 TFLOP/s achieved of 10
+    assert bm.mfu(2e12, 0.5, None) is None
+    assert bm.mfu(float("nan"), 0.5, 10.0) is None
+
+
+def test_summary_and_iterator_timing():
+    assert bm.summarize([0.003, 0.001, 0.002]) == (2.0, 1.0, 2.0)
+    batches = ({"clips": np.zeros((3, 2, 4, 4, 3))} for _ in range(10))
+    r = bm.time_iterator(batches, batches=4, warmup=1)
+    assert r["batch_size"] == 3 and r["batches"] == 4 and r["clips_per_s"] > 0
+
+
+def test_input_pipeline_skipped_until_data_module_exists():
+    try:
+        import smallbig_jax.data  # noqa: F401
+    except ModuleNotFoundError:
+        r = bm.input_pipeline_throughput(None)
+        assert "smallbig_jax.data does not exist" in r["skipped"]
+    else:
+        pytest.skip("smallbig_jax.data exists here; the skip message no longer applies")
+
+
+def test_script_end_to_end_two_devices_with_torch(tmp_path):
+    """scripts/benchmark.py on 2 CPU devices (data mesh), eval + train, --compare-torch, JSON appended."""
+    pytest.importorskip("torch")
+    results = tmp_path / "results.jsonl"
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [
+        sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--variant", "smallbig23", "--base_width", "4",
+        "--num_classes", "5", "--frames", "2", "--size", "32", "--batch_per_device", "1", "--num_devices", "2",
+        "--steps", "2", "--warmup", "1", "--compare-torch", "--torch_threads", "1", "--peak_tflops", "1.0",
+        "--results", str(results),
+    ]  # fmt: skip
+    results.write_text('{"earlier": "record"}\n')  # appended to, never overwritten
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "PyTorch median / JAX median" in r.stdout
+    lines = results.read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[0]) == {"earlier": "record"}
+    rec = json.loads(lines[1])
+    assert rec["device_count"] == 2 and rec["mesh"] == {"data": 2} and rec["global_batch"] == 2
+    assert rec["input_per_device"] == [1, 2, 32, 32, 3]
+    assert rec["versions"]["jax"] and rec["versions"]["torch"]
+    assert rec["command"].startswith("python ") and "--compare-torch" in rec["command"]
+    names = {(t["name"], t["framework"]) for t in rec["timings"]}
+    assert names == {("eval forward", "jax"), ("eval forward", "torch"), ("train step", "jax"), ("train step", "torch")}
+    for t in rec["timings"]:
+        assert t["step_ms_p10"] <= t["step_ms_median"] <= t["step_ms_p90"]
+        assert t["clips_per_s"] == pytest.approx(2 * t["clips_per_s_per_device"])
+        if t["framework"] == "jax":
+            assert t["compile_s"] > 0 and t["gflops_per_step_per_device"] > 0
+            # MFU is the per-device achieved FLOP/s over the given peak (1 TFLOP/s).
+            assert t["mfu"] == pytest.approx(t["achieved_gflops_per_device"] / 1e3)
+    assert set(rec["torch_speedup_ratio"]) == {"eval forward", "train step"}
+    # Same weights, same input: the logits agree.
+    assert rec["parity"]["eval_logits_max_abs_diff"] <= 1e-4 * max(1.0, rec["parity"]["eval_logits_max_abs"])
+    assert rec["input_pipeline"]["skipped"]
+
+
+def test_per_device_flops_match_single_device_program():
+    """With 2 devices the FLOPs reported per device are those of the 1-device program at the per-device batch."""
+    code = (
+        "import jax, json; from smallbig_jax import benchmark as bm;"
+        "kw=dict(variant='smallbig23', base_width=4, num_classes=5, frames=2, size=32, batch_per_device=1,"
+        " steps=1, warmup=0, modes=('eval',));"
+        "a=bm.benchmark_model(num_devices=1, **kw); b=bm.benchmark_model(num_devices=2, **kw);"
+        "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'], b['timings'][0]['gflops_per_step_per_device']]))"
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = json.loads(r.stdout.strip().splitlines()[-1])
+    assert two == pytest.approx(one, rel=0.02)

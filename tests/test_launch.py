@@ -1,0 +1,141 @@
+"""Launchers: dry runs print the expected commands; the local launcher starts a real two-process JAX run on
+127.0.0.1 (CPU, gloo collectives) that agrees on a global batch; `initialize_distributed` reads its settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smallbig_jax.distributed import distributed_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, env=None, timeout=30):
+    return subprocess.run(
+        [os.path.join(ROOT, "scripts", args[0]), *args[1:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def test_tpu_pod_dry_run_prints_gcloud_command():
+    r = _run(
+        "launch_tpu_pod.sh", "--tpu", "my-v5p-64", "--zone", "us-east5-a", "--project", "proj",
+        "--config", "configs/kinetics400_smallbig50_8x8.py", "--workdir", "gs://bucket/run1",
+        "--env", "XLA_FLAGS=--xla_a=1 --xla_b", "--dry-run",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.strip()
+    assert out.startswith(
+        "gcloud compute tpus tpu-vm ssh my-v5p-64 --zone=us-east5-a --project=proj --worker=all --command='"
+    )
+    remote = out.split("--command='", 1)[1].rstrip("'")
+    assert remote == (
+        "cd $HOME/smallbig_jax && env SMALLBIG_DISTRIBUTED=1 XLA_FLAGS=--xla_a=1\\ --xla_b "
+        "python scripts/train.py --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1"
+    )
+
+
+def test_tpu_pod_custom_command_and_missing_arguments():
+    r = _run(
+        "launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--repo-dir", "/srv/code", "--setup", "pip install -e .",
+        "--command", "python scripts/benchmark.py --dtype bfloat16", "--dry-run",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "--project" not in r.stdout
+    assert r.stdout.strip().endswith(
+        "--command='cd /srv/code && pip install -e . && env SMALLBIG_DISTRIBUTED=1 "
+        "python scripts/benchmark.py --dtype bfloat16'"
+    )
+    r = _run("launch_tpu_pod.sh", "--tpu", "t", "--dry-run")
+    assert r.returncode == 2 and "--zone" in r.stderr
+    r = _run("launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--dry-run")
+    assert r.returncode == 2 and "--workdir is required" in r.stderr
+
+
+@pytest.mark.parametrize("per_host", [False, True])
+def test_slurm_dry_run_prints_batch_script(per_host):
+    args = ["--nodes", "2", "--gpus-per-node", "4", "--partition", "gpu", "--workdir", "/shared/run1"]
+    r = _run("launch_slurm.sh", *args, *(["--per-host"] if per_host else []), "--repo-dir", "/srv/code", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    tasks = 1 if per_host else 4
+    assert "#SBATCH --nodes=2" in lines
+    assert f"#SBATCH --ntasks-per-node={tasks}" in lines
+    assert "#SBATCH --gpus-per-node=4" in lines
+    assert "#SBATCH --partition=gpu" in lines
+    assert "cd /srv/code" in lines
+    assert "export SMALLBIG_DISTRIBUTED=1" in lines
+    assert ("export SMALLBIG_LOCAL_DEVICE_IDS=0,1,2,3" in lines) == per_host
+    assert (
+        f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} python scripts/train.py "
+        "--config configs/kinetics400_smallbig50_8x8.py --workdir /shared/run1"
+    ) in lines
+
+
+def test_local_dry_run_prints_per_process_environment():
+    r = _run("launch_local.sh", "-n", "3", "--port", "4321", "--dry-run", "--", "python", "x.py", "--flag", "a b")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith(
+            f"env SMALLBIG_COORDINATOR=127.0.0.1:4321 SMALLBIG_NUM_PROCESSES=3 SMALLBIG_PROCESS_ID={i} "
+        )
+        assert line.endswith("python x.py --flag a\\ b")
+
+
+def test_distributed_settings_from_environment():
+    assert distributed_settings(env={}) is None
+    assert distributed_settings(env={"SMALLBIG_DISTRIBUTED": "1"}) == {}
+    assert distributed_settings(env={"SMALLBIG_DISTRIBUTED": "1", "SMALLBIG_LOCAL_DEVICE_IDS": "0,1"}) == {
+        "local_device_ids": [0, 1]
+    }
+    full = {"SMALLBIG_COORDINATOR": "h:1", "SMALLBIG_NUM_PROCESSES": "2", "SMALLBIG_PROCESS_ID": "1"}
+    assert distributed_settings(env=full) == dict(coordinator_address="h:1", num_processes=2, process_id=1)
+    assert distributed_settings(env=full | {"SMALLBIG_DISTRIBUTED": "0"}) is None
+    assert distributed_settings("other:2", 4, 3, env=full)["coordinator_address"] == "other:2"
+    with pytest.raises(ValueError, match="SMALLBIG_PROCESS_ID"):
+        distributed_settings(env={"SMALLBIG_COORDINATOR": "h:1", "SMALLBIG_NUM_PROCESSES": "2"})
+    with pytest.raises(ValueError, match="not in 0..1"):
+        distributed_settings(env=full | {"SMALLBIG_PROCESS_ID": "2"})
+    with pytest.raises(ValueError, match="SMALLBIG_DISTRIBUTED"):
+        distributed_settings(env={"SMALLBIG_DISTRIBUTED": "maybe"})
+
+
+def test_real_two_process_run_on_loopback():
+    """Two CPU processes, one device each, joined by jax.distributed on 127.0.0.1 through the local launcher."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMALLBIG_", "XLA_FLAGS"))}
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    r = _run(
+        "launch_local.sh", "-n", "2", "--timeout", "100", "--",
+        sys.executable, "scripts/distributed_check.py", "--init_timeout", "60",
+        env=env, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
+    results = {}
+    for line in r.stdout.splitlines():
+        prefix, _, rest = line.partition("] ")
+        if rest.startswith("{"):
+            results[int(prefix.lstrip("["))] = json.loads(rest)
+    assert sorted(results) == [0, 1], r.stdout[-3000:]
+    for i, res in results.items():
+        assert res["process_index"] == i
+        assert res["process_count"] == 2 and res["initialized"]
+        assert res["global_devices"] == 2 and res["local_devices"] == 1
+        assert res["global_batch"] == 4
+        assert res["global_sum"] == pytest.approx(res["expected_sum"], rel=1e-6)
+        assert res["logits_shape"] == [4, 5]
+    assert results[0]["global_sum"] == results[1]["global_sum"]
+    assert results[0]["logits_sum"] == pytest.approx(results[1]["logits_sum"], rel=1e-6)
+    assert results[0]["first_shard_sums"] == results[1]["first_shard_sums"]
+    assert len(results[0]["first_shard_sums"]) == 2
