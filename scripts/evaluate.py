@@ -12,6 +12,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from smallbig_jax.distributed import initialize_distributed
+
 from smallbig_jax.evaluate import evaluate_checkpoint, write_predictions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
@@ -25,6 +27,7 @@ flags.mark_flag_as_required("config")
 
 def main(argv):
     del argv
+    initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     if (_WORKDIR.value is None) == (_CONVERTED.value is None):
         raise app.UsageError("give exactly one of --workdir and --converted")
     result = evaluate_checkpoint(_CONFIG.value, workdir=_WORKDIR.value, converted=_CONVERTED.value,

@@ -13,6 +13,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from smallbig_jax.distributed import initialize_distributed
+
 from smallbig_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
@@ -22,6 +24,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
     del argv
+    initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax and tfds report every step of their work at INFO
     logging.getLogger("smallbig_jax").setLevel(logging.INFO)
     workdir = _WORKDIR.value

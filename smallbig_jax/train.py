@@ -244,11 +244,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
             saved["step"] = step
 
-    result["first_step_seconds"] = None  # time to the first step's result: compilation dominates it
+    # first_step_seconds: time to the first step's result, which compilation dominates.
+    result: dict[str, Any] = {"steps": start, "total_steps": total_steps, "first_step_seconds": None}
     started = time.perf_counter()
     history: list[tuple[int, dict]] = []
     last_log_time, last_log_step = time.perf_counter(), start
-    result: dict[str, Any] = {"steps": start, "total_steps": total_steps}
     step = start
     try:
         for step in range(start + 1, total_steps + 1):
