@@ -12,8 +12,8 @@ What is measured, and how:
   so on CPU the MFU is left empty unless a peak is given (`peak_tflops=`).
 - **Memory**: the backend's `peak_bytes_in_use` where it reports one (GPU, TPU), XLA's memory analysis of the
   compiled step (arguments + outputs + temporaries), and the process's peak host RSS.
-- **Input pipeline**: clips/s of the data loader alone, when `smallbig_jax.data` provides one (see
-  `input_pipeline_throughput`), so that a data bottleneck shows next to the model's throughput.
+- **Input pipeline**: clips/s of the data loader alone (`input_pipeline_throughput`), so that a data bottleneck
+  shows next to the model's throughput.
 """
 
 from __future__ import annotations
@@ -277,21 +277,15 @@ class TorchSteps:
 
 
 def input_pipeline_throughput(config, *, batches: int = 20, warmup: int = 2) -> dict[str, Any]:
-    """Clips/s of the training input pipeline alone (decode, sample, augment, batch), without the model.
+    """Clips/s of this host's training input pipeline alone (read, decode, sample, augment, batch into uint8
+    arrays), without the model, for `config.data` at `config.batch_size` (smallbig_jax/data/pipeline.py)."""
+    from smallbig_jax.data import pipeline
 
-    Uses `smallbig_jax.data.make_loader(config, split="train")`, an iterable of batches whose first element (or
-    "clips" entry) is `[B, T, H, W, 3]`. Until that module exists the measurement is skipped with a reason.
-    """
-    try:
-        data = importlib.import_module("smallbig_jax.data")
-    except ModuleNotFoundError as e:
-        if e.name not in ("smallbig_jax.data",):
-            raise
-        return {"skipped": "no input pipeline yet: smallbig_jax.data does not exist in this checkout"}
-    make_loader = getattr(data, "make_loader", None)
-    if make_loader is None:
-        return {"skipped": "smallbig_jax.data has no make_loader(config, split); input pipeline not measured"}
-    return time_iterator(make_loader(config, split="train"), batches=batches, warmup=warmup)
+    where = "arrayrecord_dir" if config.data.format == "arrayrecord" else "train_list"
+    if not config.data[where]:
+        return {"skipped": f"config.data names no dataset (config.data.{where} is empty)"}
+    host_batches = pipeline.train_dataset(config.data, global_batch_size=config.batch_size, seed=0)
+    return time_iterator(host_batches, batches=batches, warmup=warmup)
 
 
 def time_iterator(iterable: Iterable, *, batches: int, warmup: int = 2) -> dict[str, Any]:
@@ -323,7 +317,7 @@ def time_iterator(iterable: Iterable, *, batches: int, warmup: int = 2) -> dict[
 
 def _batch_size(batch) -> int:
     if isinstance(batch, dict):
-        batch = batch.get("clips", next(iter(batch.values())))
+        batch = batch.get("clip", next(iter(batch.values())))
     elif isinstance(batch, (tuple, list)):
         batch = batch[0]
     return int(np.shape(batch)[0])

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -41,14 +42,17 @@ def test_summary_and_iterator_timing():
     assert r["batch_size"] == 3 and r["batches"] == 4 and r["clips_per_s"] > 0
 
 
-def test_input_pipeline_skipped_until_data_module_exists():
-    try:
-        import smallbig_jax.data  # noqa: F401
-    except ModuleNotFoundError:
-        r = bm.input_pipeline_throughput(None)
-        assert "smallbig_jax.data does not exist" in r["skipped"]
-    else:
-        pytest.skip("smallbig_jax.data exists here; the skip message no longer applies")
+def test_input_pipeline_throughput_reads_the_configs_dataset(tmp_path):
+    from smallbig_jax.data import synthetic
+
+    out = str(tmp_path / "synthetic")
+    synthetic.write_dataset(out, num_train=10, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
+    config = ml_collections.ConfigDict({"batch_size": 2, "data": synthetic.data_config(out, fmt="video")})
+    config.data.crop_size, config.data.scale_size = 28, 32
+    r = bm.input_pipeline_throughput(config, batches=3, warmup=1)
+    assert r["batch_size"] == 2 and r["batches"] == 3 and r["clips_per_s"] > 0
+    config.data.train_list = ""
+    assert "names no dataset" in bm.input_pipeline_throughput(config)["skipped"]
 
 
 def test_script_end_to_end_two_devices_with_torch(tmp_path):
@@ -86,7 +90,7 @@ def test_script_end_to_end_two_devices_with_torch(tmp_path):
     assert set(rec["torch_speedup_ratio"]) == {"eval forward", "train step"}
     # Same weights, same input: the logits agree.
     assert rec["parity"]["eval_logits_max_abs_diff"] <= 1e-4 * max(1.0, rec["parity"]["eval_logits_max_abs"])
-    assert rec["input_pipeline"]["skipped"]
+    assert rec["input_pipeline"]["skipped"] == "needs --config"
 
 
 def test_per_device_flops_match_single_device_program():
