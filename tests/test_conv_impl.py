@@ -69,25 +69,26 @@ def test_fused_views_same_as_separate_calls(monkeypatch):
     """FUSE_VIEWS (each shared conv once on the concatenated small and big views) changes no value or gradient."""
     from smallbig_jax.models import smallbig
 
-    model = build_model("smallbig23", 5, base_width=4, seed=3)
-    for path, bn in nnx.iter_graph(model):  # non-zero big-view BNs, so the big views matter
-        if isinstance(bn, layers.BatchNorm) and any("big_bn" in str(p) for p in path):
-            bn.scale[...] = jnp.full_like(bn.scale[...], 0.7)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    x = jax.random.normal(jax.random.key(2), (2, 2, 32, 32, 3))
+    with jax.enable_x64(True):  # float64: summation order alone cannot hide a real difference
+        model = build_model("smallbig23", 5, base_width=4, seed=3, dtype=jnp.float64, param_dtype=jnp.float64)
+        for path, bn in nnx.iter_graph(model):  # non-zero big-view BNs, so the big views matter
+            if isinstance(bn, layers.BatchNorm) and any("big_bn" in str(p) for p in path):
+                bn.scale[...] = jnp.full_like(bn.scale[...], 0.7)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        x = jax.random.normal(jax.random.key(2), (2, 2, 32, 32, 3), jnp.float64)
 
-    def run(fuse):
-        monkeypatch.setattr(smallbig, "FUSE_VIEWS", fuse)
+        def run(fuse):
+            monkeypatch.setattr(smallbig, "FUSE_VIEWS", fuse)
 
-        def loss(params):
-            logits = nnx.merge(graphdef, params, rest, copy=True)(x)
-            return jnp.sum(jnp.tanh(logits) * jnp.arange(5.0)), logits
+            def loss(params):
+                logits = nnx.merge(graphdef, params, rest, copy=True)(x)
+                return jnp.sum(jnp.tanh(logits) * jnp.arange(5.0)), logits
 
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+            return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
-    (_, l_sep), g_sep = run(False)
-    (_, l_fused), g_fused = run(True)
-    np.testing.assert_allclose(l_fused, l_sep, rtol=1e-5, atol=1e-5)
+        (_, l_sep), g_sep = run(False)
+        (_, l_fused), g_fused = run(True)
+    np.testing.assert_allclose(l_fused, l_sep, rtol=1e-10, atol=1e-10)
     flat = dict(nnx.to_flat_state(g_sep))
     for path, g in nnx.to_flat_state(g_fused):
-        np.testing.assert_allclose(g[...], flat[path][...], rtol=1e-3, atol=1e-4, err_msg=str(path))
+        np.testing.assert_allclose(g[...], flat[path][...], rtol=1e-8, atol=1e-10, err_msg=str(path))
