@@ -14,10 +14,12 @@ import json
 import pathlib
 import sys
 
+import jax
 from absl import app, flags
 
 from smallbig_jax.benchmark import benchmark_model, format_results
 from smallbig_jax.config import DTYPES
+from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.models import VARIANTS
 
 _CONFIG = flags.DEFINE_string(
@@ -54,6 +56,11 @@ def _load_config(spec: str):
 
 def main(argv):
     del argv
+    # Multi-host (TPU pod, SLURM): joins the processes when the launcher's environment asks for it; else a no-op.
+    # Single-host runs are what has been tested; every process must then build the same input (fixed seed).
+    initialize_distributed()
+    if _TORCH.value and jax.process_count() > 1:
+        raise app.UsageError("--compare-torch compares on one host; run it without a multi-process launcher")
     config = _load_config(_CONFIG.value) if _CONFIG.value else None
     if config is not None:
         model_kw = dict(

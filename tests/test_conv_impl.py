@@ -1,5 +1,5 @@
 """The conv formulations ("xla": lax conv + autodiff; "matmul": 1x1 as matmuls, kxk with a hand-written backward)
-give the same values and gradients, alone and in a whole network."""
+give the same values and gradients, alone and in a SmallBig block, with and without fused views."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from smallbig_jax.models import build_model, layers
+from smallbig_jax.models import layers
 
 
 @pytest.fixture
@@ -42,52 +42,39 @@ def test_auto_picks_matmul_on_cpu_only(impl):
         impl("cudnn")
 
 
-def test_whole_network_same_under_both_formulations(impl):
-    """SmallBig-23 (narrow), train mode, float64: logits and every parameter gradient agree to rounding."""
-    with jax.enable_x64(True):
-        model = build_model("smallbig23", 5, base_width=4, seed=3, dtype=jnp.float64, param_dtype=jnp.float64)
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-        x = jax.random.normal(jax.random.key(2), (2, 2, 32, 32, 3), jnp.float64)
-
-        def loss(params):
-            logits = nnx.merge(graphdef, params, rest, copy=True)(x)
-            return jnp.sum(jnp.tanh(logits) * jnp.arange(5.0)), logits
-
-        def run(name):
-            impl(name)
-            return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-
-        (_, l_xla), g_xla = run("xla")
-        (_, l_mm), g_mm = run("matmul")
-    np.testing.assert_allclose(l_mm, l_xla, rtol=1e-10, atol=1e-10)
-    flat = dict(nnx.to_flat_state(g_xla))
-    for path, g in nnx.to_flat_state(g_mm):
-        np.testing.assert_allclose(g[...], flat[path][...], rtol=1e-8, atol=1e-10, err_msg=str(path))
-
-
-def test_fused_views_same_as_separate_calls(monkeypatch):
-    """FUSE_VIEWS (each shared conv once on the concatenated small and big views) changes no value or gradient."""
+def _smallbig_block_grads(fuse: bool, impl_name: str, stride: int):
+    """Value and parameter gradients of one SmallBig block (train mode, non-zero big-view BNs) in float64."""
     from smallbig_jax.models import smallbig
 
-    model = build_model("smallbig23", 5, base_width=4, seed=3)
-    for path, bn in nnx.iter_graph(model):  # non-zero big-view BNs, so the big views matter
-        if isinstance(bn, layers.BatchNorm) and any("big_bn" in str(p) for p in path):
-            bn.scale[...] = jnp.full_like(bn.scale[...], 0.7)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    x = jax.random.normal(jax.random.key(2), (2, 2, 32, 32, 3))
+    layers.set_conv_impl(impl_name)
+    smallbig.FUSE_VIEWS = fuse
+    kw = dict(dtype=jnp.float64, param_dtype=jnp.float64)
+    block = smallbig.Block(8, 4, stride, smallbig.SMALLBIG, rngs=nnx.Rngs(3), **kw)
+    for bn in (block.big_bn1, block.big_bn2, block.big_bn3):
+        bn.scale[...] = jnp.full_like(bn.scale[...], 0.7)
+    graphdef, params, rest = nnx.split(block, nnx.Param, ...)
+    x = jax.random.normal(jax.random.key(2), (2, 3, 12, 12, 8), jnp.float64)
 
-    def run(fuse):
-        monkeypatch.setattr(smallbig, "FUSE_VIEWS", fuse)
+    def loss(params):
+        y = nnx.merge(graphdef, params, rest, copy=True)(x)
+        return jnp.sum(jnp.tanh(y) * jnp.cos(y)), y
 
-        def loss(params):
-            logits = nnx.merge(graphdef, params, rest, copy=True)(x)
-            return jnp.sum(jnp.tanh(logits) * jnp.arange(5.0)), logits
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
-    (_, l_sep), g_sep = run(False)
-    (_, l_fused), g_fused = run(True)
-    np.testing.assert_allclose(l_fused, l_sep, rtol=1e-5, atol=1e-5)
-    flat = dict(nnx.to_flat_state(g_sep))
-    for path, g in nnx.to_flat_state(g_fused):
-        np.testing.assert_allclose(g[...], flat[path][...], rtol=1e-3, atol=1e-4, err_msg=str(path))
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_same_under_formulations_and_fused_views(impl, monkeypatch, stride):
+    """A SmallBig block (3 shared convs, big views, shortcut) gives the same output and gradients with the "xla"
+    and "matmul" formulations and with FUSE_VIEWS. (The whole network, in the default formulation, is checked
+    against 3D convs in float64 by tests/test_model.py.)"""
+    from smallbig_jax.models import smallbig
+
+    monkeypatch.setattr(smallbig, "FUSE_VIEWS", smallbig.FUSE_VIEWS)
+    with jax.enable_x64(True):
+        (_, y_ref), g_ref = _smallbig_block_grads(False, "xla", stride)
+        runs = [_smallbig_block_grads(False, "matmul", stride), _smallbig_block_grads(True, "matmul", stride)]
+    flat_ref = dict(nnx.to_flat_state(g_ref))
+    for (_, y), g in runs:
+        np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+        for path, v in nnx.to_flat_state(g):
+            np.testing.assert_allclose(v[...], flat_ref[path][...], rtol=1e-8, atol=1e-10, err_msg=str(path))
