@@ -19,7 +19,6 @@ What is measured, and how:
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 import platform
 import resource
