@@ -1,5 +1,5 @@
 """The conv formulations ("xla": lax conv + autodiff; "matmul": 1x1 as matmuls, kxk with a hand-written backward)
-give the same values and gradients, alone and in a SmallBig block, with and without fused views."""
+give the same values and gradients, alone and in a SmallBig block."""
 
 from __future__ import annotations
 
@@ -42,12 +42,11 @@ def test_auto_picks_matmul_on_cpu_only(impl):
         impl("cudnn")
 
 
-def _smallbig_block_grads(fuse: bool, impl_name: str, stride: int):
+def _smallbig_block_grads(impl_name: str, stride: int):
     """Value and parameter gradients of one SmallBig block (train mode, non-zero big-view BNs) in float64."""
     from smallbig_jax.models import smallbig
 
     layers.set_conv_impl(impl_name)
-    smallbig.FUSE_VIEWS = fuse
     kw = dict(dtype=jnp.float64, param_dtype=jnp.float64)
     block = smallbig.Block(8, 4, stride, smallbig.SMALLBIG, rngs=nnx.Rngs(3), **kw)
     for bn in (block.big_bn1, block.big_bn2, block.big_bn3):
@@ -63,16 +62,13 @@ def _smallbig_block_grads(fuse: bool, impl_name: str, stride: int):
 
 
 @pytest.mark.parametrize("stride", [1, 2])
-def test_block_same_under_formulations_and_fused_views(impl, monkeypatch, stride):
-    """A SmallBig block (3 shared convs, big views, shortcut) gives the same output and gradients with the "xla"
-    and "matmul" formulations and with FUSE_VIEWS. (The whole network, in the default formulation, is checked
-    against 3D convs in float64 by tests/test_model.py.)"""
-    from smallbig_jax.models import smallbig
-
-    monkeypatch.setattr(smallbig, "FUSE_VIEWS", smallbig.FUSE_VIEWS)
+def test_block_same_under_both_formulations(impl, stride):
+    """A SmallBig block (3 shared convs, big views, shortcut; train mode) gives the same output and gradients with
+    the "xla" and "matmul" formulations. (The whole network, in the default formulation, is checked against 3D
+    convs in float64 by tests/test_model.py.)"""
     with jax.enable_x64(True):
-        (_, y_ref), g_ref = _smallbig_block_grads(False, "xla", stride)
-        runs = [_smallbig_block_grads(False, "matmul", stride), _smallbig_block_grads(True, "matmul", stride)]
+        (_, y_ref), g_ref = _smallbig_block_grads("xla", stride)
+        runs = [_smallbig_block_grads("matmul", stride)]
     flat_ref = dict(nnx.to_flat_state(g_ref))
     for (_, y), g in runs:
         np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-10)

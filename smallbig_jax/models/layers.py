@@ -184,26 +184,11 @@ class Conv(nnx.Module):
         )
 
 
-    def on_views(self, *xs: Array) -> tuple[Array, ...]:
-        """The conv applied to several inputs (e.g. a SmallBig block's small and big views) in ONE call on their
-        frames concatenated along the folded batch axis; same values as separate calls. Temporal kernel 1 only."""
-        if self.kernel_size[0] != 1:
-            return tuple(self(x) for x in xs)
-        dtype = self.dtype or xs[0].dtype
-        folded = [x.astype(dtype).reshape(-1, *x.shape[2:]) for x in xs]
-        y = conv2d(jnp.concatenate(folded, axis=0), self.kernel[...].astype(dtype)[0], self.stride, self.padding[1])
-        out, start = [], 0
-        for x, f in zip(xs, folded):
-            out.append(y[start : start + f.shape[0]].reshape(*x.shape[:2], *y.shape[1:]))
-            start += f.shape[0]
-        return tuple(out)
-
-
 class BatchNorm(nnx.Module):
     """BatchNorm over all axes but the last, as `torch.nn.BatchNorm3d` computes it.
 
-    Statistics are reduced and stored in float32 (or `param_dtype` if wider) whatever the compute dtype. The running variance is updated
-    with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
+    Statistics are reduced and stored in float32 (or `param_dtype` if wider) whatever the compute dtype. The running
+    variance is updated with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
     (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
 
     `groups` > 1 splits the batch into that many contiguous groups with statistics of their own ("ghost" BN). With

@@ -15,7 +15,6 @@ Names mirror the official state dict (`layer2[0].conv1` is `layer2.0.conv1`); `b
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -25,10 +24,6 @@ from flax import nnx
 from smallbig_jax.models.layers import BatchNorm, Conv, max_pool_1d, max_pool_3x3x3, max_pool_global_t_3x3
 
 Array = jax.Array
-
-# Run each shared conv of a SmallBig block once on its small and big views concatenated along the folded batch
-# (one conv call instead of two). Same values; a speed choice, measured in BENCHMARKS.md.
-FUSE_VIEWS = os.environ.get("SMALLBIG_FUSE_VIEWS", "0") == "1"
 
 STAGE_WIDTHS = (1, 2, 4, 8)  # planes per stage, in units of base_width
 EXPANSION = 4
@@ -133,8 +128,6 @@ class Block(nnx.Module):
         if self.extra is not None:
             x = self.extra(x)
         residual = x if self.downsample is None else self.downsample(x)
-        if self.big_bn1 is not None and FUSE_VIEWS:
-            return self._fused_views(x, residual)
         u = self.bn1(self.conv1(x))
         if self.big_bn1 is not None:
             u = u + self.big_bn1(self.conv1(max_pool_3x3x3(x)))
@@ -147,16 +140,6 @@ class Block(nnx.Module):
         if self.big_bn3 is not None:
             y = y + self.big_bn3(self.conv3(max_pool_global_t_3x3(v)))  # [N,1,H,W,C], broadcast over T
         return jax.nn.relu(y)
-
-
-    def _fused_views(self, x: Array, residual: Array) -> Array:
-        """The same block, each shared conv run once on the small and big views concatenated (see `FUSE_VIEWS`)."""
-        small, big = self.conv1.on_views(x, max_pool_3x3x3(x))
-        u = jax.nn.relu(self.bn1(small) + self.big_bn1(big))
-        small, big = self.conv2.on_views(u, max_pool_3x3x3(u))
-        v = jax.nn.relu(self.bn2(small) + self.big_bn2(big))
-        small, big = self.conv3.on_views(v, max_pool_global_t_3x3(v))
-        return jax.nn.relu(self.bn3(small) + residual + self.big_bn3(big))
 
 
 class SmallBigNet(nnx.Module):
