@@ -119,7 +119,7 @@ def test_real_two_process_run_on_loopback():
     r = _run(
         "launch_local.sh", "-n", "2", "--timeout", "100", "--",
         sys.executable, "scripts/distributed_check.py", "--init_timeout", "60",
-        env=env, timeout=120,
+        env=env, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     results = {}
