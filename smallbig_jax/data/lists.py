@@ -43,21 +43,25 @@ def kinetics_folder_name(name: str) -> str:
   return os.path.splitext(os.path.basename(name))[0][:11]
 
 
+def _lines(list_file: str):
+  """(``file:line``, fields, raw line) of each non-empty, non-comment line of a list file."""
+  with open(list_file) as f:
+    for n, line in enumerate(f, start=1):
+      parts = line.split()
+      if parts and not parts[0].startswith("#"):
+        yield f"{list_file}:{n}", parts, line
+
+
 def read_frame_list(list_file: str) -> list[VideoEntry]:
   """Parses a frame-folder list (``<name> <num_frames> <label>`` per line)."""
   entries = []
-  with open(list_file) as f:
-    for n, line in enumerate(f, start=1):
-      where = f"{list_file}:{n}"
-      parts = line.split()
-      if not parts or parts[0].startswith("#"):
-        continue
-      if len(parts) != 3:
-        raise DataError(f"{where}: expected '<name> <num_frames> <label>', got {line.strip()!r}")
-      num_frames = _int(parts[1], "num_frames", where)
-      if num_frames <= 0:
-        raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
-      entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
+  for where, parts, line in _lines(list_file):
+    if len(parts) != 3:
+      raise DataError(f"{where}: expected '<name> <num_frames> <label>', got {line.strip()!r}")
+    num_frames = _int(parts[1], "num_frames", where)
+    if num_frames <= 0:
+      raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
+    entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
   return entries
 
 
@@ -66,20 +70,15 @@ def read_video_list(list_file: str) -> list[VideoEntry]:
   if list_file.endswith(".csv"):
     return _read_video_csv(list_file)
   entries = []
-  with open(list_file) as f:
-    for n, line in enumerate(f, start=1):
-      where = f"{list_file}:{n}"
-      parts = line.split()
-      if not parts or parts[0].startswith("#"):
-        continue
-      if len(parts) == 2:
-        entries.append(VideoEntry(parts[0], _int(parts[1], "label", where), -1, where))
-      elif len(parts) == 3:
-        num_frames = _int(parts[1], "num_frames", where)
-        entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
-      else:
-        raise DataError(f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', "
-                        f"got {line.strip()!r}")
+  for where, parts, line in _lines(list_file):
+    if len(parts) == 2:
+      entries.append(VideoEntry(parts[0], _int(parts[1], "label", where), -1, where))
+    elif len(parts) == 3:
+      num_frames = _int(parts[1], "num_frames", where)
+      entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
+    else:
+      raise DataError(f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', "
+                      f"got {line.strip()!r}")
   return entries
 
 
