@@ -15,7 +15,7 @@ $(STAMP): $(SOURCES)
 setup: $(STAMP)
 
 run: $(STAMP)
-	@test -d data/synthetic/arrayrecord || $(VENV)/bin/python scripts/make_synthetic_dataset.py --out data/synthetic
+	$(VENV)/bin/python scripts/make_synthetic_dataset.py --out data/synthetic --if_missing
 	$(VENV)/bin/python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
 
 test: $(STAMP)

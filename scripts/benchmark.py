@@ -40,6 +40,7 @@ _TORCH = flags.DEFINE_boolean("compare_torch", False, "Also time the PyTorch ref
 _THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: all cores).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: from the peaks table).")
 _INPUT = flags.DEFINE_boolean("input_pipeline", True, "Also time the input pipeline alone (needs --config).")
+_CHECKPOINT = flags.DEFINE_boolean("checkpoint", True, "Also time an Orbax save/restore of the train state.")
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
 
 
@@ -94,6 +95,7 @@ def main(argv):
         peak_tflops_per_device=_PEAK.value,
         config=config,
         measure_input=_INPUT.value,
+        measure_checkpoint=_CHECKPOINT.value,
     )
     record["config"] = _CONFIG.value
     record["command"] = " ".join(["python", *sys.argv])

@@ -12,6 +12,9 @@ What is measured, and how:
   so on CPU the MFU is left empty unless a peak is given (`peak_tflops=`).
 - **Memory**: the backend's `peak_bytes_in_use` where it reports one (GPU, TPU), XLA's memory analysis of the
   compiled step (arguments + outputs + temporaries), and the process's peak host RSS.
+- **Checkpoint**: the training run's Orbax save of the train state (parameters, BatchNorm statistics, SGD momentum):
+  how long the step loop is blocked (the write itself is asynchronous), how long until the write is complete, the
+  restore time and the size on disk; the second of two saves, so that Orbax's one-time setup is not counted.
 - **Input pipeline**: clips/s of the data loader alone (`input_pipeline_throughput`), so that a data bottleneck
   shows next to the model's throughput.
 """
@@ -226,6 +229,37 @@ def jax_steps(model, clips: np.ndarray, labels: np.ndarray, mesh: Mesh, *, lr: f
     return out
 
 
+def checkpoint_cost(model, mesh: Mesh) -> dict[str, float]:
+    """Save and restore times and size of `model`'s train state through `smallbig_jax.checkpointing`."""
+    import tempfile
+
+    import ml_collections
+
+    from smallbig_jax import checkpointing
+
+    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    opt_state = optax.sgd(0.01, momentum=0.9).init(params)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "opt_state": opt_state}
+    state = jax.block_until_ready(jax.device_put(state, NamedSharding(mesh, P())))
+    config = ml_collections.ConfigDict({"model": {"variant": "benchmark"}})
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        manager = checkpointing.make_manager(tmp)
+        for step in (1, 2):
+            started = time.perf_counter()
+            checkpointing.save(manager, step, state, {}, config, force=True)
+            out["save_blocking_s"] = time.perf_counter() - started
+            manager.wait_until_finished()
+            out["save_total_s"] = time.perf_counter() - started
+        out["megabytes"] = checkpointing.size_bytes(manager, 2) / 2**20
+        abstract = checkpointing.abstract_like(state, jax.tree.map(lambda x: x.sharding, state))
+        started = time.perf_counter()
+        jax.block_until_ready(checkpointing.restore(manager, abstract, 2)[0])
+        out["restore_s"] = time.perf_counter() - started
+        manager.close()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- PyTorch side
 
 
@@ -336,6 +370,7 @@ def benchmark_model(
     peak_tflops_per_device: float | None = None,
     config=None,
     measure_input: bool = False,
+    measure_checkpoint: bool = False,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Times the evaluation forward and/or training step; returns a JSON-ready record (see `format_results`)."""
@@ -355,6 +390,7 @@ def benchmark_model(
 
     device = mesh.devices.flat[0]
     peak = peak_tflops_per_device or peak_tflops(device.device_kind, dtype)
+    checkpoint = checkpoint_cost(model, mesh) if measure_checkpoint else None  # before the steps donate the weights
     jsteps = jax_steps(model, clips, labels, mesh, modes=modes)
     timings: list[Timing] = []
     parity = {}
@@ -425,6 +461,8 @@ def benchmark_model(
     }
     if torch_steps is not None:
         record["torch_threads"] = torch_steps.threads
+    if checkpoint is not None:
+        record["checkpoint"] = checkpoint
     if measure_input:
         record["input_pipeline"] = (
             input_pipeline_throughput(config) if config is not None else {"skipped": "needs --config"}
@@ -477,6 +515,10 @@ def format_results(record: dict[str, Any]) -> str:
         if r["memory"]:
             mem.append(f"XLA {r['name']} {r['memory']['xla_compiled_total_gb']:.2f} GB")
     lines.append("; ".join(mem))
+    if "checkpoint" in record:
+        c = record["checkpoint"]
+        lines.append(f"checkpoint (params, BN statistics, SGD momentum): {c['megabytes']:.1f} MB; save blocks the loop "
+                     f"{c['save_blocking_s']:.2f} s, written after {c['save_total_s']:.2f} s; restore {c['restore_s']:.2f} s")
     if "input_pipeline" in record:
         ip = record["input_pipeline"]
         lines.append(

@@ -105,6 +105,22 @@ def evaluate(
     return scores.result()
 
 
+def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any,
+                     mesh) -> dict[str, Any]:
+    """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
+    from smallbig_jax.data import pipeline
+
+    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size, mesh=mesh)
+    try:
+        result = evaluate(make_eval_step(eval_graphdef, mesh), params, batch_stats, loader,
+                          num_videos=loader.num_videos, num_classes=config.model.num_classes,
+                          average=config.eval_average)
+    finally:
+        loader.close()
+    result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
+    return result
+
+
 def write_predictions(path: str, result: dict[str, Any]) -> None:
     """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -122,7 +138,6 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
     """Full multi-view evaluation (`config.data`'s clips x crops) of a training checkpoint in `workdir` (latest,
     `step`, or the best by (top1 + top5) / 2) or of a converted PyTorch checkpoint directory."""
     from smallbig_jax import checkpointing, sharding, train
-    from smallbig_jax.data import pipeline
 
     mesh = sharding.make_mesh()
     _, eval_graphdef = train.model_graphdefs(config, mesh)
@@ -143,10 +158,6 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
         state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
         manager.close()
         params, batch_stats = state.get("ema_params", state["params"]), state["batch_stats"]
-    loader = pipeline.make_eval_loader(config.data, global_batch_size=config.eval_batch_size, mesh=mesh)
-    result = evaluate(make_eval_step(eval_graphdef, mesh), params, batch_stats, loader,
-                      num_videos=loader.num_videos, num_classes=config.model.num_classes, average=config.eval_average)
-    result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
+    result = evaluate_dataset(config, config.data, eval_graphdef, params, batch_stats, mesh)
     result["step"] = step
-    loader.close()
     return result

@@ -195,15 +195,9 @@ def validation_config(data_config: ml_collections.ConfigDict) -> ml_collections.
 
 def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[str, Any]:
     """Evaluates the current (or EMA) weights on the validation split with `data_config`'s views."""
-    eval_graphdef = model_graphdefs(config, mesh)[1]
-    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size, mesh=mesh)
     params = state.get("ema_params", state["params"])
-    result = evaluation.evaluate(
-        evaluation.make_eval_step(eval_graphdef, mesh), params, state["batch_stats"], loader,
-        num_videos=loader.num_videos, num_classes=config.model.num_classes, average=config.eval_average,
-    )
-    result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
-    loader.close()
+    result = evaluation.evaluate_dataset(config, data_config, model_graphdefs(config, mesh)[1], params,
+                                         state["batch_stats"], mesh)
     log.info("%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)", split_name, result["top1"], result["top5"],
              result["videos"], data_config.num_clips * data_config.num_crops)
     return result

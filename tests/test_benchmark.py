@@ -93,6 +93,13 @@ def test_script_end_to_end_with_torch(tmp_path):
     # Same weights, same input: the logits agree.
     assert rec["parity"]["eval_logits_max_abs_diff"] <= 1e-4 * max(1.0, rec["parity"]["eval_logits_max_abs"])
     assert rec["input_pipeline"]["skipped"] == "needs --config"
+    # The checkpoint holds float32 parameters twice (weights, SGD momentum) plus BN statistics and the step.
+    from smallbig_jax.models import build_model, count_params
+
+    params_mb = count_params(build_model("smallbig23", 5, base_width=4)) * 4 / 2**20
+    c = rec["checkpoint"]
+    assert 2 * params_mb < c["megabytes"] < 2 * params_mb + 1, c
+    assert 0 < c["save_blocking_s"] <= c["save_total_s"] and c["restore_s"] > 0, c
 
 
 def test_per_device_flops_match_single_device_program():

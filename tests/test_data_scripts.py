@@ -35,9 +35,9 @@ def test_synthetic_dataset_is_deterministic_and_readable(tmp_path):
   ref = synthetic.make_video(np.random.default_rng([1, 0, 3]), 3)
   other = synthetic.make_video(np.random.default_rng([1, 0, 4]), 3)
   err = np.abs(fv.astype(int) - ref).mean()  # h264 smooths the pixel noise (std 6) away
-  assert fv.shape == (16, 64, 64, 3) and err < 8 and np.abs(fv.astype(int) - other).mean() > 2 * err
+  assert fv.shape == (16, 64, 80, 3) and err < 8 and np.abs(fv.astype(int) - other).mean() > 2 * err
   b = next(iter(pipeline.train_dataset(synthetic.data_config(a), global_batch_size=5, seed=0)))
-  assert b["clip"].shape == (5, 8, 56, 56, 3)
+  assert b["clip"].shape == (5, 8, 48, 48, 3)
 
 
 def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
@@ -86,6 +86,13 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   assert "wrote {'train': 5, 'val': 5} videos" in r.stdout
   assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train")) == 5
+  again = [sys.executable, f"{ROOT}/scripts/make_synthetic_dataset.py", "--out", str(tmp_path / "syn"),
+           "--num_train", "5", "--num_val", "5", "--workers", "1", "--if_missing"]
+  r = subprocess.run(again, capture_output=True, text=True, env=env, timeout=180)
+  assert r.returncode == 0 and "already holds" in r.stdout, r.stderr[-2000:]
+  r = subprocess.run(again[:-4] + ["6", "--workers", "1", "--if_missing"], capture_output=True, text=True, env=env,
+                     timeout=180)  # 6 held-out videos: not the dataset that is there, so it is rewritten
+  assert r.returncode == 0 and "wrote {'train': 5, 'val': 6} videos" in r.stdout, r.stderr[-2000:]
   (tmp_path / "l.txt").write_text("vid00 16 0\nvid01 16 1\nnot_there 16 2\n")
   r = subprocess.run([sys.executable, f"{ROOT}/scripts/prepare_dataset.py", "--input_format", "frames", "--root",
                       f"{sbdata_dir}/frames", "--split", f"train={tmp_path}/l.txt", "--split",

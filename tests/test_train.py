@@ -142,11 +142,17 @@ MULTI_DEVICE = textwrap.dedent(
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config, batch, make_stepper, run_step
-    from smallbig_jax import sharding
+    from smallbig_jax import optim, sharding, train
     assert jax.device_count() == 8
     data = batch(3, n=16)
     one = run_step(tiny_config(batchnorm="global"), sharding.make_mesh(jax.devices()[:1]), data)
     eight = run_step(tiny_config(batchnorm="global"), sharding.make_mesh(), data)
+    # FSDP: every array of the tiny model with an axis divisible by 8 split over the 8 devices.
+    sharding.FSDP_MIN_SIZE = 0
+    fsdp_config = tiny_config(batchnorm="global", params_sharding="fsdp")
+    _, fsdp_state, _ = train.create_train_state(fsdp_config, sharding.make_mesh(), optim.make_optimizer(fsdp_config, 10))
+    fsdp_split = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(fsdp_state["params"]))
+    fsdp = run_step(fsdp_config, sharding.make_mesh(), data)
     # Plain SGD (no momentum, no decay): one step is linear in the gradient, so the per-device-BN step of the whole
     # batch must equal the mean of 8 single-device steps on 2 clips each (the loss is a mean over clips).
     plain = dict(optimizer=dict(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0, decay_all_params=True))
@@ -161,6 +167,9 @@ MULTI_DEVICE = textwrap.dedent(
         "global_params": diff(one[0]["params"], eight[0]["params"]),
         "global_stats": diff(one[0]["batch_stats"], eight[0]["batch_stats"]),
         "global_loss": abs(float(one[1]["loss"]) - float(eight[1]["loss"])),
+        "fsdp_split_arrays": fsdp_split,
+        "fsdp_vs_replicated_params": diff(fsdp[0]["params"], eight[0]["params"]),
+        "fsdp_vs_replicated_opt_state": diff(fsdp[0]["opt_state"], eight[0]["opt_state"]),
         "per_device_vs_global_stats": diff(per_device[0]["batch_stats"], eight[0]["batch_stats"]),
         "per_device_vs_manual_params": diff(per_device[0]["params"], manual_params),
         "per_device_vs_manual_stats": diff(per_device[0]["batch_stats"], manual_stats),
@@ -170,7 +179,7 @@ MULTI_DEVICE = textwrap.dedent(
 )
 
 
-def test_sharded_step_on_8_devices_equals_one_device_and_per_device_bn_equals_per_shard_steps():
+def test_sharded_step_on_8_devices_equals_one_device_fsdp_equals_replicated_and_per_device_bn_per_shard():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     code = MULTI_DEVICE.format(tests=os.path.join(REPO, "tests"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
@@ -179,6 +188,8 @@ def test_sharded_step_on_8_devices_equals_one_device_and_per_device_bn_equals_pe
 
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["global_params"] < 1e-6 and r["global_stats"] < 1e-5 and r["global_loss"] < 1e-5, r
+    assert r["fsdp_split_arrays"] >= 20, r  # most convolution kernels really are split
+    assert r["fsdp_vs_replicated_params"] < 1e-6 and r["fsdp_vs_replicated_opt_state"] < 1e-6, r
     assert r["per_device_vs_global_stats"] > 1e-3, r  # the two BatchNorm modes really differ
     assert r["per_device_vs_manual_params"] < 1e-6 and r["per_device_vs_manual_stats"] < 1e-5, r
     assert r["per_device_loss_vs_manual"] < 1e-5, r
