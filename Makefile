@@ -18,8 +18,11 @@ run: $(STAMP)
 	$(VENV)/bin/python scripts/make_synthetic_dataset.py --out data/synthetic --if_missing
 	$(VENV)/bin/python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
 
+# Two pytest workers: most of the suite is single-threaded XLA compilation, so two run side by side on 2 cores.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 summary: $(STAMP)
 	$(VENV)/bin/python scripts/model_summary.py --variant smallbig50 --frames 8 --size 224

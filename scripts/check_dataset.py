@@ -21,37 +21,37 @@ from smallbig_jax.data.lists import DataError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--format", choices=["frames", "video", "arrayrecord"], required=True)
-  p.add_argument("--list", help="list file (frames, video)")
-  p.add_argument("--root", default="")
-  p.add_argument("--template", default="img_{:05d}.jpg")
-  p.add_argument("--kinetics_ids", action="store_true")
-  p.add_argument("--arrayrecord_dir")
-  p.add_argument("--split", default="train")
-  p.add_argument("--workers", type=int, default=os.cpu_count())
-  p.add_argument("--out", help="also write the broken entries to this file")
-  p.add_argument("--quiet", action="store_true")
-  a = p.parse_args(argv)
-  try:
-    if a.format == "frames":
-      source = sources.FrameFolderSource(a.list, a.root, a.template, a.kinetics_ids)
-    elif a.format == "video":
-      source = sources.VideoFileSource(a.list, a.root)
-    else:
-      source = sources.ArrayRecordSource(a.arrayrecord_dir, a.split)
-  except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.
-    print(err)
-    return 1
-  broken = check.check_source(source, a.workers, progress=not a.quiet)
-  for line in broken:
-    print(line)
-  if a.out:
-    with open(a.out, "w") as f:
-      f.writelines(line + "\n" for line in broken)
-  print(f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken", file=sys.stderr)
-  return 1 if broken else 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--format", choices=["frames", "video", "arrayrecord"], required=True)
+    p.add_argument("--list", help="list file (frames, video)")
+    p.add_argument("--root", default="")
+    p.add_argument("--template", default="img_{:05d}.jpg")
+    p.add_argument("--kinetics_ids", action="store_true")
+    p.add_argument("--arrayrecord_dir")
+    p.add_argument("--split", default="train")
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--out", help="also write the broken entries to this file")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        if a.format == "frames":
+            source = sources.FrameFolderSource(a.list, a.root, a.template, a.kinetics_ids)
+        elif a.format == "video":
+            source = sources.VideoFileSource(a.list, a.root)
+        else:
+            source = sources.ArrayRecordSource(a.arrayrecord_dir, a.split)
+    except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.
+        print(err)
+        return 1
+    broken = check.check_source(source, a.workers, progress=not a.quiet)
+    for line in broken:
+        print(line)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.writelines(line + "\n" for line in broken)
+    print(f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken", file=sys.stderr)
+    return 1 if broken else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -23,30 +23,42 @@ from smallbig_jax.data import prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--input_format", choices=["frames", "video"], required=True)
-  p.add_argument("--root", default="", help="folder the list's names/paths are relative to")
-  p.add_argument("--split", action="append", required=True, metavar="NAME=LIST", help="a split and its list file")
-  p.add_argument("--config", choices=["jpeg", "video"], default="jpeg", help="store JPEG frames or video bytes")
-  p.add_argument("--out", required=True, help="TFDS data dir to write")
-  p.add_argument("--template", default="img_{:05d}.jpg")
-  p.add_argument("--kinetics_ids", action="store_true")
-  p.add_argument("--short_side", type=int, default=0, help="resize frames so the short side is this (jpeg)")
-  p.add_argument("--quality", type=int, default=90)
-  p.add_argument("--workers", type=int, default=os.cpu_count())
-  p.add_argument("--quiet", action="store_true", help="no progress bar")
-  p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
-  a = p.parse_args(argv)
-  splits = dict(s.split("=", 1) for s in a.split)
-  counts = prepare.prepare_dataset(
-      a.out, splits, input_format=a.input_format, root=a.root, config=a.config, template=a.template,
-      kinetics_ids=a.kinetics_ids, short_side=a.short_side or None, quality=a.quality, workers=a.workers,
-      progress=not a.quiet, overwrite=a.overwrite)
-  for split, (ok, failed) in counts.items():
-    print(f"{split}: {ok} videos written, {failed} unreadable" + (
-        f" (listed in {os.path.join(a.out, f'failed_{split}.txt')})" if failed else ""))
-  return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input_format", choices=["frames", "video"], required=True)
+    p.add_argument("--root", default="", help="folder the list's names/paths are relative to")
+    p.add_argument("--split", action="append", required=True, metavar="NAME=LIST", help="a split and its list file")
+    p.add_argument("--config", choices=["jpeg", "video"], default="jpeg", help="store JPEG frames or video bytes")
+    p.add_argument("--out", required=True, help="TFDS data dir to write")
+    p.add_argument("--template", default="img_{:05d}.jpg")
+    p.add_argument("--kinetics_ids", action="store_true")
+    p.add_argument("--short_side", type=int, default=0, help="resize frames so the short side is this (jpeg)")
+    p.add_argument("--quality", type=int, default=90)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
+    a = p.parse_args(argv)
+    splits = dict(s.split("=", 1) for s in a.split)
+    counts = prepare.prepare_dataset(
+        a.out,
+        splits,
+        input_format=a.input_format,
+        root=a.root,
+        config=a.config,
+        template=a.template,
+        kinetics_ids=a.kinetics_ids,
+        short_side=a.short_side or None,
+        quality=a.quality,
+        workers=a.workers,
+        progress=not a.quiet,
+        overwrite=a.overwrite,
+    )
+    for split, (ok, failed) in counts.items():
+        print(
+            f"{split}: {ok} videos written, {failed} unreadable"
+            + (f" (listed in {os.path.join(a.out, f'failed_{split}.txt')})" if failed else "")
+        )
+    return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+    sys.exit(main())

@@ -15,32 +15,33 @@ SBDATA_FRAMES, SBDATA_H, SBDATA_W, SBDATA_VIDEOS = 16, 48, 64, 12
 
 
 def sbdata_video(num_frames: int = SBDATA_FRAMES, h: int = SBDATA_H, w: int = SBDATA_W) -> np.ndarray:
-  """``[T, H, W, 3]`` uint8: red = x ramp, green = 20 + 12*t, blue = y ramp."""
-  v = np.zeros((num_frames, h, w, 3), np.uint8)
-  v[..., 0] = np.linspace(0, 255, w).astype(np.uint8)[None, None, :]
-  v[..., 1] = (20 + 12 * np.arange(num_frames))[:, None, None]
-  v[..., 2] = np.linspace(0, 255, h).astype(np.uint8)[None, :, None]
-  return v
+    """``[T, H, W, 3]`` uint8: red = x ramp, green = 20 + 12*t, blue = y ramp."""
+    v = np.zeros((num_frames, h, w, 3), np.uint8)
+    v[..., 0] = np.linspace(0, 255, w).astype(np.uint8)[None, None, :]
+    v[..., 1] = (20 + 12 * np.arange(num_frames))[:, None, None]
+    v[..., 2] = np.linspace(0, 255, h).astype(np.uint8)[None, :, None]
+    return v
 
 
 def sbdata_frame_ids(clip: np.ndarray) -> np.ndarray:
-  """Frame index of each frame of a decoded fixture clip, from the green channel."""
-  return np.round((clip[..., 1].reshape(len(clip), -1).mean(1) - 20) / 12).astype(int)
+    """Frame index of each frame of a decoded fixture clip, from the green channel."""
+    return np.round((clip[..., 1].reshape(len(clip), -1).mean(1) - 20) / 12).astype(int)
 
 
 @pytest.fixture(scope="session")
 def sbdata_dir(tmp_path_factory) -> str:
-  """A folder with ``frames/`` + ``frames.txt`` and ``videos/`` + ``videos.txt`` (12 videos, labels v % 3)."""
-  from smallbig_jax.data import lists, synthetic
-  root = str(tmp_path_factory.mktemp("sbdata"))
-  video = sbdata_video()
-  frame_rows, video_rows = [], []
-  for v in range(SBDATA_VIDEOS):
-    name = f"vid{v:02d}"
-    synthetic.write_frame_folder(os.path.join(root, "frames", name), video)
-    synthetic.write_mp4(os.path.join(root, "videos", name + ".mp4"), video)
-    frame_rows.append((name, SBDATA_FRAMES, v % 3))
-    video_rows.append((name + ".mp4", v % 3))
-  lists.write_frame_list(os.path.join(root, "frames.txt"), frame_rows)
-  lists.write_video_list(os.path.join(root, "videos.txt"), video_rows)
-  return root
+    """A folder with ``frames/`` + ``frames.txt`` and ``videos/`` + ``videos.txt`` (12 videos, labels v % 3)."""
+    from smallbig_jax.data import lists, synthetic
+
+    root = str(tmp_path_factory.mktemp("sbdata"))
+    video = sbdata_video()
+    frame_rows, video_rows = [], []
+    for v in range(SBDATA_VIDEOS):
+        name = f"vid{v:02d}"
+        synthetic.write_frame_folder(os.path.join(root, "frames", name), video)
+        synthetic.write_mp4(os.path.join(root, "videos", name + ".mp4"), video)
+        frame_rows.append((name, SBDATA_FRAMES, v % 3))
+        video_rows.append((name + ".mp4", v % 3))
+    lists.write_frame_list(os.path.join(root, "frames.txt"), frame_rows)
+    lists.write_video_list(os.path.join(root, "videos.txt"), video_rows)
+    return root

@@ -47,39 +47,53 @@ WORKER = textwrap.dedent("""
 
 
 def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_two_processes_build_the_single_host_batches(sbdata_dir, tmp_path):
-  lists.write_frame_list(str(tmp_path / "idx.txt"), [(f"vid{v:02d}", 16, v) for v in range(SBDATA_VIDEOS)])
-  cfg = pipeline.default_data_config()
-  cfg.format, cfg.root = "frames", f"{sbdata_dir}/frames"
-  cfg.train_list = cfg.val_list = str(tmp_path / "idx.txt")
-  cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size = 4, 2, 32, 40
-  cfg.device_prefetch = 1
-  (tmp_path / "worker.py").write_text(WORKER)
-  port = _free_port()
-  env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen([sys.executable, str(tmp_path / "worker.py"), str(i), str(port),
-                             json.dumps(cfg.to_dict()), str(tmp_path / f"out{i}.json")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  for p in procs:
-    out, _ = p.communicate(timeout=600)
-    assert p.returncode == 0, out[-3000:]
-  res = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
-  assert res[0] == res[1]  # Both processes see the same global arrays.
-  ref = list(zip(range(3), iter(pipeline.train_dataset(cfg, global_batch_size=4, seed=0))))
-  for k, b in ref:
-    # Process 0 holds stream positions 0, 2 of the batch (rows 0-1), process 1 positions 1, 3 (rows 2-3).
-    order = np.r_[0:4:2, 1:4:2]
-    assert res[0]["train_labels"][k] == b["label"][order].tolist()
-    sums = transforms.normalize(b["clip"]).sum(axis=(1, 2, 3, 4))[order]
-    np.testing.assert_allclose(res[0]["train_clip_sums"][k], sums, rtol=1e-4)
-  vids, mask = np.array(res[0]["eval_video_index"]), np.array(res[0]["eval_mask"])
-  assert len(vids) == 16 and mask.sum() == 12
-  assert sorted(vids[mask]) == list(range(12)) and np.all(vids[~mask] == -1)
+    lists.write_frame_list(str(tmp_path / "idx.txt"), [(f"vid{v:02d}", 16, v) for v in range(SBDATA_VIDEOS)])
+    cfg = pipeline.default_data_config()
+    cfg.format, cfg.root = "frames", f"{sbdata_dir}/frames"
+    cfg.train_list = cfg.val_list = str(tmp_path / "idx.txt")
+    cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size = 4, 2, 32, 40
+    cfg.device_prefetch = 1
+    (tmp_path / "worker.py").write_text(WORKER)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(tmp_path / "worker.py"),
+                str(i),
+                str(port),
+                json.dumps(cfg.to_dict()),
+                str(tmp_path / f"out{i}.json"),
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=600)
+        assert p.returncode == 0, out[-3000:]
+    res = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
+    assert res[0] == res[1]  # Both processes see the same global arrays.
+    ref = list(zip(range(3), iter(pipeline.train_dataset(cfg, global_batch_size=4, seed=0))))
+    for k, b in ref:
+        # Process 0 holds stream positions 0, 2 of the batch (rows 0-1), process 1 positions 1, 3 (rows 2-3).
+        order = np.r_[0:4:2, 1:4:2]
+        assert res[0]["train_labels"][k] == b["label"][order].tolist()
+        sums = transforms.normalize(b["clip"]).sum(axis=(1, 2, 3, 4))[order]
+        np.testing.assert_allclose(res[0]["train_clip_sums"][k], sums, rtol=1e-4)
+    vids, mask = np.array(res[0]["eval_video_index"]), np.array(res[0]["eval_mask"])
+    assert len(vids) == 16 and mask.sum() == 12
+    assert sorted(vids[mask]) == list(range(12)) and np.all(vids[~mask] == -1)
 
 
 SHARDED = textwrap.dedent("""
@@ -101,12 +115,21 @@ SHARDED = textwrap.dedent("""
 
 
 def test_batches_sharded_over_a_device_mesh_in_bfloat16(sbdata_dir, tmp_path):
-  cfg = pipeline.default_data_config()
-  cfg.format, cfg.root, cfg.train_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
-  cfg.num_frames, cfg.stride, cfg.crop_size, cfg.dtype = 4, 2, 32, "bfloat16"
-  (tmp_path / "sharded.py").write_text(SHARDED)
-  env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-  r = subprocess.run([sys.executable, str(tmp_path / "sharded.py"), json.dumps(cfg.to_dict())],
-                     capture_output=True, text=True, env=env, timeout=600)
-  assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]
+    cfg = pipeline.default_data_config()
+    cfg.format, cfg.root, cfg.train_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
+    cfg.num_frames, cfg.stride, cfg.crop_size, cfg.dtype = 4, 2, 32, "bfloat16"
+    (tmp_path / "sharded.py").write_text(SHARDED)
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    }
+    r = subprocess.run(
+        [sys.executable, str(tmp_path / "sharded.py"), json.dumps(cfg.to_dict())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]

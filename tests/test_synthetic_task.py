@@ -33,5 +33,6 @@ def test_smallbig_reaches_90_percent_and_per_frame_res50_stays_far_below(dataset
         config = synthetic_config(f"ci,dir={dataset}")
         config.model.variant = variant
         top1[variant] = train.train_and_evaluate(config, str(tmp_path / variant))["top1"]
+    print(f"synthetic task at CI size, test top-1: {top1}")  # shown with `pytest -s`; BENCHMARKS.md quotes it
     assert top1["smallbig23"] >= 0.9, top1
     assert top1["res50"] <= 0.5, top1

@@ -18,94 +18,96 @@ import os
 
 
 class DataError(RuntimeError):
-  """A bad input (missing file, corrupt video, bad list line), with the file and line it came from."""
+    """A bad input (missing file, corrupt video, bad list line), with the file and line it came from."""
 
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
-  """One line of a list file. ``num_frames`` is -1 when the list does not give it."""
+    """One line of a list file. ``num_frames`` is -1 when the list does not give it."""
 
-  path: str
-  label: int
-  num_frames: int
-  source: str  # "<list file>:<line number>", for error messages.
+    path: str
+    label: int
+    num_frames: int
+    source: str  # "<list file>:<line number>", for error messages.
 
 
 def _int(text: str, what: str, where: str) -> int:
-  try:
-    return int(text)
-  except ValueError:
-    raise DataError(f"{where}: {what} {text!r} is not an integer") from None
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"{where}: {what} {text!r} is not an integer") from None
 
 
 def kinetics_folder_name(name: str) -> str:
-  """Folder name of a Kinetics video: the first 11 characters (YouTube ID) of the basename."""
-  return os.path.splitext(os.path.basename(name))[0][:11]
+    """Folder name of a Kinetics video: the first 11 characters (YouTube ID) of the basename."""
+    return os.path.splitext(os.path.basename(name))[0][:11]
 
 
 def _lines(list_file: str):
-  """(``file:line``, fields, raw line) of each non-empty, non-comment line of a list file."""
-  with open(list_file) as f:
-    for n, line in enumerate(f, start=1):
-      parts = line.split()
-      if parts and not parts[0].startswith("#"):
-        yield f"{list_file}:{n}", parts, line
+    """(``file:line``, fields, raw line) of each non-empty, non-comment line of a list file."""
+    with open(list_file) as f:
+        for n, line in enumerate(f, start=1):
+            parts = line.split()
+            if parts and not parts[0].startswith("#"):
+                yield f"{list_file}:{n}", parts, line
 
 
 def read_frame_list(list_file: str) -> list[VideoEntry]:
-  """Parses a frame-folder list (``<name> <num_frames> <label>`` per line)."""
-  entries = []
-  for where, parts, line in _lines(list_file):
-    if len(parts) != 3:
-      raise DataError(f"{where}: expected '<name> <num_frames> <label>', got {line.strip()!r}")
-    num_frames = _int(parts[1], "num_frames", where)
-    if num_frames <= 0:
-      raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
-    entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
-  return entries
+    """Parses a frame-folder list (``<name> <num_frames> <label>`` per line)."""
+    entries = []
+    for where, parts, line in _lines(list_file):
+        if len(parts) != 3:
+            raise DataError(f"{where}: expected '<name> <num_frames> <label>', got {line.strip()!r}")
+        num_frames = _int(parts[1], "num_frames", where)
+        if num_frames <= 0:
+            raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
+        entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
+    return entries
 
 
 def read_video_list(list_file: str) -> list[VideoEntry]:
-  """Parses a video list: ``<path> [<num_frames>] <label>`` lines, or a CSV with a header."""
-  if list_file.endswith(".csv"):
-    return _read_video_csv(list_file)
-  entries = []
-  for where, parts, line in _lines(list_file):
-    if len(parts) == 2:
-      entries.append(VideoEntry(parts[0], _int(parts[1], "label", where), -1, where))
-    elif len(parts) == 3:
-      num_frames = _int(parts[1], "num_frames", where)
-      entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
-    else:
-      raise DataError(f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', "
-                      f"got {line.strip()!r}")
-  return entries
+    """Parses a video list: ``<path> [<num_frames>] <label>`` lines, or a CSV with a header."""
+    if list_file.endswith(".csv"):
+        return _read_video_csv(list_file)
+    entries = []
+    for where, parts, line in _lines(list_file):
+        if len(parts) == 2:
+            entries.append(VideoEntry(parts[0], _int(parts[1], "label", where), -1, where))
+        elif len(parts) == 3:
+            num_frames = _int(parts[1], "num_frames", where)
+            entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
+        else:
+            raise DataError(
+                f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', got {line.strip()!r}"
+            )
+    return entries
 
 
 def _read_video_csv(list_file: str) -> list[VideoEntry]:
-  entries = []
-  with open(list_file, newline="") as f:
-    reader = csv.DictReader(f)
-    fields = reader.fieldnames or []
-    if "path" not in fields or "label" not in fields:
-      raise DataError(f"{list_file}:1: CSV header must name 'path' and 'label', got {fields}")
-    for n, row in enumerate(reader, start=2):
-      where = f"{list_file}:{n}"
-      if row.get("path") in (None, "") or row.get("label") in (None, ""):
-        raise DataError(f"{where}: missing 'path' or 'label' in {row}")
-      frames = row.get("num_frames") or "-1"
-      entries.append(VideoEntry(row["path"], _int(row["label"], "label", where),
-                                _int(frames, "num_frames", where), where))
-  return entries
+    entries = []
+    with open(list_file, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        if "path" not in fields or "label" not in fields:
+            raise DataError(f"{list_file}:1: CSV header must name 'path' and 'label', got {fields}")
+        for n, row in enumerate(reader, start=2):
+            where = f"{list_file}:{n}"
+            if row.get("path") in (None, "") or row.get("label") in (None, ""):
+                raise DataError(f"{where}: missing 'path' or 'label' in {row}")
+            frames = row.get("num_frames") or "-1"
+            entries.append(
+                VideoEntry(row["path"], _int(row["label"], "label", where), _int(frames, "num_frames", where), where)
+            )
+    return entries
 
 
 def write_frame_list(list_file: str, rows: list[tuple[str, int, int]]) -> None:
-  """Writes ``<name> <num_frames> <label>`` lines."""
-  with open(list_file, "w") as f:
-    f.writelines(f"{name} {num} {label}\n" for name, num, label in rows)
+    """Writes ``<name> <num_frames> <label>`` lines."""
+    with open(list_file, "w") as f:
+        f.writelines(f"{name} {num} {label}\n" for name, num, label in rows)
 
 
 def write_video_list(list_file: str, rows: list[tuple[str, int]]) -> None:
-  """Writes ``<path> <label>`` lines."""
-  with open(list_file, "w") as f:
-    f.writelines(f"{path} {label}\n" for path, label in rows)
+    """Writes ``<path> <label>`` lines."""
+    with open(list_file, "w") as f:
+        f.writelines(f"{path} {label}\n" for path, label in rows)

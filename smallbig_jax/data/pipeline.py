@@ -66,418 +66,496 @@ log = logging.getLogger(__name__)
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-  """Every data option and its default (Kinetics-style dense 8x8, 224 crops). Fields:
+    """Every data option and its default (Kinetics-style dense 8x8, 224 crops). Fields:
 
-  * ``format``: 'frames' (frame folders), 'video' (files decoded by PyAV) or 'arrayrecord' (prepared TFDS).
-  * ``root``, ``train_list``, ``val_list``: list files and the folder their names are relative to
-    (frames/video). ``frame_template`` (1-based), ``kinetics_ids`` (folders named by the 11-char YouTube ID).
-  * ``arrayrecord_dir``, ``train_split``, ``val_split``: the prepared dataset and its split names.
-  * ``num_frames`` (T), ``stride``, ``sampling`` ('dense' Kinetics / 'segment' Something-Something).
-  * ``crop_size``, ``scale_size`` (eval short side), ``train_short_side`` (0: as stored; 320 mimics the
-    official rawframes_320), ``scales``, ``max_distort``, ``flip`` (off for Something-Something).
-  * ``num_clips``, ``num_crops`` (1 or 3): eval views per video.
-  * ``bad_input`` ('error'|'resample'), ``max_resample``, ``eval_bad_input`` ('error'|'exclude').
-  * ``worker_count``, ``worker_buffer_size`` (grain worker processes and batches queued per worker),
-    ``reader_threads``, ``reader_buffer`` (threads computing batches in each process, batches they may hold),
-    ``device_prefetch`` (global batches on the devices ahead), ``dtype``, ``decode_threads`` (PyAV threads).
-  """
-  c = ml_collections.ConfigDict()
-  c.format = "arrayrecord"
-  c.root = ""
-  c.train_list = ""
-  c.val_list = ""
-  c.frame_template = "img_{:05d}.jpg"
-  c.kinetics_ids = False
-  c.arrayrecord_dir = ""
-  c.train_split = "train"
-  c.val_split = "val"
-  c.num_frames = 8
-  c.stride = 8
-  c.sampling = "dense"
-  c.crop_size = 224
-  c.scale_size = 256
-  c.train_short_side = 0
-  c.scales = (1.0, 0.875, 0.75, 0.66)
-  c.max_distort = 1
-  c.flip = True
-  c.num_clips = 1
-  c.num_crops = 1
-  c.bad_input = "error"
-  c.max_resample = 10
-  c.eval_bad_input = "error"
-  c.worker_count = 0
-  c.worker_buffer_size = 2
-  c.reader_threads = 2
-  c.reader_buffer = 2
-  c.device_prefetch = 2
-  c.dtype = "float32"
-  c.decode_threads = False
-  return c
+    * ``format``: 'frames' (frame folders), 'video' (files decoded by PyAV) or 'arrayrecord' (prepared TFDS).
+    * ``root``, ``train_list``, ``val_list``: list files and the folder their names are relative to
+      (frames/video). ``frame_template`` (1-based), ``kinetics_ids`` (folders named by the 11-char YouTube ID).
+    * ``arrayrecord_dir``, ``train_split``, ``val_split``: the prepared dataset and its split names.
+    * ``num_frames`` (T), ``stride``, ``sampling`` ('dense' Kinetics / 'segment' Something-Something).
+    * ``crop_size``, ``scale_size`` (eval short side), ``train_short_side`` (0: as stored; 320 mimics the
+      official rawframes_320), ``scales``, ``max_distort``, ``flip`` (off for Something-Something).
+    * ``num_clips``, ``num_crops`` (1 or 3): eval views per video.
+    * ``bad_input`` ('error'|'resample'), ``max_resample``, ``eval_bad_input`` ('error'|'exclude').
+    * ``worker_count``, ``worker_buffer_size`` (grain worker processes and batches queued per worker),
+      ``reader_threads``, ``reader_buffer`` (threads computing batches in each process, batches they may hold),
+      ``device_prefetch`` (global batches on the devices ahead), ``dtype``, ``decode_threads`` (PyAV threads).
+    """
+    c = ml_collections.ConfigDict()
+    c.format = "arrayrecord"
+    c.root = ""
+    c.train_list = ""
+    c.val_list = ""
+    c.frame_template = "img_{:05d}.jpg"
+    c.kinetics_ids = False
+    c.arrayrecord_dir = ""
+    c.train_split = "train"
+    c.val_split = "val"
+    c.num_frames = 8
+    c.stride = 8
+    c.sampling = "dense"
+    c.crop_size = 224
+    c.scale_size = 256
+    c.train_short_side = 0
+    c.scales = (1.0, 0.875, 0.75, 0.66)
+    c.max_distort = 1
+    c.flip = True
+    c.num_clips = 1
+    c.num_crops = 1
+    c.bad_input = "error"
+    c.max_resample = 10
+    c.eval_bad_input = "error"
+    c.worker_count = 0
+    c.worker_buffer_size = 2
+    c.reader_threads = 2
+    c.reader_buffer = 2
+    c.device_prefetch = 2
+    c.dtype = "float32"
+    c.decode_threads = False
+    return c
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
-  """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
-  choices = {"format": ("frames", "video", "arrayrecord"), "sampling": ("dense", "segment"),
-             "num_crops": (1, 3), "bad_input": ("error", "resample"), "eval_bad_input": ("error", "exclude")}
-  for field, allowed in choices.items():
-    if cfg[field] not in allowed:
-      raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
-  if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
-    raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
-  for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
-    if int(cfg[field]) < 1:
-      raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
-  if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
-    raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
+    """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
+    choices = {
+        "format": ("frames", "video", "arrayrecord"),
+        "sampling": ("dense", "segment"),
+        "num_crops": (1, 3),
+        "bad_input": ("error", "resample"),
+        "eval_bad_input": ("error", "exclude"),
+    }
+    for field, allowed in choices.items():
+        if cfg[field] not in allowed:
+            raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
+    if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
+        raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
+    for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
+        if int(cfg[field]) < 1:
+            raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
+    if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
+        raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
 
 
 def _open_source(cfg, split: str):
-  if cfg.format == "arrayrecord":
-    return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"])
-  return sources.make_source(cfg, split)
+    if cfg.format == "arrayrecord":
+        return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"])
+    return sources.make_source(cfg, split)
 
 
 def _min_decode_side(cfg, train: bool) -> int | None:
-  """Smallest short side worth decoding at, so JPEG DCT scaling / swscale can shrink big frames early."""
-  if train:
-    need = int(np.ceil(cfg.crop_size / min(cfg.scales)))
-    return max(need, cfg.train_short_side) if cfg.train_short_side else need
-  return cfg.scale_size
+    """Smallest short side worth decoding at, so JPEG DCT scaling / swscale can shrink big frames early."""
+    if train:
+        need = int(np.ceil(cfg.crop_size / min(cfg.scales)))
+        return max(need, cfg.train_short_side) if cfg.train_short_side else need
+    return cfg.scale_size
 
 
 class TrainExample:
-  """Global stream position ``p`` (video ``v``) -> one augmented uint8 training clip."""
+    """Global stream position ``p`` (video ``v``) -> one augmented uint8 training clip."""
 
-  def __init__(self, source, cfg: ml_collections.ConfigDict, seed: int):
-    self.source, self.seed, self.n = source, seed, len(source)
-    self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    if self.cfg["bad_input"] not in ("error", "resample"):
-      raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
-    self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg), True)
+    def __init__(self, source, cfg: ml_collections.ConfigDict, seed: int):
+        self.source, self.seed, self.n = source, seed, len(source)
+        self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+        if self.cfg["bad_input"] not in ("error", "resample"):
+            raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
+        self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg), True)
 
-  def clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
-    c = self.cfg
-    choose = lambda n: sampling.train_indices(rng, n, c["sampling"], c["num_frames"], c["stride"])
-    frames, _ = self.source.load(v, choose, self.min_side)
-    _, h, w, _ = frames.shape
-    box = transforms.train_crop_box(rng, h, w, c["crop_size"], c["train_short_side"] or None, c["scales"],
-                                    c["max_distort"])
-    mirror = bool(c["flip"] and rng.random() < 0.5)
-    return transforms.resize_crop(frames, box, c["crop_size"], flip=mirror)
+    def clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
+        c = self.cfg
+        choose = lambda n: sampling.train_indices(rng, n, c["sampling"], c["num_frames"], c["stride"])
+        frames, _ = self.source.load(v, choose, self.min_side)
+        _, h, w, _ = frames.shape
+        box = transforms.train_crop_box(
+            rng, h, w, c["crop_size"], c["train_short_side"] or None, c["scales"], c["max_distort"]
+        )
+        mirror = bool(c["flip"] and rng.random() < 0.5)
+        return transforms.resize_crop(frames, box, c["crop_size"], flip=mirror)
 
-  def __call__(self, p: int, v: int) -> dict[str, np.ndarray]:
-    epoch, v = p // self.n, int(v)
-    candidate, bad = v, -1
-    for attempt in range(self.cfg["max_resample"] + 1):
-      try:
-        clip = self.clip(candidate, np.random.default_rng([self.seed, epoch, candidate]))
-        return {"clip": clip, "label": np.int32(self.source.label(candidate)), "bad_index": np.int32(bad)}
-      except DataError as err:
-        if self.cfg["bad_input"] == "error":
-          raise
-        log.warning("resampling: %s", err)
-        bad = v if bad < 0 else bad
-        candidate = int(np.random.default_rng([self.seed, epoch, v, attempt + 1]).integers(self.n))
-    raise DataError(f"video {v} and {self.cfg['max_resample']} replacements for it could not be read; "
-                    "is the dataset readable at all? Run scripts/check_dataset.py")
+    def __call__(self, p: int, v: int) -> dict[str, np.ndarray]:
+        epoch, v = p // self.n, int(v)
+        candidate, bad = v, -1
+        for attempt in range(self.cfg["max_resample"] + 1):
+            try:
+                clip = self.clip(candidate, np.random.default_rng([self.seed, epoch, candidate]))
+                return {"clip": clip, "label": np.int32(self.source.label(candidate)), "bad_index": np.int32(bad)}
+            except DataError as err:
+                if self.cfg["bad_input"] == "error":
+                    raise
+                log.warning("resampling: %s", err)
+                bad = v if bad < 0 else bad
+                candidate = int(np.random.default_rng([self.seed, epoch, v, attempt + 1]).integers(self.n))
+        raise DataError(
+            f"video {v} and {self.cfg['max_resample']} replacements for it could not be read; "
+            "is the dataset readable at all? Run scripts/check_dataset.py"
+        )
 
 
 _EVAL_CLIP_CACHE = 32  # Decoded eval clips kept per process (a few MB each at 256 px).
 
 
 class EvalExample:
-  """View position ``q`` -> one evaluation view (video ``q // V``, clip, crop), or padding past the end."""
+    """View position ``q`` -> one evaluation view (video ``q // V``, clip, crop), or padding past the end."""
 
-  def __init__(self, source, cfg: ml_collections.ConfigDict):
-    self.source = source
-    self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-    if self.cfg["eval_bad_input"] not in ("error", "exclude"):
-      raise ValueError(f"eval_bad_input must be 'error' or 'exclude', got {self.cfg['eval_bad_input']!r}")
-    c = self.cfg
-    self.views = c["num_clips"] * c["num_crops"]
-    self.total = len(source) * self.views
-    self.size = c["crop_size"] if c["num_crops"] == 1 else c["scale_size"]
-    self.min_side = c["scale_size"]
-    self._lock = threading.Lock()
-    self._cache: collections.OrderedDict = collections.OrderedDict()
+    def __init__(self, source, cfg: ml_collections.ConfigDict):
+        self.source = source
+        self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
+        if self.cfg["eval_bad_input"] not in ("error", "exclude"):
+            raise ValueError(f"eval_bad_input must be 'error' or 'exclude', got {self.cfg['eval_bad_input']!r}")
+        c = self.cfg
+        self.views = c["num_clips"] * c["num_crops"]
+        self.total = len(source) * self.views
+        self.size = c["crop_size"] if c["num_crops"] == 1 else c["scale_size"]
+        self.min_side = c["scale_size"]
+        self._lock = threading.Lock()
+        self._cache: collections.OrderedDict = collections.OrderedDict()
 
-  def __getstate__(self) -> dict[str, Any]:
-    return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
 
-  def __setstate__(self, state: dict[str, Any]) -> None:
-    self.__dict__.update(state, _lock=threading.Lock(), _cache=collections.OrderedDict())
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock(), _cache=collections.OrderedDict())
 
-  def _frames(self, v: int, clip_i: int) -> np.ndarray:
-    """The clip's frames, decoded once for all its crops: the crops of a clip are consecutive views, which grain
-    computes at the same time in its reader threads, so the first one decodes and the others wait for it."""
-    key = (v, clip_i)
-    with self._lock:
-      future = self._cache.get(key)
-      owner = future is None
-      if owner:
-        future = self._cache[key] = concurrent.futures.Future()
-        while len(self._cache) > _EVAL_CLIP_CACHE:
-          self._cache.popitem(last=False)
-    if owner:
-      c = self.cfg
-      choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[clip_i]
-      try:
-        future.set_result(self.source.load(v, choose, self.min_side)[0])
-      except BaseException as err:
-        future.set_exception(err)
-    return future.result()
+    def _frames(self, v: int, clip_i: int) -> np.ndarray:
+        """The clip's frames, decoded once for all its crops: the crops of a clip are consecutive views, which grain
+        computes at the same time in its reader threads, so the first one decodes and the others wait for it."""
+        key = (v, clip_i)
+        with self._lock:
+            future = self._cache.get(key)
+            owner = future is None
+            if owner:
+                future = self._cache[key] = concurrent.futures.Future()
+                while len(self._cache) > _EVAL_CLIP_CACHE:
+                    self._cache.popitem(last=False)
+        if owner:
+            c = self.cfg
+            choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[
+                clip_i
+            ]
+            try:
+                future.set_result(self.source.load(v, choose, self.min_side)[0])
+            except BaseException as err:
+                future.set_exception(err)
+        return future.result()
 
-  def __call__(self, q: int) -> dict[str, np.ndarray]:
-    c = self.cfg
-    empty = {"clip": np.zeros((c["num_frames"], self.size, self.size, 3), np.uint8), "label": np.int32(0),
-             "video_index": np.int32(-1), "mask": np.bool_(False), "broken": np.bool_(False)}
-    if q >= self.total:
-      return empty
-    v, r = divmod(int(q), self.views)
-    clip_i, crop_i = divmod(r, c["num_crops"])
-    try:
-      frames = self._frames(v, clip_i)
-    except DataError as err:
-      if c["eval_bad_input"] == "error":
-        raise
-      log.warning("excluded from evaluation: %s", err)
-      return {**empty, "label": np.int32(self.source.label(v)), "video_index": np.int32(v), "broken": np.bool_(True)}
-    _, h, w, _ = frames.shape
-    box = transforms.eval_crop_boxes(h, w, c["scale_size"], c["crop_size"], c["num_crops"])[crop_i]
-    return {"clip": transforms.resize_crop(frames, box, self.size), "label": np.int32(self.source.label(v)),
-            "video_index": np.int32(v), "mask": np.bool_(True), "broken": np.bool_(False)}
+    def __call__(self, q: int) -> dict[str, np.ndarray]:
+        c = self.cfg
+        empty = {
+            "clip": np.zeros((c["num_frames"], self.size, self.size, 3), np.uint8),
+            "label": np.int32(0),
+            "video_index": np.int32(-1),
+            "mask": np.bool_(False),
+            "broken": np.bool_(False),
+        }
+        if q >= self.total:
+            return empty
+        v, r = divmod(int(q), self.views)
+        clip_i, crop_i = divmod(r, c["num_crops"])
+        try:
+            frames = self._frames(v, clip_i)
+        except DataError as err:
+            if c["eval_bad_input"] == "error":
+                raise
+            log.warning("excluded from evaluation: %s", err)
+            return {
+                **empty,
+                "label": np.int32(self.source.label(v)),
+                "video_index": np.int32(v),
+                "broken": np.bool_(True),
+            }
+        _, h, w, _ = frames.shape
+        box = transforms.eval_crop_boxes(h, w, c["scale_size"], c["crop_size"], c["num_crops"])[crop_i]
+        return {
+            "clip": transforms.resize_crop(frames, box, self.size),
+            "label": np.int32(self.source.label(v)),
+            "video_index": np.int32(v),
+            "mask": np.bool_(True),
+            "broken": np.bool_(False),
+        }
 
 
 def _shard_options(shard_options: grain.sharding.ShardOptions | None) -> grain.sharding.ShardOptions:
-  return shard_options if shard_options is not None else grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    return shard_options if shard_options is not None else grain.sharding.ShardByJaxProcess(drop_remainder=True)
 
 
 def _local_batch(global_batch_size: int, shard: grain.sharding.ShardOptions) -> int:
-  if global_batch_size % shard.shard_count:
-    raise ValueError(f"global batch {global_batch_size} is not divisible by {shard.shard_count} hosts")
-  return global_batch_size // shard.shard_count
+    if global_batch_size % shard.shard_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by {shard.shard_count} hosts")
+    return global_batch_size // shard.shard_count
 
 
 def _with_workers(ds: grain.MapDataset, cfg) -> grain.IterDataset:
-  """Batches are computed by ``reader_threads`` threads per process (decoders release the GIL) with at most
-  ``reader_buffer`` finished batches waiting; grain's defaults (16 threads, 500 elements) would hold hundreds
-  of video batches (77 MB each at 64 x 8 x 224^2) in memory."""
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.reader_threads, prefetch_buffer_size=cfg.reader_buffer))
-  if cfg.worker_count > 0:
-    from absl import flags
-    if not flags.FLAGS.is_parsed():  # grain workers read absl flags; parse them for the user.
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
-        num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size))
-  return it
+    """Batches are computed by ``reader_threads`` threads per process (decoders release the GIL) with at most
+    ``reader_buffer`` finished batches waiting; grain's defaults (16 threads, 500 elements) would hold hundreds
+    of video batches (77 MB each at 64 x 8 x 224^2) in memory."""
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.reader_threads, prefetch_buffer_size=cfg.reader_buffer))
+    if cfg.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain workers read absl flags; parse them for the user.
+            flags.FLAGS.mark_as_parsed()
+        it = it.mp_prefetch(
+            grain.multiprocessing.MultiprocessingOptions(
+                num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
+            )
+        )
+    return it
 
 
-def train_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                  shard_options: grain.sharding.ShardOptions | None = None, source=None,
-                  start_position: int = 0) -> grain.IterDataset:
-  """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
-  every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
-  ``ShardByJaxProcess``."""
-  check_config(cfg)
-  source = source if source is not None else _open_source(cfg, "train")
-  shard = _shard_options(shard_options)
-  example = TrainExample(source, cfg, seed)
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
-  ds = ds.map_with_index(example)[start_position:]  # The index seen by `example` stays the global position.
-  ds = ds[shard.shard_index::shard.shard_count]
-  ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
-  return _with_workers(ds, cfg)
+def train_dataset(
+    cfg: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    shard_options: grain.sharding.ShardOptions | None = None,
+    source=None,
+    start_position: int = 0,
+) -> grain.IterDataset:
+    """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
+    every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
+    ``ShardByJaxProcess``."""
+    check_config(cfg)
+    source = source if source is not None else _open_source(cfg, "train")
+    shard = _shard_options(shard_options)
+    example = TrainExample(source, cfg, seed)
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
+    ds = ds.map_with_index(example)[start_position:]  # The index seen by `example` stays the global position.
+    ds = ds[shard.shard_index :: shard.shard_count]
+    ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
+    return _with_workers(ds, cfg)
 
 
-def eval_dataset(cfg: ml_collections.ConfigDict, *, global_batch_size: int,
-                 shard_options: grain.sharding.ShardOptions | None = None, source=None) -> grain.IterDataset:
-  """This host's evaluation batches (every view once over all hosts, padded to whole global batches)."""
-  check_config(cfg)
-  source = source if source is not None else _open_source(cfg, "val")
-  shard = _shard_options(shard_options)
-  example = EvalExample(source, cfg)
-  padded = -(-example.total // global_batch_size) * global_batch_size
-  ds = grain.MapDataset.range(padded).map(example)
-  ds = ds[shard.shard_index::shard.shard_count]
-  ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
-  return _with_workers(ds, cfg)
+def eval_dataset(
+    cfg: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    shard_options: grain.sharding.ShardOptions | None = None,
+    source=None,
+) -> grain.IterDataset:
+    """This host's evaluation batches (every view once over all hosts, padded to whole global batches)."""
+    check_config(cfg)
+    source = source if source is not None else _open_source(cfg, "val")
+    shard = _shard_options(shard_options)
+    example = EvalExample(source, cfg)
+    padded = -(-example.total // global_batch_size) * global_batch_size
+    ds = grain.MapDataset.range(padded).map(example)
+    ds = ds[shard.shard_index :: shard.shard_count]
+    ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
+    return _with_workers(ds, cfg)
 
 
 def _batch_spec(mesh: Mesh, batch_axis) -> PartitionSpec:
-  return PartitionSpec(batch_axis if batch_axis is not None else mesh.axis_names)
+    return PartitionSpec(batch_axis if batch_axis is not None else mesh.axis_names)
 
 
 class DeviceIterator:
-  """Host batches -> global ``jax.Array`` batches on ``mesh`` (batch dim sharded), prefetched by a thread.
+    """Host batches -> global ``jax.Array`` batches on ``mesh`` (batch dim sharded), prefetched by a thread.
 
-  ``clip`` is normalised on the devices into ``dtype``. ``bad_index``/``broken`` bookkeeping stays on the host:
-  resampled videos are counted per epoch and logged by name when an epoch ends (``bad_inputs``)."""
+    ``clip`` is normalised on the devices into ``dtype``. ``bad_index``/``broken`` bookkeeping stays on the host:
+    resampled videos are counted per epoch and logged by name when an epoch ends (``bad_inputs``)."""
 
-  def __init__(self, host_ds: grain.IterDataset, source, *, mesh: Mesh, global_batch_size: int,
-               prefetch: int = 2, dtype: str = "float32", batch_axis=None, epoch_size: int | None = None,
-               restart: Callable[[int], grain.IterDataset] | None = None, layout: dict[str, int] | None = None):
-    self._ds, self._source, self._mesh = host_ds, source, mesh
-    self._restart = restart  # Stream position -> this host's dataset from there (training only).
-    self._layout = dict(layout or {}, global_batch_size=global_batch_size, start_position=0)
-    self.position = 0  # Global stream position of the next batch's first example.
-    self._it = iter(host_ds)
-    self._state = self._it.get_state()
-    self._sharding = NamedSharding(mesh, _batch_spec(mesh, batch_axis))
-    self._global_batch, self._epoch_size, self._prefetch = global_batch_size, epoch_size, max(1, prefetch)
-    out = NamedSharding(mesh, PartitionSpec(*self._sharding.spec, None, None, None, None))
-    self._normalize = jax.jit(lambda x: transforms.normalize(x, jnp.dtype(dtype)), out_shardings=out)
-    self._queue: queue.Queue | None = None
-    self._thread: threading.Thread | None = None
-    self._stop = threading.Event()
-    self.steps = 0
-    self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-    self.excluded: set[str] = set()  # Evaluation: broken videos left out (eval_bad_input='exclude'), this host.
+    def __init__(
+        self,
+        host_ds: grain.IterDataset,
+        source,
+        *,
+        mesh: Mesh,
+        global_batch_size: int,
+        prefetch: int = 2,
+        dtype: str = "float32",
+        batch_axis=None,
+        epoch_size: int | None = None,
+        restart: Callable[[int], grain.IterDataset] | None = None,
+        layout: dict[str, int] | None = None,
+    ):
+        self._ds, self._source, self._mesh = host_ds, source, mesh
+        self._restart = restart  # Stream position -> this host's dataset from there (training only).
+        self._layout = dict(layout or {}, global_batch_size=global_batch_size, start_position=0)
+        self.position = 0  # Global stream position of the next batch's first example.
+        self._it = iter(host_ds)
+        self._state = self._it.get_state()
+        self._sharding = NamedSharding(mesh, _batch_spec(mesh, batch_axis))
+        self._global_batch, self._epoch_size, self._prefetch = global_batch_size, epoch_size, max(1, prefetch)
+        out = NamedSharding(mesh, PartitionSpec(*self._sharding.spec, None, None, None, None))
+        self._normalize = jax.jit(lambda x: transforms.normalize(x, jnp.dtype(dtype)), out_shardings=out)
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.steps = 0
+        self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
+        self.excluded: set[str] = set()  # Evaluation: broken videos left out (eval_bad_input='exclude'), this host.
 
-  def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    out = {}
-    for k, x in batch.items():
-      if k in ("bad_index",):
-        continue
-      arr = jax.make_array_from_process_local_data(self._sharding, np.asarray(x))
-      out[k] = self._normalize(arr) if k == "clip" else arr
-    return out
+    def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        out = {}
+        for k, x in batch.items():
+            if k in ("bad_index",):
+                continue
+            arr = jax.make_array_from_process_local_data(self._sharding, np.asarray(x))
+            out[k] = self._normalize(arr) if k == "clip" else arr
+        return out
 
-  def _produce(self) -> None:
-    try:
-      while not self._stop.is_set():
+    def _produce(self) -> None:
         try:
-          batch = next(self._it)
-        except StopIteration:
-          self._put(None)
-          return
-        broken = batch["video_index"][batch["broken"]] if "broken" in batch else None
-        self._put((self._it.get_state(), (batch.get("bad_index"), broken), self._to_global(batch)))
-    except BaseException as err:  # Hand every failure to the consumer: never hang.
-      self._put(err)
+            while not self._stop.is_set():
+                try:
+                    batch = next(self._it)
+                except StopIteration:
+                    self._put(None)
+                    return
+                broken = batch["video_index"][batch["broken"]] if "broken" in batch else None
+                self._put((self._it.get_state(), (batch.get("bad_index"), broken), self._to_global(batch)))
+        except BaseException as err:  # Hand every failure to the consumer: never hang.
+            self._put(err)
 
-  def _put(self, item) -> None:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.1)
-        return
-      except queue.Full:
-        continue
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
-  def _start(self) -> None:
-    self._stop.clear()
-    self._queue = queue.Queue(self._prefetch)
-    self._thread = threading.Thread(target=self._produce, daemon=True)
-    self._thread.start()
+    def _start(self) -> None:
+        self._stop.clear()
+        self._queue = queue.Queue(self._prefetch)
+        self._thread = threading.Thread(target=self._produce, daemon=True)
+        self._thread.start()
 
-  def _stop_thread(self) -> None:
-    if self._thread is not None:
-      self._stop.set()
-      self._thread.join()
-      self._thread = None
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
 
-  def _reset_iterator(self) -> None:
-    """A fresh grain iterator at ``self._state`` (the old one's worker processes are shut down)."""
-    self._it.close()
-    self._it = iter(self._ds)
-    self._it.set_state(self._state)
+    def _reset_iterator(self) -> None:
+        """A fresh grain iterator at ``self._state`` (the old one's worker processes are shut down)."""
+        self._it.close()
+        self._it = iter(self._ds)
+        self._it.set_state(self._state)
 
-  def close(self) -> None:
-    """Stops the prefetch thread and grain's workers; prefetched batches are dropped, the state is kept, and
-    iterating again resumes right after the last batch returned."""
-    self._stop_thread()
-    self._reset_iterator()
+    def close(self) -> None:
+        """Stops the prefetch thread and grain's workers; prefetched batches are dropped, the state is kept, and
+        iterating again resumes right after the last batch returned."""
+        self._stop_thread()
+        self._reset_iterator()
 
-  @property
-  def source(self):
-    """The random-access source the batches are read from (``len``, ``source[i]["name"]``)."""
-    return self._source
+    @property
+    def source(self):
+        """The random-access source the batches are read from (``len``, ``source[i]["name"]``)."""
+        return self._source
 
-  @property
-  def num_videos(self) -> int:
-    return len(self._source)
+    @property
+    def num_videos(self) -> int:
+        return len(self._source)
 
-  def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-    return self
+    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
+        return self
 
-  def __next__(self) -> dict[str, jax.Array]:
-    if self._thread is None:
-      self._start()
-    item = self._queue.get()
-    if item is None:
-      self._thread = None
-      if self.excluded:
-        log.warning("evaluation: %d unreadable videos excluded on this host: %s", len(self.excluded),
-                    sorted(self.excluded))
-      raise StopIteration
-    if isinstance(item, BaseException):
-      self._thread = None
-      raise item
-    state, bad, batch = item
-    self._state = state
-    self._account(bad)
-    self.steps += 1
-    self.position += self._global_batch
-    return batch
+    def __next__(self) -> dict[str, jax.Array]:
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if item is None:
+            self._thread = None
+            if self.excluded:
+                log.warning(
+                    "evaluation: %d unreadable videos excluded on this host: %s",
+                    len(self.excluded),
+                    sorted(self.excluded),
+                )
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._thread = None
+            raise item
+        state, bad, batch = item
+        self._state = state
+        self._account(bad)
+        self.steps += 1
+        self.position += self._global_batch
+        return batch
 
-  def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
-    """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
-    bad, broken = bad
-    if broken is not None:
-      self.excluded.update(self._source.name(int(v)) for v in broken)
-    if self._epoch_size is None:
-      return
-    epoch = self.position // self._epoch_size
-    for v in [] if bad is None else bad[bad >= 0]:
-      self.bad_inputs[epoch][self._source.name(int(v))] += 1
-    next_epoch = (self.position + self._global_batch) // self._epoch_size
-    if next_epoch > epoch and self.bad_inputs.get(epoch):
-      names = dict(self.bad_inputs[epoch])
-      log.warning("epoch %d: %d unreadable videos resampled on this host: %s", epoch, sum(names.values()), names)
+    def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
+        """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
+        bad, broken = bad
+        if broken is not None:
+            self.excluded.update(self._source.name(int(v)) for v in broken)
+        if self._epoch_size is None:
+            return
+        epoch = self.position // self._epoch_size
+        for v in [] if bad is None else bad[bad >= 0]:
+            self.bad_inputs[epoch][self._source.name(int(v))] += 1
+        next_epoch = (self.position + self._global_batch) // self._epoch_size
+        if next_epoch > epoch and self.bad_inputs.get(epoch):
+            names = dict(self.bad_inputs[epoch])
+            log.warning("epoch %d: %d unreadable videos resampled on this host: %s", epoch, sum(names.values()), names)
 
-  def get_state(self) -> dict[str, Any]:
-    """State after the last batch returned (JSON-serialisable; save it next to the model): grain's iterator
-    state, the step, the global stream position, and the layout (hosts, workers, batch) grain's state is for."""
-    return {"grain": self._state, "steps": self.steps, "position": self.position, "layout": dict(self._layout)}
+    def get_state(self) -> dict[str, Any]:
+        """State after the last batch returned (JSON-serialisable; save it next to the model): grain's iterator
+        state, the step, the global stream position, and the layout (hosts, workers, batch) grain's state is for."""
+        return {"grain": self._state, "steps": self.steps, "position": self.position, "layout": dict(self._layout)}
 
-  def set_state(self, state: dict[str, Any]) -> None:
-    """Resumes at ``state``: the next batch is the one that followed it.
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Resumes at ``state``: the next batch is the one that followed it.
 
-    With the layout the state was saved under, grain's own state is restored. With another number of hosts or
-    workers (or another global batch size), training restarts the stream at the saved global position, so the
-    examples that follow are still exactly those that would have come next (grouped into the new batches)."""
-    self._stop_thread()
-    self.steps, self.position = int(state["steps"]), int(state.get("position", 0))
-    if state.get("layout") in (None, self._layout) or self._restart is None:
-      self._state = state["grain"]
-      self._reset_iterator()
-      return
-    self._it.close()
-    self._ds = self._restart(self.position)
-    self._layout["start_position"] = self.position
-    self._it = iter(self._ds)
-    self._state = self._it.get_state()
+        With the layout the state was saved under, grain's own state is restored. With another number of hosts or
+        workers (or another global batch size), training restarts the stream at the saved global position, so the
+        examples that follow are still exactly those that would have come next (grouped into the new batches)."""
+        self._stop_thread()
+        self.steps, self.position = int(state["steps"]), int(state.get("position", 0))
+        if state.get("layout") in (None, self._layout) or self._restart is None:
+            self._state = state["grain"]
+            self._reset_iterator()
+            return
+        self._it.close()
+        self._ds = self._restart(self.position)
+        self._layout["start_position"] = self.position
+        self._it = iter(self._ds)
+        self._state = self._it.get_state()
 
 
 def _mesh(mesh: Mesh | None) -> Mesh:
-  return mesh if mesh is not None else Mesh(np.array(jax.devices()), ("data",))
+    return mesh if mesh is not None else Mesh(np.array(jax.devices()), ("data",))
 
 
-def make_train_loader(data_config: ml_collections.ConfigDict, *, global_batch_size: int, seed: int,
-                      mesh: Mesh | None = None, batch_axis=None) -> DeviceIterator:
-  """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
-  source = _open_source(data_config, "train")
-  make = lambda start: train_dataset(data_config, global_batch_size=global_batch_size, seed=seed, source=source,
-                                     start_position=start)
-  layout = {"process_count": jax.process_count(), "worker_count": data_config.worker_count}
-  return DeviceIterator(make(0), source, mesh=_mesh(mesh), global_batch_size=global_batch_size,
-                        prefetch=data_config.device_prefetch, dtype=data_config.dtype, batch_axis=batch_axis,
-                        epoch_size=len(source), restart=make, layout=layout)
+def make_train_loader(
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    mesh: Mesh | None = None,
+    batch_axis=None,
+) -> DeviceIterator:
+    """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
+    source = _open_source(data_config, "train")
+    make = lambda start: train_dataset(
+        data_config, global_batch_size=global_batch_size, seed=seed, source=source, start_position=start
+    )
+    layout = {"process_count": jax.process_count(), "worker_count": data_config.worker_count}
+    return DeviceIterator(
+        make(0),
+        source,
+        mesh=_mesh(mesh),
+        global_batch_size=global_batch_size,
+        prefetch=data_config.device_prefetch,
+        dtype=data_config.dtype,
+        batch_axis=batch_axis,
+        epoch_size=len(source),
+        restart=make,
+        layout=layout,
+    )
 
 
-def make_eval_loader(data_config: ml_collections.ConfigDict, *, global_batch_size: int,
-                     mesh: Mesh | None = None, batch_axis=None) -> DeviceIterator:
-  """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``."""
-  source = _open_source(data_config, "val")
-  ds = eval_dataset(data_config, global_batch_size=global_batch_size, source=source)
-  return DeviceIterator(ds, source, mesh=_mesh(mesh), global_batch_size=global_batch_size,
-                        prefetch=data_config.device_prefetch, dtype=data_config.dtype, batch_axis=batch_axis)
+def make_eval_loader(
+    data_config: ml_collections.ConfigDict, *, global_batch_size: int, mesh: Mesh | None = None, batch_axis=None
+) -> DeviceIterator:
+    """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``."""
+    source = _open_source(data_config, "val")
+    ds = eval_dataset(data_config, global_batch_size=global_batch_size, source=source)
+    return DeviceIterator(
+        ds,
+        source,
+        mesh=_mesh(mesh),
+        global_batch_size=global_batch_size,
+        prefetch=data_config.device_prefetch,
+        dtype=data_config.dtype,
+        batch_axis=batch_axis,
+    )

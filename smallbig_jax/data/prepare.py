@@ -24,151 +24,189 @@ from smallbig_jax.data.lists import DataError
 
 
 def _source(spec: dict[str, Any]):
-  if spec["format"] == "frames":
-    return sources.FrameFolderSource(spec["list"], spec["root"], spec.get("template", "img_{:05d}.jpg"),
-                                     spec.get("kinetics_ids", False))
-  if spec["format"] == "video":
-    return sources.VideoFileSource(spec["list"], spec.get("root", ""))
-  raise ValueError(f"unknown input format {spec['format']!r}")
+    if spec["format"] == "frames":
+        return sources.FrameFolderSource(
+            spec["list"], spec["root"], spec.get("template", "img_{:05d}.jpg"), spec.get("kinetics_ids", False)
+        )
+    if spec["format"] == "video":
+        return sources.VideoFileSource(spec["list"], spec.get("root", ""))
+    raise ValueError(f"unknown input format {spec['format']!r}")
 
 
 def _encode_jpeg(frame: np.ndarray, quality: int, short_side: int | None) -> bytes:
-  img = Image.fromarray(frame)
-  if short_side and min(img.size) > short_side:
-    f = short_side / min(img.size)
-    img = img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BILINEAR)
-  buf = io.BytesIO()
-  img.save(buf, format="JPEG", quality=quality)
-  return buf.getvalue()
+    img = Image.fromarray(frame)
+    if short_side and min(img.size) > short_side:
+        f = short_side / min(img.size)
+        img = img.resize((round(img.width * f), round(img.height * f)), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def _read_bytes(path: str) -> bytes:
-  with open(path, "rb") as f:
-    return f.read()
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def make_example(source, i: int, config: str, quality: int = 90, short_side: int | None = None) -> dict[str, Any]:
-  """The record of video ``i``. Every frame is decoded, so a broken video raises :class:`DataError` here and
-  not during training."""
-  e = source.entries[i]
-  empty = np.zeros((0,), np.object_)
-  if config == "video":
-    if not isinstance(source, sources.VideoFileSource):
-      raise ValueError("config 'video' needs a video list as input")
+    """The record of video ``i``. Every frame is decoded, so a broken video raises :class:`DataError` here and
+    not during training."""
+    e = source.entries[i]
+    empty = np.zeros((0,), np.object_)
+    if config == "video":
+        if not isinstance(source, sources.VideoFileSource):
+            raise ValueError("config 'video' needs a video list as input")
+        frames, _ = source.load(i, lambda n: np.arange(n))
+        return {
+            "name": e.path,
+            "label": e.label,
+            "num_frames": len(frames),
+            "frames": empty,
+            "video": _read_bytes(source.path(i)),
+        }
     frames, _ = source.load(i, lambda n: np.arange(n))
-    return {"name": e.path, "label": e.label, "num_frames": len(frames), "frames": empty,
-            "video": _read_bytes(source.path(i))}
-  frames, _ = source.load(i, lambda n: np.arange(n))
-  if isinstance(source, sources.FrameFolderSource) and not short_side:
-    # The frames are JPEG files already (and decode, as just checked): store their bytes as they are.
-    folder = source.folder(i)
-    data = [_read_bytes(os.path.join(folder, source.template.format(k + 1))) for k in range(len(frames))]
-  else:
-    data = [_encode_jpeg(f, quality, short_side) for f in frames]
-  arr = np.empty((len(data),), np.object_)
-  arr[:] = data
-  return {"name": e.path, "label": e.label, "num_frames": len(data), "frames": arr, "video": b""}
+    if isinstance(source, sources.FrameFolderSource) and not short_side:
+        # The frames are JPEG files already (and decode, as just checked): store their bytes as they are.
+        folder = source.folder(i)
+        data = [_read_bytes(os.path.join(folder, source.template.format(k + 1))) for k in range(len(frames))]
+    else:
+        data = [_encode_jpeg(f, quality, short_side) for f in frames]
+    arr = np.empty((len(data),), np.object_)
+    arr[:] = data
+    return {"name": e.path, "label": e.label, "num_frames": len(data), "frames": arr, "video": b""}
 
 
 _WORKER: dict[str, Any] = {}
 
 
 def _init(spec: dict[str, Any], config: str) -> None:
-  _WORKER.update(source=_source(spec), spec=spec, config=config)
+    _WORKER.update(source=_source(spec), spec=spec, config=config)
 
 
 def _work(i: int) -> tuple[int, dict[str, Any] | None, str]:
-  spec = _WORKER["spec"]
-  try:
-    ex = make_example(_WORKER["source"], i, _WORKER["config"], spec.get("quality", 90), spec.get("short_side"))
-    return i, ex, ""
-  except (DataError, OSError, av.error.FFmpegError) as err:
-    return i, None, str(err)
+    spec = _WORKER["spec"]
+    try:
+        ex = make_example(_WORKER["source"], i, _WORKER["config"], spec.get("quality", 90), spec.get("short_side"))
+        return i, ex, ""
+    except (DataError, OSError, av.error.FFmpegError) as err:
+        return i, None, str(err)
 
 
 def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, dict[str, Any]]]:
-  """Yields ``(key, example)`` for every readable video of the split, in list order, using
-  ``spec['workers']`` processes; writes failures to ``spec['failed_file']``."""
-  source = _source(spec)
-  n, failed = len(source), []
-  workers = int(spec.get("workers") or os.cpu_count() or 1)
-  from tqdm import tqdm
-  # A process pool that fails loudly (BrokenProcessPool) if a worker dies, where multiprocessing.Pool would
-  # respawn workers forever. "spawn": safe whatever threads the parent (tfds, JAX) has started.
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                              initargs=(spec, config)) as pool:
-    results = pool.map(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
-    for i, ex, err in tqdm(results, total=n, desc=f"{spec.get('split', '')} videos", file=sys.stderr,
-                           disable=not spec.get("progress", True)):
-      if ex is None:
-        failed.append(f"{source.entries[i].source}\t{source.entries[i].path}\t{err}")
-        continue
-      yield f"{i:09d}", ex
-  if spec.get("failed_file"):
-    with open(spec["failed_file"], "w") as f:
-      f.writelines(line + "\n" for line in failed)
+    """Yields ``(key, example)`` for every readable video of the split, in list order, using
+    ``spec['workers']`` processes; writes failures to ``spec['failed_file']``."""
+    source = _source(spec)
+    n, failed = len(source), []
+    workers = int(spec.get("workers") or os.cpu_count() or 1)
+    from tqdm import tqdm
+
+    # A process pool that fails loudly (BrokenProcessPool) if a worker dies, where multiprocessing.Pool would
+    # respawn workers forever. "spawn": safe whatever threads the parent (tfds, JAX) has started.
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=ctx, initializer=_init, initargs=(spec, config)
+    ) as pool:
+        results = pool.map(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
+        for i, ex, err in tqdm(
+            results,
+            total=n,
+            desc=f"{spec.get('split', '')} videos",
+            file=sys.stderr,
+            disable=not spec.get("progress", True),
+        ):
+            if ex is None:
+                failed.append(f"{source.entries[i].source}\t{source.entries[i].path}\t{err}")
+                continue
+            yield f"{i:09d}", ex
+    if spec.get("failed_file"):
+        with open(spec["failed_file"], "w") as f:
+            f.writelines(line + "\n" for line in failed)
 
 
-def prepare_dataset(out: str, splits: dict[str, str], *, input_format: str, root: str = "", config: str = "jpeg",
-                    template: str = "img_{:05d}.jpg", kinetics_ids: bool = False, short_side: int | None = None,
-                    quality: int = 90, workers: int | None = None, progress: bool = True,
-                    overwrite: bool = False) -> dict[str, tuple[int, int]]:
-  """Builds the TFDS dataset ``small_big_video/<config>`` under ``out``; returns ``{split: (written, failed)}``.
+def prepare_dataset(
+    out: str,
+    splits: dict[str, str],
+    *,
+    input_format: str,
+    root: str = "",
+    config: str = "jpeg",
+    template: str = "img_{:05d}.jpg",
+    kinetics_ids: bool = False,
+    short_side: int | None = None,
+    quality: int = 90,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, tuple[int, int]]:
+    """Builds the TFDS dataset ``small_big_video/<config>`` under ``out``; returns ``{split: (written, failed)}``.
 
-  ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``. An existing build is
-  an error unless ``overwrite`` (TFDS would silently keep the old one)."""
-  import json
-  import tensorflow_datasets as tfds
-  from smallbig_jax.data import tfds_builder
-  existing = os.path.join(out, "small_big_video", config)
-  if os.path.exists(existing) and not overwrite:
-    raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
-  os.makedirs(out, exist_ok=True)
-  manual = os.path.join(out, "manual")
-  os.makedirs(manual, exist_ok=True)
-  spec = {name: {"split": name, "format": input_format, "list": os.path.abspath(lst), "root": os.path.abspath(root),
-                 "template": template, "kinetics_ids": kinetics_ids, "short_side": short_side, "quality": quality,
-                 "workers": workers, "progress": progress,
-                 "failed_file": os.path.abspath(os.path.join(out, f"failed_{name}.txt"))}
-          for name, lst in splits.items()}
-  with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
-    json.dump({"splits": spec}, f, indent=1)
-  builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
-  with _uncompressed_array_record():
-    modes = tfds.download.GenerateMode
-    mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode))
-  counts = {}
-  for name in splits:
-    with open(spec[name]["failed_file"]) as f:
-      failed = sum(1 for line in f if line.strip())
-    counts[name] = (builder.info.splits[name].num_examples, failed)
-  return counts
+    ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``. An existing build is
+    an error unless ``overwrite`` (TFDS would silently keep the old one)."""
+    import json
+    import tensorflow_datasets as tfds
+    from smallbig_jax.data import tfds_builder
+
+    existing = os.path.join(out, "small_big_video", config)
+    if os.path.exists(existing) and not overwrite:
+        raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
+    os.makedirs(out, exist_ok=True)
+    manual = os.path.join(out, "manual")
+    os.makedirs(manual, exist_ok=True)
+    spec = {
+        name: {
+            "split": name,
+            "format": input_format,
+            "list": os.path.abspath(lst),
+            "root": os.path.abspath(root),
+            "template": template,
+            "kinetics_ids": kinetics_ids,
+            "short_side": short_side,
+            "quality": quality,
+            "workers": workers,
+            "progress": progress,
+            "failed_file": os.path.abspath(os.path.join(out, f"failed_{name}.txt")),
+        }
+        for name, lst in splits.items()
+    }
+    with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
+        json.dump({"splits": spec}, f, indent=1)
+    builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
+    with _uncompressed_array_record():
+        modes = tfds.download.GenerateMode
+        mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=manual, download_mode=mode)
+        )
+    counts = {}
+    for name in splits:
+        with open(spec[name]["failed_file"]) as f:
+            failed = sum(1 for line in f if line.strip())
+        counts[name] = (builder.info.splits[name].num_examples, failed)
+    return counts
 
 
 @contextlib.contextmanager
 def _uncompressed_array_record():
-  """Makes TFDS write ArrayRecord shards uncompressed while building.
+    """Makes TFDS write ArrayRecord shards uncompressed while building.
 
-  TFDS writes ``group_size:1`` with ArrayRecord's default zstd compression. Our records are already-compressed
-  JPEG or video bytes (zstd gains ~0%), and a clip reads a whole video's record, so decompressing it cost 4-5x
-  more than reading it (25 ms against 5 ms for a 300-frame Kinetics-like video). Readers need no change: the
-  shard header says how it is stored."""
-  from array_record.python import array_record_module
-  from tensorflow_datasets.core import file_adapters
+    TFDS writes ``group_size:1`` with ArrayRecord's default zstd compression. Our records are already-compressed
+    JPEG or video bytes (zstd gains ~0%), and a clip reads a whole video's record, so decompressing it cost 4-5x
+    more than reading it (25 ms against 5 ms for a 300-frame Kinetics-like video). Readers need no change: the
+    shard header says how it is stored."""
+    from array_record.python import array_record_module
+    from tensorflow_datasets.core import file_adapters
 
-  adapter = file_adapters.ArrayRecordFileAdapter
-  original = adapter.__dict__["write_examples"]
+    adapter = file_adapters.ArrayRecordFileAdapter
+    original = adapter.__dict__["write_examples"]
 
-  def write_examples(cls, path, iterator):
-    writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1,uncompressed")
-    for _, serialized_example in iterator:
-      writer.write(serialized_example)
-    writer.close()
+    def write_examples(cls, path, iterator):
+        writer = array_record_module.ArrayRecordWriter(os.fspath(path), "group_size:1,uncompressed")
+        for _, serialized_example in iterator:
+            writer.write(serialized_example)
+        writer.close()
 
-  adapter.write_examples = classmethod(write_examples)
-  try:
-    yield
-  finally:
-    adapter.write_examples = original
+    adapter.write_examples = classmethod(write_examples)
+    try:
+        yield
+    finally:
+        adapter.write_examples = original

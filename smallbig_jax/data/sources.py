@@ -29,299 +29,322 @@ Choose = Callable[[int], np.ndarray]
 
 
 def _unique(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Sorted distinct indices and, for each requested index, its position among them."""
-  flat = np.asarray(indices).reshape(-1)
-  uniq, inverse = np.unique(flat, return_inverse=True)
-  return uniq, inverse
+    """Sorted distinct indices and, for each requested index, its position among them."""
+    flat = np.asarray(indices).reshape(-1)
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    return uniq, inverse
 
 
 def decode_jpeg(data: bytes | str, min_short_side: int | None = None) -> np.ndarray:
-  """Decodes a JPEG (bytes or path) to uint8 RGB; with ``min_short_side`` uses libjpeg's DCT scaling to decode
-  at the smallest 1/2^k size whose short side stays at least that large (much faster for big frames)."""
-  img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-  if min_short_side and img.format == "JPEG":
-    w, h = img.size
-    scale = min(w, h) / min_short_side
-    if scale >= 2:
-      img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-  return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
+    """Decodes a JPEG (bytes or path) to uint8 RGB; with ``min_short_side`` uses libjpeg's DCT scaling to decode
+    at the smallest 1/2^k size whose short side stays at least that large (much faster for big frames)."""
+    img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+    if min_short_side and img.format == "JPEG":
+        w, h = img.size
+        scale = min(w, h) / min_short_side
+        if scale >= 2:
+            img.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
 
 
 def _stack(frames: list[np.ndarray], where: str, inverse: np.ndarray) -> np.ndarray:
-  """``[K, H, W, 3]`` of the decoded distinct frames put back in the requested order."""
-  shapes = {f.shape for f in frames}
-  if len(shapes) != 1:
-    raise DataError(f"{where}: frames of different sizes {sorted(shapes)}")
-  if len(inverse) == len(frames) and np.array_equal(inverse, np.arange(len(frames))):
-    return np.stack(frames)  # Already in order: skip a copy.
-  return np.stack(frames)[inverse]
+    """``[K, H, W, 3]`` of the decoded distinct frames put back in the requested order."""
+    shapes = {f.shape for f in frames}
+    if len(shapes) != 1:
+        raise DataError(f"{where}: frames of different sizes {sorted(shapes)}")
+    if len(inverse) == len(frames) and np.array_equal(inverse, np.arange(len(frames))):
+        return np.stack(frames)  # Already in order: skip a copy.
+    return np.stack(frames)[inverse]
 
 
 class FrameFolderSource:
-  """Frame folders (official SmallBigNet / mmaction2 rawframes): ``root/<name>/img_00001.jpg``...
+    """Frame folders (official SmallBigNet / mmaction2 rawframes): ``root/<name>/img_00001.jpg``...
 
-  ``kinetics_ids=True`` names each folder by the first 11 characters of the listed name (the YouTube ID),
-  as the official Kinetics loader does."""
+    ``kinetics_ids=True`` names each folder by the first 11 characters of the listed name (the YouTube ID),
+    as the official Kinetics loader does."""
 
-  def __init__(self, list_file: str, root: str, template: str = "img_{:05d}.jpg", kinetics_ids: bool = False):
-    self.entries = lists.read_frame_list(list_file)
-    self.root, self.template, self.kinetics_ids = root, template, kinetics_ids
+    def __init__(self, list_file: str, root: str, template: str = "img_{:05d}.jpg", kinetics_ids: bool = False):
+        self.entries = lists.read_frame_list(list_file)
+        self.root, self.template, self.kinetics_ids = root, template, kinetics_ids
 
-  def __len__(self) -> int:
-    return len(self.entries)
+    def __len__(self) -> int:
+        return len(self.entries)
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    e = self.entries[i]
-    return {"name": e.path, "label": e.label, "num_frames": e.num_frames, "where": e.source}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e = self.entries[i]
+        return {"name": e.path, "label": e.label, "num_frames": e.num_frames, "where": e.source}
 
-  def label(self, i: int) -> int:
-    return self.entries[i].label
+    def label(self, i: int) -> int:
+        return self.entries[i].label
 
-  def name(self, i: int) -> str:
-    """How error reports name video ``i``: its list line and name."""
-    return f"{self.entries[i].source} {self.entries[i].path}"
+    def name(self, i: int) -> str:
+        """How error reports name video ``i``: its list line and name."""
+        return f"{self.entries[i].source} {self.entries[i].path}"
 
-  def folder(self, i: int) -> str:
-    name = self.entries[i].path
-    return os.path.join(self.root, lists.kinetics_folder_name(name) if self.kinetics_ids else name)
+    def folder(self, i: int) -> str:
+        name = self.entries[i].path
+        return os.path.join(self.root, lists.kinetics_folder_name(name) if self.kinetics_ids else name)
 
-  def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
-    e = self.entries[i]
-    indices = np.asarray(choose(e.num_frames))
-    uniq, inverse = _unique(indices)
-    folder = self.folder(i)
-    if not os.path.isdir(folder):
-      raise DataError(f"{e.source}: frame folder {folder} does not exist")
-    frames = []
-    for k in uniq:
-      path = os.path.join(folder, self.template.format(int(k) + 1))
-      try:
-        frames.append(decode_jpeg(path, min_short_side))
-      except FileNotFoundError:
-        raise DataError(f"{e.source}: missing frame {path} (the list claims {e.num_frames} frames)") from None
-      except (OSError, ValueError) as err:
-        raise DataError(f"{e.source}: cannot decode frame {path}: {err}") from None
-    return _stack(frames, e.source, inverse), indices
+    def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
+        e = self.entries[i]
+        indices = np.asarray(choose(e.num_frames))
+        uniq, inverse = _unique(indices)
+        folder = self.folder(i)
+        if not os.path.isdir(folder):
+            raise DataError(f"{e.source}: frame folder {folder} does not exist")
+        frames = []
+        for k in uniq:
+            path = os.path.join(folder, self.template.format(int(k) + 1))
+            try:
+                frames.append(decode_jpeg(path, min_short_side))
+            except FileNotFoundError:
+                raise DataError(f"{e.source}: missing frame {path} (the list claims {e.num_frames} frames)") from None
+            except (OSError, ValueError) as err:
+                raise DataError(f"{e.source}: cannot decode frame {path}: {err}") from None
+        return _stack(frames, e.source, inverse), indices
 
 
 def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
-  """Frame count: the container's metadata when present, else counted by demuxing (no decoding)."""
-  if stream.frames and stream.frames > 0:
-    return int(stream.frames)
-  n = sum(1 for packet in container.demux(stream) if packet.size)
-  container.seek(0)
-  return n
+    """Frame count: the container's metadata when present, else counted by demuxing (no decoding)."""
+    if stream.frames and stream.frames > 0:
+        return int(stream.frames)
+    n = sum(1 for packet in container.demux(stream) if packet.size)
+    container.seek(0)
+    return n
 
 
 def _frame_index(frame: av.VideoFrame, stream, start: int) -> int:
-  return int(round(float((frame.pts - start) * stream.time_base * stream.average_rate)))
+    return int(round(float((frame.pts - start) * stream.time_base * stream.average_rate)))
 
 
-def decode_video(file: str | io.BytesIO, choose: Choose, where: str, num_frames: int = -1,
-                 min_short_side: int | None = None, threads: bool = False) -> tuple[np.ndarray, np.ndarray, int]:
-  """Decodes the chosen frames of a video with PyAV: ``(frames [K, H, W, 3], indices, num_frames)``.
+def decode_video(
+    file: str | io.BytesIO,
+    choose: Choose,
+    where: str,
+    num_frames: int = -1,
+    min_short_side: int | None = None,
+    threads: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Decodes the chosen frames of a video with PyAV: ``(frames [K, H, W, 3], indices, num_frames)``.
 
-  Seeks to the key frame before the first wanted frame and stops after the last one. Frame positions come
-  from timestamps (exact for constant frame rate, the norm for datasets)."""
-  name = file if isinstance(file, str) else "<bytes>"
-  try:
-    container = av.open(file)
-  except (av.error.FFmpegError, OSError) as err:
-    raise DataError(f"{where}: cannot open video {name}: {err}") from None
-  with container:
-    if not container.streams.video:
-      raise DataError(f"{where}: {name} has no video stream")
-    stream = container.streams.video[0]
-    if threads:
-      stream.thread_type = "AUTO"
+    Seeks to the key frame before the first wanted frame and stops after the last one. Frame positions come
+    from timestamps (exact for constant frame rate, the norm for datasets)."""
+    name = file if isinstance(file, str) else "<bytes>"
     try:
-      if num_frames < 0:
-        num_frames = _count_frames(container, stream)
-      if num_frames <= 0:
-        raise DataError(f"{where}: {name} has no frames")
-      indices = np.asarray(choose(num_frames))
-      uniq, inverse = _unique(indices)
-      wanted = {int(k): j for j, k in enumerate(uniq)}
-      last = int(uniq[-1])
-      start = stream.start_time or 0
-      rate = stream.average_rate
-      seeked = bool(uniq[0] > 0 and rate)
-      if seeked:
-        target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
-        container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
-      size = None
-      # One reformatter for the whole clip: it keeps its swscale context, where frame.to_ndarray builds a new
-      # one per frame (3-7x slower on 64x64 frames in a micro-benchmark).
-      reformatter = VideoReformatter()
-      out: list[np.ndarray | None] = [None] * len(uniq)
-      count = 0
-      for frame in container.decode(stream):
-        if frame.pts is None and seeked:
-          raise DataError(f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
-                          "(or prepare it as JPEG frames)")
-        idx = _frame_index(frame, stream, start) if (frame.pts is not None and rate) else count
-        count += 1
-        if idx in wanted:
-          if size is None:
-            size = _decode_size(frame.height, frame.width, min_short_side)
-          out[wanted[idx]] = reformatter.reformat(frame, format="rgb24", width=size[1], height=size[0],
-                                                  interpolation="BILINEAR").to_ndarray()
-        if idx >= last:
-          break
-    except av.error.FFmpegError as err:
-      raise DataError(f"{where}: corrupt video {name}: {err}") from None
-  missing = [int(k) for k, f in zip(uniq, out) if f is None]
-  if missing:
-    raise DataError(f"{where}: {name} is shorter than its {num_frames} frames: frames {missing[:5]} "
-                    f"could not be decoded (truncated or corrupt video)")
-  return _stack(out, where, inverse), indices, num_frames
+        container = av.open(file)
+    except (av.error.FFmpegError, OSError) as err:
+        raise DataError(f"{where}: cannot open video {name}: {err}") from None
+    with container:
+        if not container.streams.video:
+            raise DataError(f"{where}: {name} has no video stream")
+        stream = container.streams.video[0]
+        if threads:
+            stream.thread_type = "AUTO"
+        try:
+            if num_frames < 0:
+                num_frames = _count_frames(container, stream)
+            if num_frames <= 0:
+                raise DataError(f"{where}: {name} has no frames")
+            indices = np.asarray(choose(num_frames))
+            uniq, inverse = _unique(indices)
+            wanted = {int(k): j for j, k in enumerate(uniq)}
+            last = int(uniq[-1])
+            start = stream.start_time or 0
+            rate = stream.average_rate
+            seeked = bool(uniq[0] > 0 and rate)
+            if seeked:
+                target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
+                container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
+            size = None
+            # One reformatter for the whole clip: it keeps its swscale context, where frame.to_ndarray builds a new
+            # one per frame (3-7x slower on 64x64 frames in a micro-benchmark).
+            reformatter = VideoReformatter()
+            out: list[np.ndarray | None] = [None] * len(uniq)
+            count = 0
+            for frame in container.decode(stream):
+                if frame.pts is None and seeked:
+                    raise DataError(
+                        f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
+                        "(or prepare it as JPEG frames)"
+                    )
+                idx = _frame_index(frame, stream, start) if (frame.pts is not None and rate) else count
+                count += 1
+                if idx in wanted:
+                    if size is None:
+                        size = _decode_size(frame.height, frame.width, min_short_side)
+                    out[wanted[idx]] = reformatter.reformat(
+                        frame, format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR"
+                    ).to_ndarray()
+                if idx >= last:
+                    break
+        except av.error.FFmpegError as err:
+            raise DataError(f"{where}: corrupt video {name}: {err}") from None
+    missing = [int(k) for k, f in zip(uniq, out) if f is None]
+    if missing:
+        raise DataError(
+            f"{where}: {name} is shorter than its {num_frames} frames: frames {missing[:5]} "
+            f"could not be decoded (truncated or corrupt video)"
+        )
+    return _stack(out, where, inverse), indices, num_frames
 
 
 def _decode_size(h: int, w: int, min_short_side: int | None) -> tuple[int, int]:
-  """Output size when decoding: the short side shrunk to ``min_short_side`` by swscale, never enlarged."""
-  if not min_short_side or min(h, w) <= min_short_side:
-    return h, w
-  f = min_short_side / min(h, w)
-  return max(round(h * f), 1), max(round(w * f), 1)
+    """Output size when decoding: the short side shrunk to ``min_short_side`` by swscale, never enlarged."""
+    if not min_short_side or min(h, w) <= min_short_side:
+        return h, w
+    f = min_short_side / min(h, w)
+    return max(round(h * f), 1), max(round(w * f), 1)
 
 
 class VideoFileSource:
-  """Video files (mp4, webm, avi, mkv...) decoded with PyAV, from a ``<path> <label>`` list or a CSV.
+    """Video files (mp4, webm, avi, mkv...) decoded with PyAV, from a ``<path> <label>`` list or a CSV.
 
-  Relative paths are taken under ``root``. A frame count missing from the list is probed once per process
-  and cached."""
+    Relative paths are taken under ``root``. A frame count missing from the list is probed once per process
+    and cached."""
 
-  def __init__(self, list_file: str, root: str = "", threads: bool = False):
-    self.entries = lists.read_video_list(list_file)
-    self.root, self.threads = root, threads
-    self._counts: dict[int, int] = {}
+    def __init__(self, list_file: str, root: str = "", threads: bool = False):
+        self.entries = lists.read_video_list(list_file)
+        self.root, self.threads = root, threads
+        self._counts: dict[int, int] = {}
 
-  def __len__(self) -> int:
-    return len(self.entries)
+    def __len__(self) -> int:
+        return len(self.entries)
 
-  def path(self, i: int) -> str:
-    return os.path.join(self.root, self.entries[i].path)
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, self.entries[i].path)
 
-  def label(self, i: int) -> int:
-    return self.entries[i].label
+    def label(self, i: int) -> int:
+        return self.entries[i].label
 
-  def name(self, i: int) -> str:
-    """How error reports name video ``i``: its list line and path."""
-    return f"{self.entries[i].source} {self.entries[i].path}"
+    def name(self, i: int) -> str:
+        """How error reports name video ``i``: its list line and path."""
+        return f"{self.entries[i].source} {self.entries[i].path}"
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    e = self.entries[i]
-    return {"name": e.path, "label": e.label, "num_frames": self.num_frames(i), "where": e.source}
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        e = self.entries[i]
+        return {"name": e.path, "label": e.label, "num_frames": self.num_frames(i), "where": e.source}
 
-  def num_frames(self, i: int) -> int:
-    """The frame count, from the list, the cache, or probed (opening the file) and cached."""
-    if self.entries[i].num_frames >= 0:
-      return self.entries[i].num_frames
-    if i not in self._counts:
-      self.load(i, lambda n: np.zeros(1, np.int64))
-    return self._counts[i]
+    def num_frames(self, i: int) -> int:
+        """The frame count, from the list, the cache, or probed (opening the file) and cached."""
+        if self.entries[i].num_frames >= 0:
+            return self.entries[i].num_frames
+        if i not in self._counts:
+            self.load(i, lambda n: np.zeros(1, np.int64))
+        return self._counts[i]
 
-  def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
-    e = self.entries[i]
-    path = self.path(i)
-    if not os.path.exists(path):
-      raise DataError(f"{e.source}: video file {path} does not exist")
-    known = e.num_frames if e.num_frames >= 0 else self._counts.get(i, -1)
-    frames, indices, n = decode_video(path, choose, e.source, known, min_short_side, self.threads)
-    self._counts[i] = n
-    return frames, indices
+    def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
+        e = self.entries[i]
+        path = self.path(i)
+        if not os.path.exists(path):
+            raise DataError(f"{e.source}: video file {path} does not exist")
+        known = e.num_frames if e.num_frames >= 0 else self._counts.get(i, -1)
+        frames, indices, n = decode_video(path, choose, e.source, known, min_short_side, self.threads)
+        self._counts[i] = n
+        return frames, indices
 
 
 class ArrayRecordSource:
-  """A split of a dataset prepared by ``scripts/prepare_dataset.py`` (TFDS builder, ArrayRecord shards).
+    """A split of a dataset prepared by ``scripts/prepare_dataset.py`` (TFDS builder, ArrayRecord shards).
 
-  Records hold either JPEG frames (only the chosen ones are decoded) or a video file's bytes (PyAV). The split
-  is opened through TFDS (``as_data_source``: its files, splits and metadata), but each record is parsed here
-  straight from the ``tf.train.Example`` proto: TFDS's generic parser turns the frame list into a numpy array,
-  copying every frame of the video (tens of MB/s lost for 8 frames used), which was the slowest step."""
+    Records hold either JPEG frames (only the chosen ones are decoded) or a video file's bytes (PyAV). The split
+    is opened through TFDS (``as_data_source``: its files, splits and metadata), but each record is parsed here
+    straight from the ``tf.train.Example`` proto: TFDS's generic parser turns the frame list into a numpy array,
+    copying every frame of the video (tens of MB/s lost for 8 frames used), which was the slowest step."""
 
-  def __init__(self, data_dir: str, split: str):
-    self.data_dir, self.split = data_dir, split
-    self._source = None
-    self._last: tuple[int, Any] | None = None
-    self._len = len(self._open())
+    def __init__(self, data_dir: str, split: str):
+        self.data_dir, self.split = data_dir, split
+        self._source = None
+        self._last: tuple[int, Any] | None = None
+        self._len = len(self._open())
 
-  def _open(self):
-    if self._source is None:
-      from smallbig_jax.data import tfds_builder  # Deferred: tfds import is slow.
-      self._source = tfds_builder.open_split(self.data_dir, self.split)
-    return self._source
+    def _open(self):
+        if self._source is None:
+            from smallbig_jax.data import tfds_builder  # Deferred: tfds import is slow.
 
-  def __getstate__(self) -> dict[str, Any]:
-    return {**self.__dict__, "_source": None, "_last": None}
+            self._source = tfds_builder.open_split(self.data_dir, self.split)
+        return self._source
 
-  def __len__(self) -> int:
-    return self._len
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_source": None, "_last": None}
 
-  def _record(self, i: int) -> dict[str, Any]:
-    """``{"name", "label", "num_frames", "frames" (a sequence of JPEG bytes), "video"}`` of record ``i``."""
-    last = self._last  # One read: grain's reader threads share this source.
-    if last is not None and last[0] == i:
-      return last[1]
-    from tensorflow_datasets.proto import tf_example_pb2
-    try:
-      raw = self._open().data_source[i]
-      f = tf_example_pb2.Example.FromString(raw).features.feature
-      rec = {"name": f["name"].bytes_list.value[0].decode(), "label": int(f["label"].int64_list.value[0]),
-             "num_frames": int(f["num_frames"].int64_list.value[0]), "frames": f["frames"].bytes_list.value,
-             "video": f["video"].bytes_list.value[0] if f["video"].bytes_list.value else b""}
-    except Exception as err:  # A damaged shard or a foreign dataset: report which record.
-      raise DataError(f"{self.data_dir}[{self.split}] record {i}: cannot read: {err!r}") from None
-    self._last = (i, rec)
-    return rec
+    def __len__(self) -> int:
+        return self._len
 
-  def __getitem__(self, i: int) -> dict[str, Any]:
-    r = self._record(i)
-    return {"name": r["name"], "label": r["label"], "num_frames": r["num_frames"], "where": f"{self.split} record {i}"}
+    def _record(self, i: int) -> dict[str, Any]:
+        """``{"name", "label", "num_frames", "frames" (a sequence of JPEG bytes), "video"}`` of record ``i``."""
+        last = self._last  # One read: grain's reader threads share this source.
+        if last is not None and last[0] == i:
+            return last[1]
+        from tensorflow_datasets.proto import tf_example_pb2
 
-  def label(self, i: int) -> int:
-    return self._record(i)["label"]
+        try:
+            raw = self._open().data_source[i]
+            f = tf_example_pb2.Example.FromString(raw).features.feature
+            rec = {
+                "name": f["name"].bytes_list.value[0].decode(),
+                "label": int(f["label"].int64_list.value[0]),
+                "num_frames": int(f["num_frames"].int64_list.value[0]),
+                "frames": f["frames"].bytes_list.value,
+                "video": f["video"].bytes_list.value[0] if f["video"].bytes_list.value else b"",
+            }
+        except Exception as err:  # A damaged shard or a foreign dataset: report which record.
+            raise DataError(f"{self.data_dir}[{self.split}] record {i}: cannot read: {err!r}") from None
+        self._last = (i, rec)
+        return rec
 
-  def name(self, i: int) -> str:
-    """How error reports name video ``i``: its split, record number and (if readable) name."""
-    try:
-      return f"{self.split} record {i} ({self._record(i)['name']})"
-    except DataError:
-      return f"{self.split} record {i} (unreadable)"
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = self._record(i)
+        return {
+            "name": r["name"],
+            "label": r["label"],
+            "num_frames": r["num_frames"],
+            "where": f"{self.split} record {i}",
+        }
 
-  def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
-    r = self._record(i)
-    where = f"{self.split} record {i} ({r['name']})"
-    n = r["num_frames"]
-    if len(r["frames"]):
-      indices = np.asarray(choose(n))
-      uniq, inverse = _unique(indices)
-      if uniq[-1] >= len(r["frames"]):
-        raise DataError(f"{where}: needs frame {uniq[-1]} but holds {len(r['frames'])} frames")
-      try:
-        frames = [decode_jpeg(r["frames"][int(k)], min_short_side) for k in uniq]
-      except (OSError, ValueError) as err:
-        raise DataError(f"{where}: cannot decode a JPEG frame: {err}") from None
-      return _stack(frames, where, inverse), indices
-    frames, indices, _ = decode_video(io.BytesIO(r["video"]), choose, where, n, min_short_side)
-    return frames, indices
+    def label(self, i: int) -> int:
+        return self._record(i)["label"]
+
+    def name(self, i: int) -> str:
+        """How error reports name video ``i``: its split, record number and (if readable) name."""
+        try:
+            return f"{self.split} record {i} ({self._record(i)['name']})"
+        except DataError:
+            return f"{self.split} record {i} (unreadable)"
+
+    def load(self, i: int, choose: Choose, min_short_side: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Reads the chosen frames: ``(frames [K, H, W, 3] uint8, indices)`` for ``indices = choose(num_frames)``."""
+        r = self._record(i)
+        where = f"{self.split} record {i} ({r['name']})"
+        n = r["num_frames"]
+        if len(r["frames"]):
+            indices = np.asarray(choose(n))
+            uniq, inverse = _unique(indices)
+            if uniq[-1] >= len(r["frames"]):
+                raise DataError(f"{where}: needs frame {uniq[-1]} but holds {len(r['frames'])} frames")
+            try:
+                frames = [decode_jpeg(r["frames"][int(k)], min_short_side) for k in uniq]
+            except (OSError, ValueError) as err:
+                raise DataError(f"{where}: cannot decode a JPEG frame: {err}") from None
+            return _stack(frames, where, inverse), indices
+        frames, indices, _ = decode_video(io.BytesIO(r["video"]), choose, where, n, min_short_side)
+        return frames, indices
 
 
 def _str(x: Any) -> str:
-  return x.decode() if isinstance(x, bytes) else str(x)
+    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def make_source(data_config, split: str):
-  """The source that ``data_config`` names for ``split`` ('train' or 'val')."""
-  fmt = data_config.format
-  if fmt == "frames":
-    return FrameFolderSource(data_config[f"{split}_list"], data_config.root, data_config.frame_template,
-                             data_config.kinetics_ids)
-  if fmt == "video":
-    return VideoFileSource(data_config[f"{split}_list"], data_config.root, data_config.decode_threads)
-  if fmt == "arrayrecord":
-    return ArrayRecordSource(data_config.arrayrecord_dir, split)
-  raise ValueError(f"unknown data format {fmt!r}; expected 'frames', 'video' or 'arrayrecord'")
+    """The source that ``data_config`` names for ``split`` ('train' or 'val')."""
+    fmt = data_config.format
+    if fmt == "frames":
+        return FrameFolderSource(
+            data_config[f"{split}_list"], data_config.root, data_config.frame_template, data_config.kinetics_ids
+        )
+    if fmt == "video":
+        return VideoFileSource(data_config[f"{split}_list"], data_config.root, data_config.decode_threads)
+    if fmt == "arrayrecord":
+        return ArrayRecordSource(data_config.arrayrecord_dir, split)
+    raise ValueError(f"unknown data format {fmt!r}; expected 'frames', 'video' or 'arrayrecord'")

@@ -22,150 +22,185 @@ _AXES = {1: (1.0, 0.0), 2: (0.0, 1.0), 3: (0.7071, 0.7071), 4: (0.7071, -0.7071)
 
 
 def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size: int = 64) -> np.ndarray:
-  """One clip ``[T, size, 5 * size // 4, 3]`` uint8 of class ``label``: a landscape frame, so that the three
-  test crops of the official protocol see different parts of the background."""
-  height, width = size, 5 * size // 4
-  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-  frame0 = np.empty((height, width, 3), np.float32)
-  frame0[:] = rng.integers(0, 80, 3)  # A dark background...
-  for _ in range(int(rng.integers(1, 4))):  # ...with 1-3 static clutter rectangles of any colour.
-    x0, y0 = int(rng.integers(width)), int(rng.integers(height))
-    w, h = rng.integers(3, size // 3, 2)
-    frame0[y0:y0 + h, x0:x0 + w] = rng.integers(0, 256, 3)
-  radius = float(rng.uniform(size * 0.08, size * 0.12))
-  colour = rng.integers(150, 256, 3).astype(np.float32)
-  kind = int(rng.integers(3))
-  # Back and forth along the axis: amplitude 20-30% of the height, 12-20 frames per period, so consecutive frames
-  # at stride 2 are one to two radii apart (a temporal window sees a streak, a single frame does not).
-  amp = float(rng.uniform(size * 0.2, size * 0.3)) if label else 0.0
-  period = float(rng.uniform(12, 20))
-  phase = float(rng.uniform(0, 1))
-  # The shape stays in the central square: the validation crop is that square, the side test crops cut 10% of it.
-  margin = radius + 1 + amp * 0.75
-  cx, cy = (width - height) / 2 + rng.uniform(margin, height - margin), rng.uniform(margin, height - margin)
-  ax, ay = _AXES.get(label, (0.0, 0.0))
-  video = np.empty((num_frames, height, width, 3), np.uint8)
-  noise = rng.standard_normal((num_frames, height, width, 3), dtype=np.float32) * 6
-  for t in range(num_frames):
-    u = (t / period + phase) % 1.0
-    tri = 4 * abs(u - 0.5) - 1  # Triangle wave in [-1, 1].
-    px, py = cx + amp * tri * ax, cy + amp * tri * ay
-    dx, dy = np.abs(xx - px), np.abs(yy - py)
-    if kind == 0:
-      mask = (dx <= radius) & (dy <= radius)
-    elif kind == 1:
-      mask = dx * dx + dy * dy <= radius * radius
-    else:
-      mask = ((dx <= radius) & (dy <= radius / 3)) | ((dy <= radius) & (dx <= radius / 3))
-    frame = frame0.copy()
-    frame[mask] = colour
-    video[t] = np.clip(frame + noise[t], 0, 255).astype(np.uint8)
-  return video
+    """One clip ``[T, size, 5 * size // 4, 3]`` uint8 of class ``label``: a landscape frame, so that the three
+    test crops of the official protocol see different parts of the background."""
+    height, width = size, 5 * size // 4
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    frame0 = np.empty((height, width, 3), np.float32)
+    frame0[:] = rng.integers(0, 80, 3)  # A dark background...
+    for _ in range(int(rng.integers(1, 4))):  # ...with 1-3 static clutter rectangles of any colour.
+        x0, y0 = int(rng.integers(width)), int(rng.integers(height))
+        w, h = rng.integers(3, size // 3, 2)
+        frame0[y0 : y0 + h, x0 : x0 + w] = rng.integers(0, 256, 3)
+    radius = float(rng.uniform(size * 0.08, size * 0.12))
+    colour = rng.integers(150, 256, 3).astype(np.float32)
+    kind = int(rng.integers(3))
+    # Back and forth along the axis: amplitude 20-30% of the height, 12-20 frames per period, so consecutive frames
+    # at stride 2 are one to two radii apart (a temporal window sees a streak, a single frame does not).
+    amp = float(rng.uniform(size * 0.2, size * 0.3)) if label else 0.0
+    period = float(rng.uniform(12, 20))
+    phase = float(rng.uniform(0, 1))
+    # The shape stays in the central square: the validation crop is that square, the side test crops cut 10% of it.
+    margin = radius + 1 + amp * 0.75
+    cx, cy = (width - height) / 2 + rng.uniform(margin, height - margin), rng.uniform(margin, height - margin)
+    ax, ay = _AXES.get(label, (0.0, 0.0))
+    video = np.empty((num_frames, height, width, 3), np.uint8)
+    noise = rng.standard_normal((num_frames, height, width, 3), dtype=np.float32) * 6
+    for t in range(num_frames):
+        u = (t / period + phase) % 1.0
+        tri = 4 * abs(u - 0.5) - 1  # Triangle wave in [-1, 1].
+        px, py = cx + amp * tri * ax, cy + amp * tri * ay
+        dx, dy = np.abs(xx - px), np.abs(yy - py)
+        if kind == 0:
+            mask = (dx <= radius) & (dy <= radius)
+        elif kind == 1:
+            mask = dx * dx + dy * dy <= radius * radius
+        else:
+            mask = ((dx <= radius) & (dy <= radius / 3)) | ((dy <= radius) & (dx <= radius / 3))
+        frame = frame0.copy()
+        frame[mask] = colour
+        video[t] = np.clip(frame + noise[t], 0, 255).astype(np.uint8)
+    return video
 
 
-def write_mp4(path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264",
-              gop: int | None = None) -> None:
-  """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
-  default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  with av.open(path, "w") as out:
-    stream = out.add_stream(codec, rate=fps)
-    stream.width, stream.height = video.shape[2], video.shape[1]
-    stream.pix_fmt = "yuv420p"
-    if gop:
-      stream.gop_size = gop  # Key frame interval.
-    if codec == "libx264":
-      stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
-    elif codec == "mpeg4":
-      stream.options = {"qscale": "2"}
-    else:
-      stream.options = {"crf": str(crf), "b": "0"}
-    for f in video:
-      for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-        out.mux(packet)
-    for packet in stream.encode():
-      out.mux(packet)
+def write_mp4(
+    path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264", gop: int | None = None
+) -> None:
+    """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
+    default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with av.open(path, "w") as out:
+        stream = out.add_stream(codec, rate=fps)
+        stream.width, stream.height = video.shape[2], video.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if gop:
+            stream.gop_size = gop  # Key frame interval.
+        if codec == "libx264":
+            stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
+        elif codec == "mpeg4":
+            stream.options = {"qscale": "2"}
+        else:
+            stream.options = {"crf": str(crf), "b": "0"}
+        for f in video:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
 
 
 def write_frame_folder(folder: str, video: np.ndarray, template: str = "img_{:05d}.jpg", quality: int = 95) -> None:
-  """Writes ``[T, H, W, 3]`` uint8 as JPEG frames ``img_00001.jpg``... (1-based, the official layout)."""
-  from PIL import Image
-  os.makedirs(folder, exist_ok=True)
-  for t, f in enumerate(video):
-    Image.fromarray(f).save(os.path.join(folder, template.format(t + 1)), quality=quality)
+    """Writes ``[T, H, W, 3]`` uint8 as JPEG frames ``img_00001.jpg``... (1-based, the official layout)."""
+    from PIL import Image
+
+    os.makedirs(folder, exist_ok=True)
+    for t, f in enumerate(video):
+        Image.fromarray(f).save(os.path.join(folder, template.format(t + 1)), quality=quality)
 
 
 def _write_one(args: tuple[str, int, int, int, int, int, int]) -> None:
-  path, seed, split_id, i, label, num_frames, size = args
-  write_mp4(path, make_video(np.random.default_rng([seed, split_id, i]), label, num_frames, size))
+    path, seed, split_id, i, label, num_frames, size = args
+    write_mp4(path, make_video(np.random.default_rng([seed, split_id, i]), label, num_frames, size))
 
 
-def write_dataset(out: str, *, seed: int = 0, num_train: int = 1000, num_val: int = 200, num_frames: int = 16,
-                  size: int = 64, workers: int = 2, arrayrecord: bool = True) -> dict[str, int]:
-  """Writes ``out/videos/<split>/<i>.mp4``, lists ``out/<split>.txt`` (``<path> <num_frames> <label>``, paths
-  relative to ``out/videos``) and, with ``arrayrecord``, the JPEG-frame ArrayRecord form in ``out/arrayrecord``.
-  Balanced classes (video ``i`` has label ``i % 5``); deterministic in ``seed``. ``out/dataset.json`` (generator
-  version and arguments) is written last, so it marks a complete, current dataset."""
-  import concurrent.futures
-  import multiprocessing
-  from smallbig_jax.data import prepare
-  jobs, counts = [], {}
-  for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
-    rows = []
-    for i in range(n):
-      rel = f"{split}/{i:05d}.mp4"
-      label = i % len(CLASSES)
-      jobs.append((os.path.join(out, "videos", rel), seed, split_id, i, label, num_frames, size))
-      rows.append(f"{rel} {num_frames} {label}\n")
-    os.makedirs(os.path.join(out, "videos", split), exist_ok=True)
-    with open(os.path.join(out, f"{split}.txt"), "w") as f:
-      f.writelines(rows)
-    counts[split] = n
-  with open(os.path.join(out, "classes.txt"), "w") as f:
-    f.writelines(c + "\n" for c in CLASSES)
-  if workers > 1:
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-      list(pool.map(_write_one, jobs, chunksize=16))
-  else:
-    for job in jobs:
-      _write_one(job)
-  if arrayrecord:
-    prepare.prepare_dataset(os.path.join(out, "arrayrecord"),
-                            {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
-                            input_format="video", root=os.path.join(out, "videos"), config="jpeg",
-                            quality=90, workers=workers, progress=False, overwrite=True)
-  with open(os.path.join(out, "dataset.json"), "w") as f:
-    json.dump(_description(seed, num_train, num_val, num_frames, size, arrayrecord), f)
-  return counts
+def write_dataset(
+    out: str,
+    *,
+    seed: int = 0,
+    num_train: int = 1000,
+    num_val: int = 200,
+    num_frames: int = 16,
+    size: int = 64,
+    workers: int = 2,
+    arrayrecord: bool = True,
+) -> dict[str, int]:
+    """Writes ``out/videos/<split>/<i>.mp4``, lists ``out/<split>.txt`` (``<path> <num_frames> <label>``, paths
+    relative to ``out/videos``) and, with ``arrayrecord``, the JPEG-frame ArrayRecord form in ``out/arrayrecord``.
+    Balanced classes (video ``i`` has label ``i % 5``); deterministic in ``seed``. ``out/dataset.json`` (generator
+    version and arguments) is written last, so it marks a complete, current dataset."""
+    import concurrent.futures
+    import multiprocessing
+    from smallbig_jax.data import prepare
+
+    jobs, counts = [], {}
+    for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
+        rows = []
+        for i in range(n):
+            rel = f"{split}/{i:05d}.mp4"
+            label = i % len(CLASSES)
+            jobs.append((os.path.join(out, "videos", rel), seed, split_id, i, label, num_frames, size))
+            rows.append(f"{rel} {num_frames} {label}\n")
+        os.makedirs(os.path.join(out, "videos", split), exist_ok=True)
+        with open(os.path.join(out, f"{split}.txt"), "w") as f:
+            f.writelines(rows)
+        counts[split] = n
+    with open(os.path.join(out, "classes.txt"), "w") as f:
+        f.writelines(c + "\n" for c in CLASSES)
+    if workers > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            list(pool.map(_write_one, jobs, chunksize=16))
+    else:
+        for job in jobs:
+            _write_one(job)
+    if arrayrecord:
+        prepare.prepare_dataset(
+            os.path.join(out, "arrayrecord"),
+            {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
+            input_format="video",
+            root=os.path.join(out, "videos"),
+            config="jpeg",
+            quality=90,
+            workers=workers,
+            progress=False,
+            overwrite=True,
+        )
+    with open(os.path.join(out, "dataset.json"), "w") as f:
+        json.dump(_description(seed, num_train, num_val, num_frames, size, arrayrecord), f)
+    return counts
 
 
 def _description(seed: int, num_train: int, num_val: int, num_frames: int, size: int, arrayrecord: bool) -> dict:
-  return {"generator": GENERATOR_VERSION, "seed": seed, "train": num_train, "val": num_val, "num_frames": num_frames,
-          "size": size, "arrayrecord": arrayrecord}
+    return {
+        "generator": GENERATOR_VERSION,
+        "seed": seed,
+        "train": num_train,
+        "val": num_val,
+        "num_frames": num_frames,
+        "size": size,
+        "arrayrecord": arrayrecord,
+    }
 
 
-def is_written(out: str, *, seed: int = 0, num_train: int = 1000, num_val: int = 200, num_frames: int = 16,
-               size: int = 64, arrayrecord: bool = True) -> bool:
-  """Whether ``out`` holds a complete dataset written by this generator version with these arguments."""
-  try:
-    with open(os.path.join(out, "dataset.json")) as f:
-      return json.load(f) == _description(seed, num_train, num_val, num_frames, size, arrayrecord)
-  except (OSError, ValueError):
-    return False
+def is_written(
+    out: str,
+    *,
+    seed: int = 0,
+    num_train: int = 1000,
+    num_val: int = 200,
+    num_frames: int = 16,
+    size: int = 64,
+    arrayrecord: bool = True,
+) -> bool:
+    """Whether ``out`` holds a complete dataset written by this generator version with these arguments."""
+    try:
+        with open(os.path.join(out, "dataset.json")) as f:
+            return json.load(f) == _description(seed, num_train, num_val, num_frames, size, arrayrecord)
+    except (OSError, ValueError):
+        return False
 
 
 def data_config(out: str, fmt: str = "arrayrecord") -> "ml_collections.ConfigDict":
-  """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
-  from smallbig_jax.data.pipeline import default_data_config
-  c = default_data_config()
-  c.format = fmt
-  c.root = os.path.join(out, "videos")
-  c.train_list, c.val_list = os.path.join(out, "train.txt"), os.path.join(out, "val.txt")
-  c.arrayrecord_dir = os.path.join(out, "arrayrecord")
-  c.num_frames, c.stride, c.sampling = 8, 2, "dense"
-  # Frames resized to 48 pixels high (48x60), trained on multi-scale crops of that, evaluated on 48x48 crops of
-  # it: the centre one in validation, centre + bottom-right + top-left in the final test (official protocol).
-  c.crop_size = c.scale_size = 48
-  c.flip = False  # A mirror image swaps the diagonal and anti-diagonal classes.
-  return c
+    """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
+    from smallbig_jax.data.pipeline import default_data_config
+
+    c = default_data_config()
+    c.format = fmt
+    c.root = os.path.join(out, "videos")
+    c.train_list, c.val_list = os.path.join(out, "train.txt"), os.path.join(out, "val.txt")
+    c.arrayrecord_dir = os.path.join(out, "arrayrecord")
+    c.num_frames, c.stride, c.sampling = 8, 2, "dense"
+    # Frames resized to 48 pixels high (48x60), trained on multi-scale crops of that, evaluated on 48x48 crops of
+    # it: the centre one in validation, centre + bottom-right + top-left in the final test (official protocol).
+    c.crop_size = c.scale_size = 48
+    c.flip = False  # A mirror image swaps the diagonal and anti-diagonal classes.
+    return c
