@@ -22,7 +22,7 @@ run: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 summary: $(STAMP)
 	$(VENV)/bin/python scripts/model_summary.py --variant smallbig50 --frames 8 --size 224

@@ -2,6 +2,9 @@
 
 Frame ``t`` of every fixture video encodes its index in the green channel's mean (``20 + 12*t``), and a
 horizontal ramp in red and a vertical ramp in blue, so tests can tell which frame, crop and flip they got.
+
+The longest tests are collected first, so that the two pytest-xdist workers of ``make test`` start on them and
+fill the rest of the time with the short ones.
 """
 
 from __future__ import annotations
@@ -45,3 +48,14 @@ def sbdata_dir(tmp_path_factory) -> str:
     lists.write_frame_list(os.path.join(root, "frames.txt"), frame_rows)
     lists.write_video_list(os.path.join(root, "videos.txt"), video_rows)
     return root
+
+
+LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within each module is kept

@@ -15,6 +15,8 @@ import pytest
 
 from smallbig_jax.data import synthetic
 
+pytestmark = pytest.mark.xdist_group("train_run")  # one worker: the tests share the module's reference run
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL_STEPS = 8  # 16 videos / batch 4 x 2 epochs
 
