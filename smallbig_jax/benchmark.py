@@ -238,7 +238,9 @@ def checkpoint_cost(model, mesh: Mesh) -> dict[str, float]:
     from smallbig_jax import checkpointing
 
     _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    opt_state = optax.sgd(0.01, momentum=0.9).init(params)
+    # Momentum as after training, not the all-zero arrays of step 0, which would compress away and flatter the size.
+    opt_state = jax.tree.map(lambda z: jax.random.normal(jax.random.key(0), z.shape, z.dtype) * 1e-3,
+                             optax.sgd(0.01, momentum=0.9).init(params))
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "opt_state": opt_state}
     state = jax.block_until_ready(jax.device_put(state, NamedSharding(mesh, P())))
     config = ml_collections.ConfigDict({"model": {"variant": "benchmark"}})

@@ -8,6 +8,7 @@ views are all masked (broken and excluded under `eval_bad_input='exclude'`) leav
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Callable, Iterable
@@ -20,8 +21,10 @@ from jax.experimental import multihost_utils
 from smallbig_jax.sharding import replicated
 
 
+@functools.lru_cache(maxsize=4)
 def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
-    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device."""
+    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device; one per
+    (model, mesh), so that the validations during training compile once."""
 
     def step(params, batch_stats, clips):
         return nnx.merge(graphdef, params, batch_stats)(clips)
