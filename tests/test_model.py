@@ -201,6 +201,66 @@ def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(fast, ref
     np.testing.assert_allclose(grad_fast, grad_ref, rtol=1e-5, atol=1e-5)  # float32 summation order differs
 
 
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+    """With ties (post-ReLU zeros, repeated values) each window's gradient goes to its first maximal element, as
+    in PyTorch; the edge is repeated, so a window reaching past the end gives its share to the edge element."""
+    rng = np.random.default_rng(0)
+    for n, stride in [(7, 1), (2, 1), (6, 2), (7, 2)]:
+        x = rng.integers(0, 3, size=(3, n, 2)).astype(np.float32)  # many ties
+        dy_shape = jax.eval_shape(lambda x: layers.max_pool_1d(x, 1, stride=stride), x).shape
+        dy = rng.normal(size=dy_shape).astype(np.float32)
+        _, vjp = jax.vjp(lambda x: layers.max_pool_1d(x, 1, stride=stride), jnp.asarray(x))
+        (dx,) = vjp(jnp.asarray(dy))
+        expected = np.zeros_like(x)
+        for b in range(3):
+            for c in range(2):
+                for i in range(dy_shape[1]):
+                    window = [min(max(i * stride + k - 1, 0), n - 1) for k in range(3)]  # edge repeated
+                    first = window[int(np.argmax(x[b, window, c]))]
+                    expected[b, first, c] += dy[b, i, c]
+        np.testing.assert_allclose(dx, expected, rtol=1e-6, err_msg=f"n={n} stride={stride}")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups):
+    """The hand-written BatchNorm backward against autodiff of (x - mean) / sqrt(var + eps) * scale + bias."""
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (groups, 30, 5), jnp.float64) * 2 + 1
+        scale = jax.random.normal(jax.random.key(1), (5,), jnp.float64)
+        bias = jax.random.normal(jax.random.key(2), (5,), jnp.float64)
+        w = jax.random.normal(jax.random.key(3), x.shape, jnp.float64)
+
+        def reference(x, scale, bias):
+            mean = jnp.mean(x, axis=1, keepdims=True)
+            var = jnp.var(x, axis=1, keepdims=True)
+            return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+        def loss(fn):
+            return lambda x, scale, bias: jnp.sum(jnp.sin(fn(x, scale, bias)) * w)
+
+        ours = jax.grad(loss(lambda *a: layers.batch_norm_train(*a, 1e-5)[0]), argnums=(0, 1, 2))(x, scale, bias)
+        ref = jax.grad(loss(reference), argnums=(0, 1, 2))(x, scale, bias)
+        for a, b in zip(ours, ref):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        y, mean, var = layers.batch_norm_train(x, scale, bias, 1e-5)
+        np.testing.assert_allclose(y, reference(x, scale, bias), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(var, jnp.var(x, axis=1, keepdims=True), rtol=1e-12)
+
+
+@pytest.mark.parametrize("impl", ["matmul", "xla"])
+def test_block_output_relu_equals_relu_in_value_and_gradient(impl):
+    saved = layers._conv_impl
+    layers.set_conv_impl(impl)
+    try:
+        x = jnp.array([[-2.0, 0.0, 3.0], [1.5, -0.5, 0.0]])
+        y, vjp = jax.vjp(layers.relu_written_once, x)
+        (dx,) = vjp(jnp.full_like(x, 2.0))
+    finally:
+        layers.set_conv_impl(saved)
+    np.testing.assert_array_equal(y, jax.nn.relu(x))
+    np.testing.assert_array_equal(dx, jnp.where(x > 0, 2.0, 0.0))  # zero gradient at 0, as jax.nn.relu
+
+
 def test_whole_network_equals_its_3d_reference_in_value_and_gradient(monkeypatch):
     """SmallBig-23 (narrow) run with the fast layers and with 3D convs and reduce_window pools, in float64.
 

@@ -136,6 +136,35 @@ def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     return _conv2d_fast_backward(x, kernel, stride, padding)
 
 
+def relu_written_once(x: Array) -> Array:
+    """ReLU of a residual stream (a block's output), which XLA:CPU then computes once and reads from memory.
+
+    XLA:CPU otherwise fuses the cheap elementwise chain `relu(bn3(conv3) + residual + big_bn3(...))` into every
+    consumer, and since the residual is itself such a chain, each block recomputes all earlier blocks' BatchNorms
+    of its stage (eval forward of SmallBig-R50: 3.2 s -> 1.9 s; BENCHMARKS.md). A reduction is never fused into
+    its consumers, so the ReLU is written as a max over `[x, 0]`. `optimization_barrier` would say this directly,
+    but XLA:CPU drops barriers before fusion. Other backends get a plain ReLU; so does the "xla" formulation.
+    """
+    return _relu_as_reduction(x) if conv_impl() == "matmul" else jax.nn.relu(x)
+
+
+@jax.custom_vjp
+def _relu_as_reduction(x: Array) -> Array:
+    return jnp.max(jnp.stack([x, jnp.zeros_like(x)], axis=-1), axis=-1)
+
+
+def _relu_as_reduction_fwd(x):
+    y = _relu_as_reduction(x)
+    return y, y
+
+
+def _relu_as_reduction_bwd(y, dy):
+    return (jnp.where(y > 0, dy, 0).astype(dy.dtype),)
+
+
+_relu_as_reduction.defvjp(_relu_as_reduction_fwd, _relu_as_reduction_bwd)
+
+
 class Conv(nnx.Module):
     """Bias-free conv with kernel THWIO `[kt, kh, kw, in, out]`, explicit symmetric padding, no temporal stride.
 
@@ -229,42 +258,163 @@ class BatchNorm(nnx.Module):
             if x.shape[0] % g:
                 raise ValueError(f"batch of {x.shape[0]} does not split into {g} BatchNorm groups")
             grouped = x.astype(self.stat_dtype).reshape(g, -1, x.shape[-1])  # [groups, elements, C]
-            mean = jnp.mean(grouped, axis=1, keepdims=True)
-            var = jnp.mean(jnp.square(grouped - mean), axis=1, keepdims=True)  # two-pass: E[x^2] - E[x]^2 cancels
+            scale, bias = self.scale[...].astype(self.stat_dtype), self.bias[...].astype(self.stat_dtype)
+            y, mean, var = batch_norm_train(grouped, scale, bias, self.epsilon)
             count = grouped.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
             self.mean[...] = (1 - m) * self.mean[...] + m * lax.stop_gradient(jnp.mean(mean, axis=(0, 1)))
             self.var[...] = (1 - m) * self.var[...] + m * lax.stop_gradient(jnp.mean(unbiased, axis=(0, 1)))
-            y = self._normalize(grouped, mean, var)
             return y.reshape(x.shape).astype(dtype)
-        return self._normalize(x.astype(self.stat_dtype), mean, var).astype(dtype)
-
-    def _normalize(self, x: Array, mean: Array, var: Array) -> Array:
         # In float32 even under bfloat16 compute: folding the mean into a low-precision offset (x * a + b) cancels
         # catastrophically when |mean| >> std. XLA fuses this elementwise work, so it costs no extra memory traffic.
         multiplier = self.scale[...].astype(self.stat_dtype) * lax.rsqrt(var + self.epsilon)
-        return (x - mean) * multiplier + self.bias[...].astype(self.stat_dtype)
+        return ((x.astype(self.stat_dtype) - mean) * multiplier + self.bias[...].astype(self.stat_dtype)).astype(dtype)
+
+
+@jax.custom_vjp
+def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array, Array, Array]:
+    """Training-mode BatchNorm of `x` `[groups, elements, C]` with each group's own statistics.
+
+    Returns the normalised `x * scale + bias` and the statistics `mean`, biased `var` (`[groups, 1, C]`, two-pass:
+    E[x^2] - E[x]^2 cancels), which only feed the running averages and carry no gradient. The backward pass is the
+    textbook one (two reductions and one elementwise pass), where autodiff of the forward makes several more passes
+    over the activation.
+    """
+    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+
+
+def _sum_per_group(a: Array) -> Array:
+    """`[groups, elements, C]` -> `[groups, 1, C]` sums. One group is summed as a 2D `[elements, C]` array: XLA:CPU's
+    (YNNPACK's) fused multiply-and-sum over the middle axis of `[1, elements, C]` is ~25x slower (BENCHMARKS.md)."""
+    groups, _, c = a.shape
+    if groups == 1:
+        return jnp.sum(a.reshape(-1, c), axis=0).reshape(1, 1, c)
+    return jnp.sum(a, axis=1, keepdims=True)
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon):
+    count = x.shape[1]
+    mean = _sum_per_group(x) / count
+    var = _sum_per_group(jnp.square(x - mean)) / count
+    inv_std = lax.rsqrt(var + epsilon)
+    y = (x - mean) * (scale * inv_std) + bias
+    return (y, mean, var), (x, mean, inv_std, scale)
+
+
+def _batch_norm_train_bwd(residuals, cotangents):
+    x, mean, inv_std, scale = residuals
+    dy = cotangents[0]  # the statistics' cotangents are zero: they only update the running averages
+    x_hat = (x - mean) * inv_std
+    dy_sum = _sum_per_group(dy)
+    dy_x_hat_sum = _sum_per_group(dy * x_hat)
+    count = x.shape[1]
+    dx = (scale * inv_std) * (dy - dy_sum / count - x_hat * (dy_x_hat_sum / count))
+    return dx, jnp.sum(dy_x_hat_sum, axis=(0, 1)), jnp.sum(dy_sum, axis=(0, 1)), None
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
     """Max over a 1D window along `axis` as maxima of strided slices; same result as padding with -inf (PyTorch).
 
     Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
-    padding also holds the edge element, so the maximum is unchanged, and no infinities reach the backward pass.
+    padding also holds the edge element, so the maximum is unchanged. The gradient goes to the first maximal element
+    of each window, as PyTorch's and `lax.reduce_window`'s do.
     """
+    if padding > window // 2:
+        raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
+    return _max_pool_1d(x, axis % x.ndim, window, stride, padding)
+
+
+def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> list[Array]:
+    """The `window` strided slices of edge-padded `x` whose elementwise maximum is the pool."""
     if padding:
-        if padding > window // 2:
-            raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
         pad = [(0, 0)] * x.ndim
         pad[axis] = (padding, padding)
         x = jnp.pad(x, pad, mode="edge")
     n_out = (x.shape[axis] - window) // stride + 1
-    out = None
-    for offset in range(window):
-        piece = lax.slice_in_dim(x, offset, offset + (n_out - 1) * stride + 1, stride, axis)
-        out = piece if out is None else jnp.maximum(out, piece)
-    return out
+    return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
+
+
+def _is_3_tap(x: Array, axis: int, window: int, stride: int, padding: int) -> bool:
+    """The big views' pool (window 3, stride 1, padding 1), which has a pad-free form."""
+    return (window, stride, padding) == (3, 1, 1) and x.shape[axis] >= 2
+
+
+def _cut(a: Array, axis: int, start: int, stop: int) -> Array:
+    return lax.slice_in_dim(a, start, stop, axis=axis)
+
+
+def _place(a: Array, axis: int, start: int, size: int) -> Array:
+    """`a` zero-padded along `axis` to `size`, starting at index `start`."""
+    config = [(0, 0, 0)] * a.ndim
+    config[axis] = (start, size - start - a.shape[axis], 0)
+    return lax.pad(a, jnp.zeros((), a.dtype), config)
+
+
+def _shift(a: Array, axis: int, by: int) -> Array:
+    """`a` moved `by` places along `axis` (positive: towards higher indices), zero-filled, same shape."""
+    n = a.shape[axis]
+    return _place(_cut(a, axis, max(-by, 0), n - max(by, 0)), axis, max(by, 0), n)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
+def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) -> Array:
+    if _is_3_tap(x, axis, window, stride, padding):
+        # Without a padded copy: pair maxima m[i] = max(x[i], x[i+1]), then out[i] = max(m[i-1], m[i]), the edges
+        # taking the one pair they have.
+        n = x.shape[axis]
+        pairs = jnp.maximum(_cut(x, axis, 0, n - 1), _cut(x, axis, 1, n))
+        inner = jnp.maximum(_cut(pairs, axis, 0, n - 2), _cut(pairs, axis, 1, n - 1))
+        return jnp.concatenate([_cut(pairs, axis, 0, 1), inner, _cut(pairs, axis, n - 2, n - 1)], axis=axis)
+    return functools.reduce(jnp.maximum, _pool_taps(x, axis, window, stride, padding))
+
+
+def _max_pool_1d_fwd(x, axis, window, stride, padding):
+    y = _max_pool_1d(x, axis, window, stride, padding)
+    return y, (x, y)
+
+
+def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
+    # Route dy to each window's first maximal tap (one select per tap), scatter the taps back onto the padded axis
+    # (interior padding undoes the stride), then fold the edge padding onto the edge elements it copied.
+    x, y = residuals
+    n = x.shape[axis]
+    if _is_3_tap(x, axis, window, stride, padding):
+        # Taps: left x[i-1], centre x[i], right x[i+1], the edge element repeated at the ends.
+        left = jnp.concatenate([_cut(x, axis, 0, 1), _cut(x, axis, 0, n - 1)], axis=axis)
+        right = jnp.concatenate([_cut(x, axis, 1, n), _cut(x, axis, n - 1, n)], axis=axis)
+        to_left = left == y
+        to_centre = ~to_left & (x == y)
+        to_right = ~to_left & ~to_centre
+        zero = jnp.zeros((), dy.dtype)
+        dl, dc, dr = (jnp.where(m, dy, zero) for m in (to_left, to_centre, to_right))
+        # dl[i] belongs to x[i-1] (to x[0] for i = 0), dr[i] to x[i+1] (to x[n-1] for i = n-1).
+        dx = dc + _shift(dl, axis, -1) + _shift(dr, axis, 1)
+        dx = dx + _place(_cut(dl, axis, 0, 1), axis, 0, n) + _place(_cut(dr, axis, n - 1, n), axis, n - 1, n)
+        return (dx,)
+    padded = n + 2 * padding
+    dx_padded, taken = None, None
+    for i, tap in enumerate(_pool_taps(x, axis, window, stride, padding)):
+        wins = tap == y if taken is None else (tap == y) & ~taken
+        taken = wins if taken is None else taken | wins
+        config = [(0, 0, 0)] * x.ndim
+        config[axis] = (i, padded - i - ((y.shape[axis] - 1) * stride + 1), stride - 1)
+        part = lax.pad(jnp.where(wins, dy, 0).astype(dy.dtype), jnp.zeros((), dy.dtype), config)
+        dx_padded = part if dx_padded is None else dx_padded + part
+    if not padding:
+        return (dx_padded,)
+    if n == 1:
+        return (jnp.sum(dx_padded, axis=axis, keepdims=True),)
+    first = jnp.sum(lax.slice_in_dim(dx_padded, 0, padding + 1, axis=axis), axis=axis, keepdims=True)
+    last = jnp.sum(lax.slice_in_dim(dx_padded, padding + n - 1, padded, axis=axis), axis=axis, keepdims=True)
+    middle = lax.slice_in_dim(dx_padded, padding + 1, padding + n - 1, axis=axis)
+    return (jnp.concatenate([first, middle, last], axis=axis),)
+
+
+_max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)
 
 
 def max_pool_3x3x3(x: Array) -> Array:

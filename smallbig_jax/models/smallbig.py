@@ -21,7 +21,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smallbig_jax.models.layers import BatchNorm, Conv, max_pool_1d, max_pool_3x3x3, max_pool_global_t_3x3
+from smallbig_jax.models.layers import (
+    BatchNorm,
+    Conv,
+    max_pool_1d,
+    max_pool_3x3x3,
+    max_pool_global_t_3x3,
+    relu_written_once,
+)
 
 Array = jax.Array
 
@@ -139,7 +146,7 @@ class Block(nnx.Module):
         y = self.bn3(self.conv3(v)) + residual
         if self.big_bn3 is not None:
             y = y + self.big_bn3(self.conv3(max_pool_global_t_3x3(v)))  # [N,1,H,W,C], broadcast over T
-        return jax.nn.relu(y)
+        return relu_written_once(y)
 
 
 class SmallBigNet(nnx.Module):
