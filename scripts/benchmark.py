@@ -10,6 +10,10 @@ a 1-D 'data' mesh. Prints a table and appends a JSON record to `--results` (benc
 lists the latest results per device with the commands that made them.
 """
 
+from smallbig_jax.host_memory import keep_freed_host_memory
+
+keep_freed_host_memory()  # restarts once so that XLA:CPU steps do not page-fault their temporaries back in
+
 import json
 import pathlib
 import sys

@@ -6,6 +6,10 @@ PyTorch checkpoint; prints top-1/top-5 over videos and writes one JSON line of p
       --config.data.arrayrecord_dir=/data/k400
 """
 
+from smallbig_jax.host_memory import keep_freed_host_memory
+
+keep_freed_host_memory()  # restarts once so that XLA:CPU steps do not page-fault their temporaries back in
+
 import json
 import os
 

@@ -7,6 +7,10 @@ r"""Train (and evaluate) SmallBigNet from a config; resumes from the workdir's l
 Any config field can be overridden with --config.<field>=<value>.
 """
 
+from smallbig_jax.host_memory import keep_freed_host_memory
+
+keep_freed_host_memory()  # restarts once so that XLA:CPU steps do not page-fault their temporaries back in
+
 import json
 import logging
 

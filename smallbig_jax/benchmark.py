@@ -443,6 +443,7 @@ def benchmark_model(
         "cpu": platform.processor() or platform.machine(),
         "host_cores": os.cpu_count(),
         "load_average": list(os.getloadavg()),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # smallbig_jax/host_memory.py
         "versions": _versions(compare_torch),
         "variant": variant,
         "base_width": base_width,
@@ -489,7 +490,8 @@ def format_results(record: dict[str, Any]) -> str:
         f"{record['variant']} (width {record['base_width']}) [{n},{t},{h},{w},3] per device x {record['device_count']} "
         f"{record['device_kind']} ({record['platform']}), {record['dtype']}, global batch {record['global_batch']}",
         "versions " + ", ".join(f"{k} {v}" for k, v in record["versions"].items())
-        + f"; load average {record['load_average'][0]:.2f}",
+        + f"; load average {record['load_average'][0]:.2f}"
+        + f"; GLIBC_TUNABLES {record.get('glibc_tunables') or 'unset (glibc defaults)'}",
         f"{'':13} {'':6} {'compile s':>9} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'clips/s':>8} "
         f"{'/device':>8} {'GFLOP/s':>8} {'MFU':>6}",
     ]
