@@ -8,17 +8,30 @@ later steps reuse the same pages: no faults, train step 9.1 s -> 7.0 s (BENCHMAR
 process keeps its peak memory until it exits, which a training or benchmark process does anyway.
 
 glibc reads these settings only when a process starts (`GLIBC_TUNABLES`; `mallopt` cannot set a trim threshold
-above 2 GB), so `keep_freed_host_memory` restarts the process once with them set.
+above 2 GB), so `keep_freed_host_memory` restarts the process once with them set. It does so only where JAX will
+compute on the CPU: with accelerators the temporaries live in device memory, and the settings would only cost the
+input pipeline, which runs 13% slower under them (synthetic dataset, 2 cores; BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
 
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.arena_max=1:glibc.malloc.trim_threshold=68719476736"
 OPT_OUT = "SMALLBIG_KEEP_HOST_MEMORY"  # set to 0 to run with glibc's defaults
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def computes_on_cpu() -> bool:
+    """Whether JAX's default backend will be the CPU, decided without initialising JAX: `JAX_PLATFORMS` if set,
+    else whether no GPU or TPU plugin is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
 
 
 def keep_freed_host_memory() -> None:
@@ -26,9 +39,9 @@ def keep_freed_host_memory() -> None:
 
     Call it first thing in an entry point, before other work. Nothing happens when the process already has
     `GLIBC_TUNABLES` (set by the restart, or by the user, whose settings win), when `SMALLBIG_KEEP_HOST_MEMORY=0`,
-    or off Linux/glibc. Child processes (data workers) inherit the settings.
+    when JAX will not compute on the CPU, or off Linux/glibc. Child processes (data workers) inherit the settings.
     """
-    if os.environ.get(OPT_OUT, "1") == "0" or "GLIBC_TUNABLES" in os.environ:
+    if os.environ.get(OPT_OUT, "1") == "0" or "GLIBC_TUNABLES" in os.environ or not computes_on_cpu():
         return
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return
