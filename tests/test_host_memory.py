@@ -37,7 +37,8 @@ def run(tmp_path, **env_changes) -> list[str]:
     script.write_text(SCRIPT)
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT, "JAX_PLATFORMS")}
     env.update(env_changes)
-    out = subprocess.run([sys.executable, "-u", str(script), "--flag"], env=env, capture_output=True, text=True, check=True)
+    command = [sys.executable, "-u", str(script), "--flag"]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return out.stdout.split("\n")
 
 
@@ -47,7 +48,7 @@ def test_restart_sets_the_tunables_once_keeps_arguments_and_stops_page_faults(tm
         assert lines[-2].split()[1] == "None"
         return
     assert lines.count("started") == 2  # the original process and its one restart
-    pid, tunables, faults, kept_flag = lines[-2].split()
+    _, tunables, faults, kept_flag = lines[-2].split()
     assert tunables == TUNABLES and kept_flag == "True"
     assert int(faults) == 0  # the second 50 MB array reuses the first one's pages
     default = run(tmp_path, **{OPT_OUT: "0"})

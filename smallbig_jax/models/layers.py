@@ -120,8 +120,8 @@ def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
     n, ho, wo, _ = dy.shape
     dy_flat = dy.reshape(n * ho * wo, o)
-    taps = [lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)).reshape(n * ho * wo, c) for i in range(kh) for j in range(kw)]
-    dkernel = jnp.stack([_matmul(tap.T, dy_flat) for tap in taps]).reshape(kh, kw, c, o)
+    taps = [lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) for i in range(kh) for j in range(kw)]
+    dkernel = jnp.stack([_matmul(tap.reshape(n * ho * wo, c).T, dy_flat) for tap in taps]).reshape(kh, kw, c, o)
     return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
 
 
@@ -322,7 +322,7 @@ def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: 
 
     Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
     padding also holds the edge element, so the maximum is unchanged. The gradient goes to the first maximal element
-    of each window, as PyTorch's and `lax.reduce_window`'s do.
+    of each window, as in PyTorch.
     """
     if padding > window // 2:
         raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
@@ -379,14 +379,14 @@ def _max_pool_1d_fwd(x, axis, window, stride, padding):
 
 
 def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
-    # Route dy to each window's first maximal tap (one select per tap), scatter the taps back onto the padded axis
-    # (interior padding undoes the stride), then fold the edge padding onto the edge elements it copied.
+    # dy goes to each window's first maximal tap: one select per tap, each tap's share moved back to where it came
+    # from, and a share that fell on the edge padding given to the edge element it copies.
     x, y = residuals
     n = x.shape[axis]
     if _is_3_tap(x, axis, window, stride, padding):
-        # Taps: left x[i-1], centre x[i], right x[i+1], the edge element repeated at the ends.
+        # Taps: left x[i-1], centre x[i], right x[i+1], the edge element repeated at the ends. When neither the
+        # left nor the centre tap is the maximum, the right one is.
         left = jnp.concatenate([_cut(x, axis, 0, 1), _cut(x, axis, 0, n - 1)], axis=axis)
-        right = jnp.concatenate([_cut(x, axis, 1, n), _cut(x, axis, n - 1, n)], axis=axis)
         to_left = left == y
         to_centre = ~to_left & (x == y)
         to_right = ~to_left & ~to_centre
@@ -396,6 +396,8 @@ def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
         dx = dc + _shift(dl, axis, -1) + _shift(dr, axis, 1)
         dx = dx + _place(_cut(dl, axis, 0, 1), axis, 0, n) + _place(_cut(dr, axis, n - 1, n), axis, n - 1, n)
         return (dx,)
+    # General window and stride: shares placed on the padded axis (interior padding undoes the stride), then the
+    # padding folded onto the edges.
     padded = n + 2 * padding
     dx_padded, taken = None, None
     for i, tap in enumerate(_pool_taps(x, axis, window, stride, padding)):
@@ -403,15 +405,15 @@ def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
         taken = wins if taken is None else taken | wins
         config = [(0, 0, 0)] * x.ndim
         config[axis] = (i, padded - i - ((y.shape[axis] - 1) * stride + 1), stride - 1)
-        part = lax.pad(jnp.where(wins, dy, 0).astype(dy.dtype), jnp.zeros((), dy.dtype), config)
+        part = lax.pad(jnp.where(wins, dy, jnp.zeros((), dy.dtype)), jnp.zeros((), dy.dtype), config)
         dx_padded = part if dx_padded is None else dx_padded + part
     if not padding:
         return (dx_padded,)
     if n == 1:
         return (jnp.sum(dx_padded, axis=axis, keepdims=True),)
-    first = jnp.sum(lax.slice_in_dim(dx_padded, 0, padding + 1, axis=axis), axis=axis, keepdims=True)
-    last = jnp.sum(lax.slice_in_dim(dx_padded, padding + n - 1, padded, axis=axis), axis=axis, keepdims=True)
-    middle = lax.slice_in_dim(dx_padded, padding + 1, padding + n - 1, axis=axis)
+    first = jnp.sum(_cut(dx_padded, axis, 0, padding + 1), axis=axis, keepdims=True)
+    last = jnp.sum(_cut(dx_padded, axis, padding + n - 1, padded), axis=axis, keepdims=True)
+    middle = _cut(dx_padded, axis, padding + 1, padding + n - 1)
     return (jnp.concatenate([first, middle, last], axis=axis),)
 
 
