@@ -221,6 +221,44 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
         np.testing.assert_allclose(dx, expected, rtol=1e-6, err_msg=f"n={n} stride={stride}")
 
 
+def test_max_over_frames_gradient_goes_to_the_first_maximal_frame():
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(2, 5, 3, 4)).astype(np.float32)  # many ties between frames
+    y, vjp = jax.vjp(layers.max_over_frames, jnp.asarray(x))
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    (dx,) = vjp(jnp.asarray(dy))
+    expected = np.zeros_like(x)
+    np.put_along_axis(expected, np.argmax(x, axis=1)[:, None], dy, axis=1)  # np.argmax: the first maximum
+    np.testing.assert_array_equal(y, x.max(axis=1, keepdims=True))
+    np.testing.assert_array_equal(dx, expected)
+
+
+def test_broadcast_frames_gradient_sums_the_frames():
+    x = jax.random.normal(jax.random.key(0), (2, 1, 3, 4))
+    y, vjp = jax.vjp(lambda x: layers.broadcast_frames(x, 5), x)
+    dy = jax.random.normal(jax.random.key(1), y.shape)
+    (dx,) = vjp(dy)
+    np.testing.assert_array_equal(y, jnp.broadcast_to(x, (2, 5, 3, 4)))
+    np.testing.assert_allclose(dx, jnp.sum(dy, axis=1, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int8])
+def test_stored_keeps_every_bit(dtype):
+    """The CPU formulation's memory barrier returns its input bit for bit: signed zeros, infinities and NaN too."""
+    saved = layers._conv_impl
+    layers.set_conv_impl("matmul")
+    try:
+        if jnp.issubdtype(dtype, jnp.floating):
+            a = jnp.array([[-0.0, 0.0, 1.5, -2.25], [jnp.inf, -jnp.inf, jnp.nan, 3e-39]], dtype)
+        else:
+            a = jnp.array([[-128, 0, 1, 127], [-1, 2, 3, 4]], dtype)
+        kept = jax.jit(layers._stored)(a)
+    finally:
+        layers.set_conv_impl(saved)
+    assert kept.dtype == a.dtype and kept.shape == a.shape
+    np.testing.assert_array_equal(lax.bitcast_convert_type(kept, jnp.uint8), lax.bitcast_convert_type(a, jnp.uint8))
+
+
 @pytest.mark.parametrize("groups", [1, 2])
 def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups):
     """The hand-written BatchNorm backward against autodiff of (x - mean) / sqrt(var + eps) * scale + bias."""

@@ -151,7 +151,7 @@ def relu_written_once(x: Array) -> Array:
 
 @jax.custom_vjp
 def _relu_as_reduction(x: Array) -> Array:
-    return jnp.max(jnp.stack([x, jnp.zeros_like(x)], axis=-1), axis=-1)
+    return _stored(jax.nn.relu(x))
 
 
 def _relu_as_reduction_fwd(x):
@@ -320,17 +320,82 @@ batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
     """Max over a 1D window along `axis` as maxima of strided slices; same result as padding with -inf (PyTorch).
 
-    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
-    padding also holds the edge element, so the maximum is unchanged. The gradient goes to the first maximal element
-    of each window, as in PyTorch.
+    The gradient goes to the first maximal element of each window, as in PyTorch.
     """
     if padding > window // 2:
         raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
-    return _max_pool_1d(x, axis % x.ndim, window, stride, padding)
+    axis = axis % x.ndim
+    if (window, stride, padding) == (3, 1, 1) and x.shape[axis] >= 2:
+        return _max_pool_3_tap(x, axis)
+    return _max_pool_1d(x, axis, window, stride, padding)
+
+
+def _cut(a: Array, axis: int, start: int, stop: int) -> Array:
+    return lax.slice_in_dim(a, start, stop, axis=axis)
+
+
+def _shift(a: Array, axis: int, by: int) -> Array:
+    """`a` moved `by` places along `axis` (positive: towards higher indices), zero-filled, same shape."""
+    n = a.shape[axis]
+    config = [(0, 0, 0)] * a.ndim
+    config[axis] = (max(by, 0), max(-by, 0), 0)
+    return lax.pad(_cut(a, axis, max(-by, 0), n - max(by, 0)), jnp.zeros((), a.dtype), config)
+
+
+def _stored(a: Array) -> Array:
+    """`a` unchanged, computed where it stands and kept in memory, on XLA:CPU (the "matmul" formulation).
+
+    XLA:CPU fuses cheap elementwise producers into each of their consumers, recomputing them (and re-reading their
+    inputs) as often as there are consumers. A reduction is never fused into its consumers, so `a` is passed
+    through one: a bitwise OR with zero over a stacked axis of two, which XLA emits itself, fused with the ops
+    that compute `a` (a float max or sum would go to YNNPACK, which runs it as separate, slower passes).
+    `optimization_barrier` would say this directly, but XLA:CPU drops barriers before fusion.
+    """
+    if conv_impl() != "matmul":
+        return a
+    floating = jnp.issubdtype(a.dtype, jnp.floating)
+    bits = lax.bitcast_convert_type(a, jnp.dtype(f"uint{8 * a.dtype.itemsize}")) if floating else a
+    pair = jnp.stack([bits, jnp.zeros_like(bits)], axis=-1)
+    kept = lax.reduce(pair, jnp.zeros((), bits.dtype), lax.bitwise_or, (a.ndim,))
+    return lax.bitcast_convert_type(kept, a.dtype) if floating else kept
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_3_tap(x: Array, axis: int) -> Array:
+    """The big views' pool (window 3, stride 1, padding 1) without a padded copy: pair maxima m[i] = max(x[i],
+    x[i+1]), then y[i] = max(m[i-1], m[i]), the edges taking the one pair they have."""
+    n = x.shape[axis]
+    pairs = jnp.maximum(_cut(x, axis, 0, n - 1), _cut(x, axis, 1, n))
+    inner = jnp.maximum(_cut(pairs, axis, 0, n - 2), _cut(pairs, axis, 1, n - 1))
+    return jnp.concatenate([_cut(pairs, axis, 0, 1), inner, _cut(pairs, axis, n - 2, n - 1)], axis=axis)
+
+
+def _max_pool_3_tap_fwd(x, axis):
+    # The residual is which tap holds each window's first maximum (0: x[i-1], 1: x[i], 2: x[i+1]) in one byte per
+    # element, so the backward reads that and dy instead of recomputing the choice from x and y.
+    y = _max_pool_3_tap(x, axis)
+    first = lax.broadcasted_iota(jnp.int32, x.shape, axis) == 0
+    left_wins = (_shift(x, axis, 1) == y) & ~first
+    tap = jnp.where(left_wins, 0, jnp.where(x == y, 1, 2)).astype(jnp.int8)
+    return y, _stored(tap)
+
+
+def _max_pool_3_tap_bwd(axis, tap, dy):
+    zero = jnp.zeros((), dy.dtype)
+    share = lambda k: jnp.where(tap == k, dy, zero)  # noqa: E731
+    # x[i] receives the centre share of window i, the left share of window i + 1 and the right share of window i - 1.
+    return (_stored(share(1) + _shift(share(0), axis, -1) + _shift(share(2), axis, 1)),)
+
+
+_max_pool_3_tap.defvjp(_max_pool_3_tap_fwd, _max_pool_3_tap_bwd)
 
 
 def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> list[Array]:
-    """The `window` strided slices of edge-padded `x` whose elementwise maximum is the pool."""
+    """The `window` strided slices of edge-padded `x` whose elementwise maximum is the pool.
+
+    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
+    padding also holds the edge element, so the maximum is unchanged.
+    """
     if padding:
         pad = [(0, 0)] * x.ndim
         pad[axis] = (padding, padding)
@@ -339,37 +404,8 @@ def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> l
     return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
 
 
-def _is_3_tap(x: Array, axis: int, window: int, stride: int, padding: int) -> bool:
-    """The big views' pool (window 3, stride 1, padding 1), which has a pad-free form."""
-    return (window, stride, padding) == (3, 1, 1) and x.shape[axis] >= 2
-
-
-def _cut(a: Array, axis: int, start: int, stop: int) -> Array:
-    return lax.slice_in_dim(a, start, stop, axis=axis)
-
-
-def _place(a: Array, axis: int, start: int, size: int) -> Array:
-    """`a` zero-padded along `axis` to `size`, starting at index `start`."""
-    config = [(0, 0, 0)] * a.ndim
-    config[axis] = (start, size - start - a.shape[axis], 0)
-    return lax.pad(a, jnp.zeros((), a.dtype), config)
-
-
-def _shift(a: Array, axis: int, by: int) -> Array:
-    """`a` moved `by` places along `axis` (positive: towards higher indices), zero-filled, same shape."""
-    n = a.shape[axis]
-    return _place(_cut(a, axis, max(-by, 0), n - max(by, 0)), axis, max(by, 0), n)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) -> Array:
-    if _is_3_tap(x, axis, window, stride, padding):
-        # Without a padded copy: pair maxima m[i] = max(x[i], x[i+1]), then out[i] = max(m[i-1], m[i]), the edges
-        # taking the one pair they have.
-        n = x.shape[axis]
-        pairs = jnp.maximum(_cut(x, axis, 0, n - 1), _cut(x, axis, 1, n))
-        inner = jnp.maximum(_cut(pairs, axis, 0, n - 2), _cut(pairs, axis, 1, n - 1))
-        return jnp.concatenate([_cut(pairs, axis, 0, 1), inner, _cut(pairs, axis, n - 2, n - 1)], axis=axis)
     return functools.reduce(jnp.maximum, _pool_taps(x, axis, window, stride, padding))
 
 
@@ -379,25 +415,11 @@ def _max_pool_1d_fwd(x, axis, window, stride, padding):
 
 
 def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
-    # dy goes to each window's first maximal tap: one select per tap, each tap's share moved back to where it came
-    # from, and a share that fell on the edge padding given to the edge element it copies.
+    # dy goes to each window's first maximal tap: one select per tap, each tap's share placed back on the padded axis
+    # (interior padding undoes the stride), then a share that fell on the edge padding given to the edge element it
+    # copies.
     x, y = residuals
     n = x.shape[axis]
-    if _is_3_tap(x, axis, window, stride, padding):
-        # Taps: left x[i-1], centre x[i], right x[i+1], the edge element repeated at the ends. When neither the
-        # left nor the centre tap is the maximum, the right one is.
-        left = jnp.concatenate([_cut(x, axis, 0, 1), _cut(x, axis, 0, n - 1)], axis=axis)
-        to_left = left == y
-        to_centre = ~to_left & (x == y)
-        to_right = ~to_left & ~to_centre
-        zero = jnp.zeros((), dy.dtype)
-        dl, dc, dr = (jnp.where(m, dy, zero) for m in (to_left, to_centre, to_right))
-        # dl[i] belongs to x[i-1] (to x[0] for i = 0), dr[i] to x[i+1] (to x[n-1] for i = n-1).
-        dx = dc + _shift(dl, axis, -1) + _shift(dr, axis, 1)
-        dx = dx + _place(_cut(dl, axis, 0, 1), axis, 0, n) + _place(_cut(dr, axis, n - 1, n), axis, n - 1, n)
-        return (dx,)
-    # General window and stride: shares placed on the padded axis (interior padding undoes the stride), then the
-    # padding folded onto the edges.
     padded = n + 2 * padding
     dx_padded, taken = None, None
     for i, tap in enumerate(_pool_taps(x, axis, window, stride, padding)):
@@ -420,6 +442,53 @@ def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
 _max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)
 
 
+def max_over_frames(x: Array) -> Array:
+    """Max over axis 1 (frames), kept as size 1; the gradient goes to the first maximal frame, as in PyTorch.
+
+    Unrolled over frames: XLA:CPU's reductions over a middle axis are several times slower than this one pass.
+    """
+    return _max_over_frames(x, x.shape[1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_over_frames(x: Array, frames: int) -> Array:
+    return _max_over_frames_fwd(x, frames)[0]
+
+
+def _max_over_frames_fwd(x, frames):
+    y, frame = x[:, :1], jnp.zeros_like(x[:, :1], jnp.int8 if frames <= 127 else jnp.int32)
+    for t in range(1, frames):
+        later = x[:, t : t + 1] > y
+        y, frame = jnp.where(later, x[:, t : t + 1], y), jnp.where(later, t, frame).astype(frame.dtype)
+    return y, _stored(frame)
+
+
+def _max_over_frames_bwd(frames, frame, dy):
+    zero = jnp.zeros((), dy.dtype)
+    return (jnp.concatenate([jnp.where(frame == t, dy, zero) for t in range(frames)], axis=1),)
+
+
+_max_over_frames.defvjp(_max_over_frames_fwd, _max_over_frames_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_frames(x: Array, frames: int) -> Array:
+    """`[N, 1, ...]` repeated to `[N, frames, ...]`; its gradient sums the frames in one unrolled pass (XLA:CPU's
+    reduction over the middle axis is several times slower)."""
+    return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
+
+
+def _broadcast_frames_fwd(x, frames):
+    return broadcast_frames(x, frames), None
+
+
+def _broadcast_frames_bwd(frames, _, dy):
+    return (functools.reduce(jnp.add, [dy[:, t : t + 1] for t in range(frames)]),)
+
+
+broadcast_frames.defvjp(_broadcast_frames_fwd, _broadcast_frames_bwd)
+
+
 def max_pool_3x3x3(x: Array) -> Array:
     """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2."""
     for axis in (1, 2, 3):
@@ -434,5 +503,4 @@ def max_pool_global_t_3x3(x: Array) -> Array:
     Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets one
     set of weights serve any T.
     """
-    x = jnp.max(x, axis=1, keepdims=True)
-    return max_pool_1d(max_pool_1d(x, 2), 3)
+    return max_pool_1d(max_pool_1d(max_over_frames(x), 2), 3)

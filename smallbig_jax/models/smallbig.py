@@ -24,6 +24,7 @@ from flax import nnx
 from smallbig_jax.models.layers import (
     BatchNorm,
     Conv,
+    broadcast_frames,
     max_pool_1d,
     max_pool_3x3x3,
     max_pool_global_t_3x3,
@@ -145,7 +146,8 @@ class Block(nnx.Module):
         v = jax.nn.relu(v)
         y = self.bn3(self.conv3(v)) + residual
         if self.big_bn3 is not None:
-            y = y + self.big_bn3(self.conv3(max_pool_global_t_3x3(v)))  # [N,1,H,W,C], broadcast over T
+            big = self.big_bn3(self.conv3(max_pool_global_t_3x3(v)))  # [N, 1, H, W, C]
+            y = y + broadcast_frames(big, y.shape[1])
         return relu_written_once(y)
 
 
