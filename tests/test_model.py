@@ -165,10 +165,15 @@ def reference_max_pool_1d(x, axis, window=3, stride=1, padding=1):
     return reference_pool(x, win, strides, pads)
 
 
-@pytest.mark.parametrize("kernel,stride", [((1, 3, 3), 1), ((1, 3, 3), 2), ((1, 7, 7), 2), ((1, 1, 1), 2), ((3, 1, 1), 1)])
-def test_folded_conv_equals_3d_conv_in_value_and_gradient(kernel, stride):
+@pytest.mark.parametrize(
+    "kernel,stride,size",
+    [((1, 3, 3), 1, 9), ((1, 3, 3), 1, 6), ((1, 3, 3), 2, 9), ((1, 3, 3), 2, 16), ((1, 7, 7), 2, 9), ((1, 1, 1), 2, 9)]
+    + [((3, 1, 1), 1, 9)],
+)
+def test_folded_conv_equals_3d_conv_in_value_and_gradient(kernel, stride, size):
+    """Sizes cover both CPU forms of a kxk conv: the direct conv, and im2col for outputs of at most 7x7 pixels."""
     conv = layers.Conv(5, 6, kernel, stride, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(1), (2, 4, 9, 10, 5))
+    x = jax.random.normal(jax.random.key(1), (2, 4, size, size + 1, 5))
     graphdef, state = nnx.split(conv)
 
     def loss(state, x, fn):

@@ -52,9 +52,9 @@ def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
 
 # How a frame-folded 2D conv is computed. "xla": `lax.conv_general_dilated` and its autodiff (cuDNN on GPU, the MXU
 # conv emitter on TPU: best there). "matmul": 1x1 convs as plain matmuls; kxk convs forward with
-# `lax.conv_general_dilated` (fast on XLA:CPU) and a hand-written backward (input gradient as a forward conv with the
-# flipped kernel, kernel gradient as an im2col matmul), because XLA:CPU's own conv backward is 3-10x slower than
-# its forward (BENCHMARKS.md, "Model speed on CPU"). "auto" (default): "matmul" on CPU, "xla" elsewhere.
+# `lax.conv_general_dilated` (fast on XLA:CPU; an im2col matmul on feature maps of 7x7 and smaller) and a
+# hand-written backward (input gradient as a forward conv with the flipped kernel, kernel gradient as one matmul per
+# tap), because XLA:CPU's own conv backward is 3-10x slower than its forward (BENCHMARKS.md, "Model speed on CPU"). "auto" (default): "matmul" on CPU, "xla" elsewhere.
 # Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is traced.
 CONV_IMPLS = ("auto", "xla", "matmul")
 _conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
@@ -87,6 +87,20 @@ def _conv2d_xla(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     )
 
 
+# At or below this many output pixels per frame (layer4 at 224 px: 7x7) one im2col matmul is 10-30% faster on CPU
+# than XLA's (YNNPACK's) direct conv, which spends much of a small feature map on its padded border; from 14x14 up
+# the direct conv is faster (BENCHMARKS.md, round 3).
+IM2COL_MAX_OUTPUT_PIXELS = 49
+
+
+def _conv2d_cpu(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+    kh, kw = kernel.shape[:2]
+    ho, wo = (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1
+    if ho * wo <= IM2COL_MAX_OUTPUT_PIXELS:
+        return conv2d_im2col(x, kernel, stride, padding)
+    return _conv2d_xla(x, kernel, stride, padding)
+
+
 def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
     if stride > 1:
         x = x[:, ::stride, ::stride]
@@ -96,11 +110,11 @@ def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv2d_fast_backward(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    return _conv2d_xla(x, kernel, stride, padding)
+    return _conv2d_cpu(x, kernel, stride, padding)
 
 
 def _conv2d_fast_backward_fwd(x, kernel, stride, padding):
-    return _conv2d_xla(x, kernel, stride, padding), (x, kernel)
+    return _conv2d_cpu(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
@@ -111,7 +125,7 @@ def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
         return vjp(dy)
     # dx: the transposed conv of stride 1 is a forward conv of dy with the spatially flipped, I/O-swapped kernel.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv2d_xla(dy, flipped, 1, kh - 1 - padding) if kh == kw else None
+    dx = _conv2d_cpu(dy, flipped, 1, kh - 1 - padding) if kh == kw else None
     if dx is None:
         _, vjp = jax.vjp(lambda x: conv2d_im2col(x, kernel, stride, padding), x)
         (dx,) = vjp(dy)
@@ -372,12 +386,16 @@ def _max_pool_3_tap(x: Array, axis: int) -> Array:
 
 def _max_pool_3_tap_fwd(x, axis):
     # The residual is which tap holds each window's first maximum (0: x[i-1], 1: x[i], 2: x[i+1]) in one byte per
-    # element, so the backward reads that and dy instead of recomputing the choice from x and y.
-    y = _max_pool_3_tap(x, axis)
-    first = lax.broadcasted_iota(jnp.int32, x.shape, axis) == 0
-    left_wins = (_shift(x, axis, 1) == y) & ~first
-    tap = jnp.where(left_wins, 0, jnp.where(x == y, 1, 2)).astype(jnp.int8)
-    return y, _stored(tap)
+    # element, so the backward reads that and dy only. It is decided by comparing x with its neighbours, never with
+    # y: XLA may compute x once for y and again here, rounded differently, and then x == y would fail.
+    n = x.shape[axis]
+    index = lax.broadcasted_iota(jnp.int32, x.shape, axis)
+    has_left, has_right = index > 0, index < n - 1
+    left, right = _shift(x, axis, 1), _shift(x, axis, -1)
+    left_wins = has_left & (left >= x) & (~has_right | (left >= right))
+    centre_wins = ~has_right | (x >= right)
+    tap = jnp.where(left_wins, 0, jnp.where(centre_wins, 1, 2)).astype(jnp.int8)
+    return _max_pool_3_tap(x, axis), _stored(tap)
 
 
 def _max_pool_3_tap_bwd(axis, tap, dy):
@@ -410,24 +428,26 @@ def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) ->
 
 
 def _max_pool_1d_fwd(x, axis, window, stride, padding):
-    y = _max_pool_1d(x, axis, window, stride, padding)
-    return y, (x, y)
+    return _max_pool_1d(x, axis, window, stride, padding), x
 
 
-def _max_pool_1d_bwd(axis, window, stride, padding, residuals, dy):
-    # dy goes to each window's first maximal tap: one select per tap, each tap's share placed back on the padded axis
+def _max_pool_1d_bwd(axis, window, stride, padding, x, dy):
+    # dy goes to each window's first maximal tap (found by comparing the taps with each other, never with the
+    # forward's y; see _max_pool_3_tap_fwd): one select per tap, each tap's share placed back on the padded axis
     # (interior padding undoes the stride), then a share that fell on the edge padding given to the edge element it
     # copies.
-    x, y = residuals
+    taps = _pool_taps(x, axis, window, stride, padding)
+    best, winner = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
+    for i, tap in enumerate(taps[1:], 1):
+        later = tap > best
+        best, winner = jnp.where(later, tap, best), jnp.where(later, i, winner)
     n = x.shape[axis]
     padded = n + 2 * padding
-    dx_padded, taken = None, None
-    for i, tap in enumerate(_pool_taps(x, axis, window, stride, padding)):
-        wins = tap == y if taken is None else (tap == y) & ~taken
-        taken = wins if taken is None else taken | wins
+    dx_padded = None
+    for i in range(window):
         config = [(0, 0, 0)] * x.ndim
-        config[axis] = (i, padded - i - ((y.shape[axis] - 1) * stride + 1), stride - 1)
-        part = lax.pad(jnp.where(wins, dy, jnp.zeros((), dy.dtype)), jnp.zeros((), dy.dtype), config)
+        config[axis] = (i, padded - i - ((dy.shape[axis] - 1) * stride + 1), stride - 1)
+        part = lax.pad(jnp.where(winner == i, dy, jnp.zeros((), dy.dtype)), jnp.zeros((), dy.dtype), config)
         dx_padded = part if dx_padded is None else dx_padded + part
     if not padding:
         return (dx_padded,)
