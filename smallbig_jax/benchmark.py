@@ -93,6 +93,7 @@ class Timing:
     clips_per_s_per_device: float
     gflops_per_step_per_device: float | None  # XLA cost analysis (JAX only)
     mfu: float | None
+    page_faults_per_step: float  # median minor page faults of the process during a step
     memory: dict[str, float] = dataclasses.field(default_factory=dict)  # GB
 
     @property
@@ -108,17 +109,26 @@ def summarize(times_s: Sequence[float]) -> tuple[float, float, float]:
     return float(median), float(p10), float(p90)
 
 
-def time_interleaved(steps_by_name: dict[str, Callable[[], Any]], *, steps: int, warmup: int) -> dict[str, list[float]]:
-    """Calls each blocking step function in turn (a, b, a, b, ...), `warmup` untimed rounds then `steps` timed ones."""
+def time_interleaved(
+    steps_by_name: dict[str, Callable[[], Any]], *, steps: int, warmup: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Calls each blocking step function in turn (a, b, a, b, ...), `warmup` untimed rounds then `steps` timed ones.
+
+    Returns each step's seconds and the process's minor page faults during it: a step that faults is paying the
+    kernel to zero fresh memory (see `smallbig_jax.host_memory`), which the time alone does not show.
+    """
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
+    faults: dict[str, list[int]] = {name: [] for name in steps_by_name}
     for i in range(warmup + steps):
         for name, step in steps_by_name.items():
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             step()
             elapsed = time.perf_counter() - start
             if i >= warmup:
                 times[name].append(elapsed)
-    return times
+                faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+    return times, faults
 
 
 class JaxStep:
@@ -400,7 +410,7 @@ def benchmark_model(
         funcs = {"jax": jstep}
         if torch_steps is not None:
             funcs["torch"] = torch_steps.eval_step if name == "eval forward" else torch_steps.train_step
-        times = time_interleaved(funcs, steps=steps, warmup=warmup)
+        times, faults = time_interleaved(funcs, steps=steps, warmup=warmup)
         if torch_steps is not None and name == "eval forward":
             j_logits = np.asarray(jstep.last[0])
             t_logits = torch_steps.eval_step().float().numpy()
@@ -423,6 +433,7 @@ def benchmark_model(
                     clips_per_s_per_device=batch_per_device / (median / 1e3),
                     gflops_per_step_per_device=flops / 1e9 if is_jax else None,
                     mfu=mfu(flops, median / 1e3, peak) if is_jax else None,
+                    page_faults_per_step=float(np.median(faults[framework])),
                     memory=jstep.memory if is_jax else {},
                 )
             )
@@ -493,7 +504,7 @@ def format_results(record: dict[str, Any]) -> str:
         + f"; load average {record['load_average'][0]:.2f}"
         + f"; GLIBC_TUNABLES {record.get('glibc_tunables') or 'unset (glibc defaults)'}",
         f"{'':13} {'':6} {'compile s':>9} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'clips/s':>8} "
-        f"{'/device':>8} {'GFLOP/s':>8} {'MFU':>6}",
+        f"{'/device':>8} {'GFLOP/s':>8} {'MFU':>6} {'faults':>8}",
     ]
     for r in record["timings"]:
         compile_s = f"{r['compile_s']:.1f}" if r["compile_s"] is not None else "-"
@@ -503,7 +514,7 @@ def format_results(record: dict[str, Any]) -> str:
         lines.append(
             f"{r['name']:13} {r['framework']:6} {compile_s:>9} {r['step_ms_median']:>10.1f} {r['step_ms_p10']:>9.1f} "
             f"{r['step_ms_p90']:>9.1f} {r['clips_per_s']:>8.2f} {r['clips_per_s_per_device']:>8.2f} "
-            f"{gf_s:>8} {mfu_s:>6}"
+            f"{gf_s:>8} {mfu_s:>6} {r['page_faults_per_step']:>8.0f}"
         )
     for name, ratio in record["torch_speedup_ratio"].items():
         lines.append(f"{name}: PyTorch median / JAX median = {ratio:.2f} ({'JAX' if ratio >= 1 else 'PyTorch'} faster)")

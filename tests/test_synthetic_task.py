@@ -26,12 +26,12 @@ def dataset(tmp_path_factory):
     return out
 
 
-def test_smallbig_reaches_80_percent_and_per_frame_res50_stays_far_below(dataset, tmp_path):
+def test_smallbig_reaches_85_percent_and_per_frame_res50_stays_far_below(dataset, tmp_path):
     """Same data, schedule and width; top-1 over the 200 held-out videos with 2 clips x 3 crops.
 
-    Measured: SmallBig 0.84, res50 0.23 (chance 0.20). SmallBig reached 0.96 while the max-pools' backward split
-    the gradient between tied maxima (autodiff of `jnp.maximum`); with PyTorch's rule (all of it to the first
-    maximum), which the synthetic frames' flat backgrounds exercise a lot, this short CI schedule ends at 0.84.
+    Measured: SmallBig 0.915, res50 0.255 (chance 0.20). (0.96 while the max-pools' backward split the gradient
+    between tied maxima, autodiff's rule; all of it to the first maximum, PyTorch's rule, is what the model does
+    now, and the synthetic frames' flat backgrounds have many ties.)
     """
     top1 = {}
     for variant in ("smallbig23", "res50"):
@@ -39,5 +39,5 @@ def test_smallbig_reaches_80_percent_and_per_frame_res50_stays_far_below(dataset
         config.model.variant = variant
         top1[variant] = train.train_and_evaluate(config, str(tmp_path / variant))["top1"]
     print(f"synthetic task at CI size, test top-1: {top1}")  # shown with `pytest -s`; BENCHMARKS.md quotes it
-    assert top1["smallbig23"] >= 0.8, top1
+    assert top1["smallbig23"] >= 0.85, top1
     assert top1["res50"] <= 0.5, top1
