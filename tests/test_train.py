@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from flax import nnx
 
 from smallbig_jax import evaluate, optim, sharding, train
 from smallbig_jax.config import official_recipe

@@ -14,6 +14,7 @@ import json
 import os
 
 import av
+import ml_collections
 import numpy as np
 
 GENERATOR_VERSION = 2  # bumped whenever make_video changes what it draws
@@ -189,7 +190,7 @@ def is_written(
         return False
 
 
-def data_config(out: str, fmt: str = "arrayrecord") -> "ml_collections.ConfigDict":
+def data_config(out: str, fmt: str = "arrayrecord") -> ml_collections.ConfigDict:
     """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
     from smallbig_jax.data.pipeline import default_data_config
 

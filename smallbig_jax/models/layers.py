@@ -54,7 +54,8 @@ def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
 # conv emitter on TPU: best there). "matmul": 1x1 convs as plain matmuls; kxk convs forward with
 # `lax.conv_general_dilated` (fast on XLA:CPU; an im2col matmul on feature maps of 7x7 and smaller) and a
 # hand-written backward (input gradient as a forward conv with the flipped kernel, kernel gradient as one matmul per
-# tap), because XLA:CPU's own conv backward is 3-10x slower than its forward (BENCHMARKS.md, "Model speed on CPU"). "auto" (default): "matmul" on CPU, "xla" elsewhere.
+# tap), because XLA:CPU's own conv backward is 3-10x slower than its forward (BENCHMARKS.md, "Model speed on CPU").
+# "auto" (default): "matmul" on CPU, "xla" elsewhere.
 # Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is traced.
 CONV_IMPLS = ("auto", "xla", "matmul")
 _conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
@@ -156,28 +157,27 @@ def relu_written_once(x: Array) -> Array:
 
     XLA:CPU otherwise fuses the cheap elementwise chain `relu(bn3(conv3) + residual + big_bn3(...))` into every
     consumer, and since the residual is itself such a chain, each block recomputes all earlier blocks' BatchNorms
-    of its stage (eval forward of SmallBig-R50: 3.2 s -> 1.9 s; BENCHMARKS.md). A reduction is never fused into
-    its consumers, so the ReLU is written as a max over `[x, 0]`. `optimization_barrier` would say this directly,
-    but XLA:CPU drops barriers before fusion. Other backends get a plain ReLU; so does the "xla" formulation.
+    of its stage (eval forward of SmallBig-R50: 3.2 s -> 1.9 s; BENCHMARKS.md). The ReLU is therefore passed through
+    `_stored`. Other backends get a plain ReLU; so does the "xla" formulation.
     """
-    return _relu_as_reduction(x) if conv_impl() == "matmul" else jax.nn.relu(x)
+    return _relu_stored(x) if conv_impl() == "matmul" else jax.nn.relu(x)
 
 
 @jax.custom_vjp
-def _relu_as_reduction(x: Array) -> Array:
+def _relu_stored(x: Array) -> Array:
     return _stored(jax.nn.relu(x))
 
 
-def _relu_as_reduction_fwd(x):
-    y = _relu_as_reduction(x)
+def _relu_stored_fwd(x):
+    y = _relu_stored(x)
     return y, y
 
 
-def _relu_as_reduction_bwd(y, dy):
+def _relu_stored_bwd(y, dy):
     return (jnp.where(y > 0, dy, 0).astype(dy.dtype),)
 
 
-_relu_as_reduction.defvjp(_relu_as_reduction_fwd, _relu_as_reduction_bwd)
+_relu_stored.defvjp(_relu_stored_fwd, _relu_stored_bwd)
 
 
 class Conv(nnx.Module):
@@ -476,11 +476,12 @@ def _max_over_frames(x: Array, frames: int) -> Array:
 
 
 def _max_over_frames_fwd(x, frames):
-    y, frame = x[:, :1], jnp.zeros_like(x[:, :1], jnp.int8 if frames <= 127 else jnp.int32)
+    slices = [x[:, t : t + 1] for t in range(frames)]
+    best, frame = slices[0], jnp.zeros_like(slices[0], jnp.int8 if frames <= 127 else jnp.int32)
     for t in range(1, frames):
-        later = x[:, t : t + 1] > y
-        y, frame = jnp.where(later, x[:, t : t + 1], y), jnp.where(later, t, frame).astype(frame.dtype)
-    return y, _stored(frame)
+        later = slices[t] > best
+        best, frame = jnp.where(later, slices[t], best), jnp.where(later, t, frame).astype(frame.dtype)
+    return functools.reduce(jnp.maximum, slices), _stored(frame)  # jnp.maximum: a NaN propagates, as in jnp.max
 
 
 def _max_over_frames_bwd(frames, frame, dy):
