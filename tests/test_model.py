@@ -413,32 +413,6 @@ def test_bfloat16_compute_stays_close_to_float32():
     assert float(jnp.max(jnp.abs(out - ref))) > 0  # it really ran in a lower precision
 
 
-def test_bfloat16_training_gradient_same_in_both_conv_formulations():
-    """The CPU formulation's bf16 path (one-byte pool indices, values kept through `_stored` as 16-bit words, im2col
-    on small maps) gives the gradient of the plain XLA formulation, up to bf16 rounding in another order (measured:
-    1.2% of its norm; float32: 1e-6). Against float32 itself both differ by ~60% of the norm on this tiny network in
-    train mode, so float32 is not the reference here."""
-    x, labels = small_clip(11, n=4, t=8, size=32), jnp.array([1, 3, 5, 7])
-
-    def grads(impl):
-        saved = layers._conv_impl
-        layers.set_conv_impl(impl)
-        try:
-            model = build_model("smallbig23", num_classes=10, base_width=8, seed=9, dtype=jnp.bfloat16)
-            graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-            def loss(params):
-                return jnp.mean(cross_entropy(nnx.merge(graphdef, params, rest, copy=True)(x), labels))
-
-            return jnp.concatenate([g.ravel() for g in jax.tree.leaves(jax.jit(jax.grad(loss))(params))])
-        finally:
-            layers.set_conv_impl(saved)
-
-    plain, cpu = grads("xla"), grads("matmul")
-    assert cpu.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(cpu)))
-    assert float(jnp.linalg.norm(cpu - plain)) <= 0.05 * float(jnp.linalg.norm(plain))
-
-
 def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="unknown variant 'smallbig34'.*smallbig50"):
         build_model("smallbig34", 10)
