@@ -422,6 +422,16 @@ def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> l
     return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
 
 
+def _first_maximum(candidates: Sequence[Array]) -> Array:
+    """Index of the first of `candidates` holding the elementwise maximum, by comparing them with each other only:
+    int8 (int32 past 127 candidates)."""
+    best, index = candidates[0], jnp.zeros(candidates[0].shape, jnp.int8 if len(candidates) <= 127 else jnp.int32)
+    for i, candidate in enumerate(candidates[1:], 1):
+        later = candidate > best
+        best, index = jnp.where(later, candidate, best), jnp.where(later, i, index).astype(index.dtype)
+    return index
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) -> Array:
     return functools.reduce(jnp.maximum, _pool_taps(x, axis, window, stride, padding))
@@ -436,11 +446,7 @@ def _max_pool_1d_bwd(axis, window, stride, padding, x, dy):
     # forward's y; see _max_pool_3_tap_fwd): one select per tap, each tap's share placed back on the padded axis
     # (interior padding undoes the stride), then a share that fell on the edge padding given to the edge element it
     # copies.
-    taps = _pool_taps(x, axis, window, stride, padding)
-    best, winner = taps[0], jnp.zeros(taps[0].shape, jnp.int32)
-    for i, tap in enumerate(taps[1:], 1):
-        later = tap > best
-        best, winner = jnp.where(later, tap, best), jnp.where(later, i, winner)
+    winner = _first_maximum(_pool_taps(x, axis, window, stride, padding))
     n = x.shape[axis]
     padded = n + 2 * padding
     dx_padded = None
@@ -472,16 +478,11 @@ def max_over_frames(x: Array) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_over_frames(x: Array, frames: int) -> Array:
-    return _max_over_frames_fwd(x, frames)[0]
+    return functools.reduce(jnp.maximum, [x[:, t : t + 1] for t in range(frames)])
 
 
 def _max_over_frames_fwd(x, frames):
-    slices = [x[:, t : t + 1] for t in range(frames)]
-    best, frame = slices[0], jnp.zeros_like(slices[0], jnp.int8 if frames <= 127 else jnp.int32)
-    for t in range(1, frames):
-        later = slices[t] > best
-        best, frame = jnp.where(later, slices[t], best), jnp.where(later, t, frame).astype(frame.dtype)
-    return functools.reduce(jnp.maximum, slices), _stored(frame)  # jnp.maximum: a NaN propagates, as in jnp.max
+    return _max_over_frames(x, frames), _stored(_first_maximum([x[:, t : t + 1] for t in range(frames)]))
 
 
 def _max_over_frames_bwd(frames, frame, dy):
