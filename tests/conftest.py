@@ -4,15 +4,42 @@ Frame ``t`` of every fixture video encodes its index in the green channel's mean
 horizontal ramp in red and a vertical ramp in blue, so tests can tell which frame, crop and flip they got.
 
 The longest tests are collected first, so that the two pytest-xdist workers of ``make test`` start on them and
-fill the rest of the time with the short ones.
+fill the rest of the time with the short ones. One persistent JAX compilation cache, new for each pytest run, is
+shared by the workers and by the training processes that tests start: compilation is most of the suite's time, and
+many tests compile the same tiny training step.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
+
+def pytest_configure(config):
+    """The controller makes the run's compilation cache folder; xdist workers get it through `workerinput`, the
+    processes tests start through the environment (jax reads these variables when it is imported)."""
+    if hasattr(config, "workerinput"):
+        cache_dir = config.workerinput["jax_cache_dir"]
+    else:
+        cache_dir = config.jax_cache_dir = tempfile.mkdtemp(prefix="smallbig_jax_cache_")
+    os.environ.update({
+        "JAX_COMPILATION_CACHE_DIR": cache_dir,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",  # the heavy programs only
+        "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),  # any limit turns on the cache's file lock (parallel writers)
+    })
+
+
+def pytest_configure_node(node):  # pytest-xdist, on the controller, for each worker
+    node.workerinput["jax_cache_dir"] = node.config.jax_cache_dir
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(config.jax_cache_dir, ignore_errors=True)
+
 
 SBDATA_FRAMES, SBDATA_H, SBDATA_W, SBDATA_VIDEOS = 16, 48, 64, 12
 

@@ -81,6 +81,7 @@ def make_stepper(config, mesh):
         new_state, metrics = step(fresh, jax.device_put(data, sharding.batch_sharding(mesh)))
         return jax.device_get(new_state), jax.device_get(metrics)
 
+    run.shardings = shardings
     return run
 
 
@@ -141,7 +142,7 @@ MULTI_DEVICE = textwrap.dedent(
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     from test_train import tiny_config, batch, make_stepper, run_step
-    from smallbig_jax import optim, sharding, train
+    from smallbig_jax import sharding
     assert jax.device_count() == 8
     data = batch(3, n=16)
     one = run_step(tiny_config(batchnorm="global"), sharding.make_mesh(jax.devices()[:1]), data)
@@ -149,9 +150,9 @@ MULTI_DEVICE = textwrap.dedent(
     # FSDP: every array of the tiny model with an axis divisible by 8 split over the 8 devices.
     sharding.FSDP_MIN_SIZE = 0
     fsdp_config = tiny_config(batchnorm="global", params_sharding="fsdp")
-    _, fsdp_state, _ = train.create_train_state(fsdp_config, sharding.make_mesh(), optim.make_optimizer(fsdp_config, 10))
-    fsdp_split = sum(not x.sharding.is_fully_replicated for x in jax.tree.leaves(fsdp_state["params"]))
-    fsdp = run_step(fsdp_config, sharding.make_mesh(), data)
+    fsdp_stepper = make_stepper(fsdp_config, sharding.make_mesh())
+    fsdp_split = sum(not s.is_fully_replicated for s in jax.tree.leaves(fsdp_stepper.shardings["params"]))
+    fsdp = fsdp_stepper(data)
     # Plain SGD (no momentum, no decay): one step is linear in the gradient, so the per-device-BN step of the whole
     # batch must equal the mean of 8 single-device steps on 2 clips each (the loss is a mean over clips).
     plain = dict(optimizer=dict(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0, decay_all_params=True))

@@ -28,25 +28,19 @@ def dataset(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
-
-
 def train_command(dataset, workdir, *extra):
     return [sys.executable, os.path.join(REPO, "scripts", "train.py"),
             f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
             f"--workdir={workdir}", *extra]
 
 
-def env(compile_cache):
-    # The persistent compilation cache makes the second and later runs skip XLA compilation.
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": compile_cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+def env():
+    # Inherits the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def run(dataset, workdir, compile_cache, *extra):
-    out = subprocess.run(train_command(dataset, workdir, *extra), env=env(compile_cache), capture_output=True,
+def run(dataset, workdir, *extra):
+    out = subprocess.run(train_command(dataset, workdir, *extra), env=env(), capture_output=True,
                          text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-4000:]
     return out
@@ -77,9 +71,9 @@ def checkpoint_steps(workdir):
 
 
 @pytest.fixture(scope="module")
-def reference_run(dataset, compile_cache, tmp_path_factory):
+def reference_run(dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("reference"))
-    out = run(dataset, workdir, compile_cache)
+    out = run(dataset, workdir)
     return workdir, json.loads(next(line for line in out.stdout.splitlines() if line.startswith("{")))
 
 
@@ -107,10 +101,10 @@ def wait_for(predicate, proc, timeout=300):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
-def test_interrupted_run_resumes_bit_for_bit(dataset, compile_cache, reference_run, tmp_path, sig):
+def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, sig):
     ref_workdir, _ = reference_run
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(train_command(dataset, workdir, "--config.final_eval=False"), env=env(compile_cache),
+    proc = subprocess.Popen(train_command(dataset, workdir, "--config.final_eval=False"), env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:
         # SIGTERM once the first checkpoint is complete; SIGKILL right after the second save has started.
@@ -126,7 +120,7 @@ def test_interrupted_run_resumes_bit_for_bit(dataset, compile_cache, reference_r
         assert target <= checkpoint_steps(workdir)[-1] < TOTAL_STEPS  # saved where it stopped
     else:
         assert code == -signal.SIGKILL
-    run(dataset, workdir, compile_cache, "--config.final_eval=False")
+    run(dataset, workdir, "--config.final_eval=False")
     assert losses(workdir) == losses(ref_workdir)
     got, want = final_state(workdir), final_state(ref_workdir)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -141,12 +135,12 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, compile_cache, tmp_path):
+def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, tmp_path):
     """The real multi-host path: two processes joined by jax.distributed on 127.0.0.1, each feeding its shard."""
     extra = ["--config.batch_size=8", "--config.num_epochs=1", "--config.final_eval=False",
              "--config.batchnorm=per_device"]
     single = str(tmp_path / "single")
-    eight = {**env(compile_cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    eight = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     out = subprocess.run(train_command(dataset, single, *extra), env=eight, capture_output=True, text=True,
                          timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-4000:]
@@ -154,7 +148,7 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
     port = free_port()
     procs = []
     for i in range(2):
-        proc_env = {**env(compile_cache), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        proc_env = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
                     "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}", "SMALLBIG_NUM_PROCESSES": "2",
                     "SMALLBIG_PROCESS_ID": str(i)}
         procs.append(subprocess.Popen(train_command(dataset, multi, *extra), env=proc_env, stdout=subprocess.PIPE,
