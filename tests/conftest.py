@@ -33,7 +33,8 @@ def pytest_configure(config):
     })
 
 
-def pytest_configure_node(node):  # pytest-xdist, on the controller, for each worker
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest without xdist must not reject it
+def pytest_configure_node(node):  # on the controller, for each worker
     node.workerinput["jax_cache_dir"] = node.config.jax_cache_dir
 
 
