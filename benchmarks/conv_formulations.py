@@ -1,12 +1,12 @@
-r"""Op-level timing of the conv formulations the model could use, at SmallBig-R50's real shapes, next to PyTorch.
+r"""Op-level timing of SmallBig-R50's convs in the formulations XLA:CPU offers, next to PyTorch.
 
   python benchmarks/conv_formulations.py --frames_x_batch 16 --steps 5
 
 For every distinct conv of SmallBig-R50 at 8x224x224, batch 2 (frames folded into the batch: N*T = 16), times the
 forward and the forward+backward (gradients of input and kernel) of:
-  conv2d   lax.conv_general_dilated on [N*T, H, W, C] (the model's formulation before this study)
-  im2col   kh*kw shifted (strided) slices concatenated on channels, then one matmul [M, kh*kw*C] x [kh*kw*C, O]
-  dot      for 1x1 convs: a plain matmul [M, C] x [C, O] (strided slice first for stride 2)
+  ynnpack  lax.conv_general_dilated compiled with XLA:CPU's defaults (convolutions go to YNNPACK)
+  xla      the same compiled with `layers.compiler_options("cpu")` (convolutions stay with XLA's own Eigen conv)
+  model    `layers.conv2d` in the CPU formulation, compiled like the model (1x1 convs: a plain matmul; kxk: as xla)
   torch    torch.nn.functional.conv2d, channels_last, same shapes (oneDNN)
 Rows alternate between formulations step by step, so machine load hits all of them alike. Results are printed as
 a table; the whole-model effect of a formulation is measured with scripts/benchmark.py --compare-torch.
@@ -14,6 +14,7 @@ a table; the whole-model effect of a formulation is measured with scripts/benchm
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -23,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from smallbig_jax.models.layers import conv2d_im2col
+from smallbig_jax.models import layers
 
 _NT = flags.DEFINE_integer("frames_x_batch", 16, "N*T of the folded batch.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per formulation.")
@@ -53,14 +54,6 @@ def conv2d(x, w, stride, pad):
     return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def dot1x1(x, w, stride, pad):
-    del pad
-    if stride > 1:
-        x = x[:, ::stride, ::stride]
-    n, h, wd, c = x.shape
-    return (x.reshape(-1, c) @ w[0, 0]).reshape(n, h, wd, -1)
-
-
 def timeit(fns, steps):
     times = {k: [] for k in fns}
     for i in range(steps + 1):
@@ -76,26 +69,26 @@ def main(argv):
     del argv
     import torch
 
-    torch.set_num_threads(jax.local_device_count() and __import__("os").cpu_count())
+    torch.set_num_threads(os.cpu_count())
+    layers.set_conv_impl("matmul")
+    options = layers.compiler_options("cpu")
     nt = _NT.value
     rng = np.random.default_rng(0)
-    print(f"{'shape':12} {'x':>4} {'mode':4} " + " ".join(f"{k:>8}" for k in ("conv2d", "im2col/dot", "torch")) + "  (ms)")
+    names = ("ynnpack", "xla", "model", "torch")
+    print(f"{'shape':12} {'x':>4} {'mode':4} " + " ".join(f"{k:>8}" for k in names) + "  (ms)")
     for name, (h, cin, cout, k, stride, count) in SHAPES.items():
         if _ONLY.value and name not in _ONLY.value:
             continue
         pad = k // 2
         x = rng.standard_normal((nt, h, h, cin), np.float32)
         w = (rng.standard_normal((k, k, cin, cout), np.float32) / np.sqrt(k * k * cin)).astype(np.float32)
-        alt = dot1x1 if k == 1 else (lambda x, w, s, p: conv2d_im2col(x, w, s, p))
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=torch.channels_last)
         wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=torch.channels_last)
-        fwd = {
-            "conv2d": jax.jit(lambda x, w: conv2d(x, w, stride, pad)),
-            "alt": jax.jit(lambda x, w: alt(x, w, stride, pad)),
-        }
-        ref = np.asarray(fwd["conv2d"](xj, wj))
-        err = float(np.abs(np.asarray(fwd["alt"](xj, wj)) - ref).max() / np.abs(ref).max())
+        forms = {"ynnpack": (conv2d, None), "xla": (conv2d, options), "model": (layers.conv2d, options)}
+        fwd = {key: jax.jit(lambda x, w, f=f: f(x, w, stride, pad), compiler_options=o) for key, (f, o) in forms.items()}
+        ref = np.asarray(fwd["ynnpack"](xj, wj))
+        err = max(float(np.abs(np.asarray(fwd[key](xj, wj)) - ref).max() / np.abs(ref).max()) for key in forms)
         with torch.inference_mode():
             t_out = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad).permute(0, 2, 3, 1).numpy()
         terr = float(np.abs(t_out - ref).max() / np.abs(ref).max())
@@ -104,20 +97,16 @@ def main(argv):
             with torch.inference_mode():
                 torch.nn.functional.conv2d(xt, wt, stride=stride, padding=pad)
 
-        r = timeit(
-            {
-                "conv2d": lambda: fwd["conv2d"](xj, wj).block_until_ready(),
-                "alt": lambda: fwd["alt"](xj, wj).block_until_ready(),
-                "torch": torch_fwd,
-            },
-            _STEPS.value,
-        )
-        print(f"{name:12} {count:>4} fwd  {r['conv2d']:>8.2f} {r['alt']:>10.2f} {r['torch']:>8.2f}  rel.err {err:.1e} / torch {terr:.1e}", flush=True)
+        steps = {key: (lambda f=f: f(xj, wj).block_until_ready()) for key, f in fwd.items()}
+        r = timeit({**steps, "torch": torch_fwd}, _STEPS.value)
+        print(f"{name:12} {count:>4} fwd  " + " ".join(f"{r[k]:>8.2f}" for k in names)
+              + f"  rel.err {err:.1e} / torch {terr:.1e}", flush=True)
         if not _BWD.value:
             continue
         bwd = {
-            key: jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w, stride, pad) ** 2) * 0.5, argnums=(0, 1)))
-            for key, f in (("conv2d", conv2d), ("alt", alt))
+            key: jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w, stride, pad) ** 2) * 0.5, argnums=(0, 1)),
+                         compiler_options=o)
+            for key, (f, o) in forms.items()
         }
         xg = xt.clone().requires_grad_(True)
         wg = wt.clone().requires_grad_(True)
@@ -127,15 +116,9 @@ def main(argv):
             (y.square().sum() * 0.5).backward()
             xg.grad = wg.grad = None
 
-        r = timeit(
-            {
-                "conv2d": lambda: jax.block_until_ready(bwd["conv2d"](xj, wj)),
-                "alt": lambda: jax.block_until_ready(bwd["alt"](xj, wj)),
-                "torch": torch_bwd,
-            },
-            _STEPS.value,
-        )
-        print(f"{name:12} {count:>4} f+b  {r['conv2d']:>8.2f} {r['alt']:>10.2f} {r['torch']:>8.2f}", flush=True)
+        steps = {key: (lambda f=f: jax.block_until_ready(f(xj, wj))) for key, f in bwd.items()}
+        r = timeit({**steps, "torch": torch_bwd}, _STEPS.value)
+        print(f"{name:12} {count:>4} f+b  " + " ".join(f"{r[k]:>8.2f}" for k in names), flush=True)
 
 
 if __name__ == "__main__":

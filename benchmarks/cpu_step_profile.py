@@ -1,14 +1,15 @@
-r"""Where a JAX step's time goes on CPU: step time, page faults, time per source line; and two kernel comparisons.
+r"""Where a JAX step's time goes on CPU: step time, page faults, time per source line; and a BatchNorm-sum kernel.
 
   python benchmarks/cpu_step_profile.py --mode train                   # step time, page faults, kernel time
   SMALLBIG_KEEP_HOST_MEMORY=0 python benchmarks/cpu_step_profile.py    # the same under glibc's defaults
   python benchmarks/cpu_step_profile.py --mode eval --by_line 25       # + the 25 source lines taking most time
-  python benchmarks/cpu_step_profile.py --kernels                      # BN sums; kernel gradient and 3x3 conv forms
+  python benchmarks/cpu_step_profile.py --kernels                      # BN sums over [1, N, C] and [N, C]
 
 The step is `smallbig_jax.benchmark.jax_steps` (SmallBig-R50, 8x224x224, batch 2, float32, as scripts/benchmark.py).
 `--by_line` traces one step with `jax.profiler`, reads the trace back with `jax.profiler.ProfileData` and maps each
 XLA fusion to the innermost smallbig_jax source line in the optimised HLO dump (thread time, summed over threads).
-`--kernels` times the microbenchmarks behind BENCHMARKS.md's round 2 (rows 11 and 13) and round 3 (row 22).
+`--kernels` times the microbenchmark behind BENCHMARKS.md's round 2, row 11; the convs' microbenchmarks are in
+`benchmarks/conv_formulations.py`.
 """
 
 from smallbig_jax.host_memory import keep_freed_host_memory
@@ -47,7 +48,6 @@ def kernels() -> None:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    from jax import lax
 
     rng = np.random.default_rng(0)
     n, c = 50176, 64  # layer1 at 8x224x224, batch 2: 2*8*56*56 elements of 64 channels
@@ -58,47 +58,6 @@ def kernels() -> None:
         f"BN sum of g*x over {n} elements, {c} channels: [1, N, C] over axis 1 {_median_ms(sum_3d, x, g):.2f} ms, "
         f"[N, C] over axis 0 {_median_ms(sum_2d, x, g):.2f} ms"
     )
-    for h, ch in [(56, 64), (28, 128), (14, 256), (7, 512)]:
-        x = jnp.asarray(rng.standard_normal((16, h, h, ch), dtype=np.float32))
-        dy = jnp.asarray(rng.standard_normal((16, h, h, ch), dtype=np.float32))
-
-        def taps(x):
-            xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-            return [
-                lax.slice(xp, (0, i, j, 0), (16, i + h, j + h, ch)).reshape(-1, ch) for i in range(3) for j in range(3)
-            ]
-
-        per_tap = jax.jit(lambda x, dy: jnp.stack([t.T @ dy.reshape(-1, ch) for t in taps(x)]))
-        im2col = jax.jit(lambda x, dy: jnp.concatenate(taps(x), axis=1).T @ dy.reshape(-1, ch))
-
-        def xla_conv(x, dy):
-            conv = lambda w: lax.conv_general_dilated(
-                x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
-            return jax.vjp(conv, jnp.zeros((3, 3, ch, ch)))[1](dy)[0]
-
-        print(
-            f"3x3 kernel gradient at {h} px, {ch} channels, 16 frames: one matmul per tap "
-            f"{_median_ms(per_tap, x, dy, steps=5):.1f} ms, im2col {_median_ms(im2col, x, dy, steps=5):.1f} ms, "
-            f"XLA conv autodiff {_median_ms(jax.jit(xla_conv), x, dy, steps=5):.1f} ms"
-        )
-    from smallbig_jax.models.layers import _conv2d_xla, conv2d_im2col
-
-    # (input px, channels, frames, stride): layer4's 3x3 at 224 px (7x7) and 112 px (4x4), layer3's (14x14), and
-    # the strided convs into layer4 and layer3.
-    shapes = [(7, 512, 8, 1), (7, 512, 16, 1), (7, 512, 32, 1), (7, 512, 64, 1), (4, 512, 32, 1), (14, 256, 16, 1)]
-    for h, ch, frames, stride in shapes + [(14, 512, 16, 2), (28, 256, 16, 2)]:
-        x = jnp.asarray(rng.standard_normal((frames, h, h, ch), dtype=np.float32))
-        w = jnp.asarray(rng.standard_normal((3, 3, ch, ch), dtype=np.float32))
-        direct = jax.jit(lambda x, w: _conv2d_xla(x, w, stride, 1))
-        im2col = jax.jit(lambda x, w: conv2d_im2col(x, w, stride, 1))
-        # Timed twice each, alternating, best of the two medians: the machine's speed drifts.
-        runs = [[_median_ms(f, x, w, steps=9) for f in (direct, im2col)] for _ in range(2)]
-        a, b = min(r[0] for r in runs), min(r[1] for r in runs)
-        print(
-            f"3x3 conv forward, stride {stride}, {h}x{h} px in, {ch} channels, {frames} frames: direct (XLA/YNNPACK) "
-            f"{a:.1f} ms, im2col matmul {b:.1f} ms ({b / a:.2f})"
-        )
 
 
 def time_per_line(dump_path: str, durations: dict[str, int], limit: int) -> None:

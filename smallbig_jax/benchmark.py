@@ -36,6 +36,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from smallbig_jax.config import DTYPES
+from smallbig_jax.models import layers
 from smallbig_jax.models.smallbig import build_model
 
 # Peak dense matmul throughput per chip, TFLOP/s, by compute dtype. Sources: vendor datasheets (NVIDIA A100/H100/H200
@@ -137,7 +138,9 @@ class JaxStep:
     def __init__(self, fn: Callable, state: tuple, inputs: tuple):
         self.n_state = len(state)
         start = time.perf_counter()
-        self.compiled = jax.jit(fn, donate_argnums=tuple(range(self.n_state))).lower(*state, *inputs).compile()
+        options = layers.compiler_options(jax.tree.leaves(state)[0].devices().pop().platform)
+        donate = tuple(range(self.n_state))
+        self.compiled = jax.jit(fn, donate_argnums=donate, compiler_options=options).lower(*state, *inputs).compile()
         self.compile_s = time.perf_counter() - start
         self.state, self.inputs = state, inputs
         # The cost analysis of an SPMD-partitioned program is that of one device's partition (checked: 2 CPU devices

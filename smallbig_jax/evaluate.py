@@ -18,6 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from smallbig_jax.models import layers
 from smallbig_jax.sharding import replicated
 
 
@@ -29,7 +30,8 @@ def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
     def step(params, batch_stats, clips):
         return nnx.merge(graphdef, params, batch_stats)(clips)
 
-    return jax.jit(step, out_shardings=replicated(mesh))
+    options = layers.compiler_options(mesh.devices.flat[0].platform)
+    return jax.jit(step, out_shardings=replicated(mesh), compiler_options=options)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

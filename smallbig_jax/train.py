@@ -28,7 +28,7 @@ from smallbig_jax import checkpointing, evaluate as evaluation, sharding
 from smallbig_jax.config import model_from_config
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
-from smallbig_jax.models import set_batchnorm_groups
+from smallbig_jax.models import layers, set_batchnorm_groups
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,7 @@ def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh, state
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=layers.compiler_options(mesh.devices.flat[0].platform),
     )
 
 

@@ -1,7 +1,10 @@
-"""The conv formulations ("xla": lax conv + autodiff; "matmul": 1x1 as matmuls, kxk with a hand-written backward)
-give the same values and gradients, alone and in a SmallBig block."""
+"""The conv formulations ("xla": lax conv + autodiff; "matmul": 1x1 convs as matmuls, and the CPU layouts of the
+elementwise passes) give the same values and gradients, alone and in a SmallBig block; the CPU compiler options
+reach XLA."""
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +22,7 @@ def impl():
     layers.set_conv_impl(saved)
 
 
-@pytest.mark.parametrize("k,stride", [(3, 1), (3, 2), (7, 2), (1, 1), (1, 2)])
+@pytest.mark.parametrize("k,stride", [(1, 1), (1, 2)])  # kxk convs are `lax.conv_general_dilated` in both
 def test_conv2d_formulations_agree_in_value_and_gradient(impl, k, stride):
     x = jax.random.normal(jax.random.key(0), (3, 11, 10, 5))
     w = jax.random.normal(jax.random.key(1), (k, k, 5, 6))
@@ -33,6 +36,21 @@ def test_conv2d_formulations_agree_in_value_and_gradient(impl, k, stride):
     np.testing.assert_allclose(v_mm, v_xla, rtol=1e-5)
     for a, b in zip(g_mm, g_xla):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_cpu_compiler_options_give_convolutions_to_xla_and_keep_dots_in_ynnpack():
+    cpu = jax.devices("cpu")[0]
+    x, w = jax.device_put(jnp.ones((2, 16, 16, 64)), cpu), jax.device_put(jnp.ones((3, 3, 64, 64)), cpu)
+
+    def conv_then_dot(x, w):
+        y = layers.conv2d(x, w, 1, 1)
+        return y.reshape(-1, 64) @ w[0, 0]
+
+    hlo = jax.jit(conv_then_dot, compiler_options=layers.compiler_options("cpu")).lower(x, w).compile().as_text()
+    ynn_bodies = [hlo.split(f"%{name} ")[1].split("\n}")[0] for name in re.findall(r"calls=%([\w.-]+).*__ynn_fusion", hlo)]
+    assert "convolution(" in hlo and not any("convolution(" in body for body in ynn_bodies), hlo
+    assert any(" dot(" in body for body in ynn_bodies), hlo
+    assert layers.compiler_options("gpu") is None and layers.compiler_options("tpu") is None
 
 
 def test_auto_picks_matmul_on_cpu_only(impl):

@@ -171,7 +171,6 @@ def reference_max_pool_1d(x, axis, window=3, stride=1, padding=1):
     + [((3, 1, 1), 1, 9)],
 )
 def test_folded_conv_equals_3d_conv_in_value_and_gradient(kernel, stride, size):
-    """Sizes cover both CPU forms of a kxk conv: the direct conv, and im2col for outputs of at most 7x7 pixels."""
     conv = layers.Conv(5, 6, kernel, stride, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 4, size, size + 1, 5))
     graphdef, state = nnx.split(conv)

@@ -28,35 +28,11 @@ def _matmul(a: Array, b: Array) -> Array:
     return jnp.matmul(a, b, preferred_element_type=jnp.promote_types(a.dtype, jnp.float32)).astype(a.dtype)
 
 
-def conv2d_im2col(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    """A 2D conv (NHWC, kernel HWIO, symmetric zero padding) as im2col + one matmul.
-
-    The kh*kw shifted (strided) windows of the padded input are concatenated on the channel axis, `[N, Ho, Wo,
-    kh*kw*C]`, and multiplied by the kernel reshaped to `[kh*kw*C, O]`. Same result as `lax.conv_general_dilated`
-    up to float summation order.
-    """
-    kh, kw, c, o = kernel.shape
-    if padding:
-        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-    n, h, w, _ = x.shape
-    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    pieces = [
-        lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, c), (1, stride, stride, 1))
-        for i in range(kh)
-        for j in range(kw)
-    ]
-    patches = jnp.concatenate(pieces, axis=-1) if len(pieces) > 1 else pieces[0]
-    y = _matmul(patches.reshape(n * ho * wo, kh * kw * c), kernel.reshape(kh * kw * c, o))
-    return y.reshape(n, ho, wo, o)
-
-
-# How a frame-folded 2D conv is computed. "xla": `lax.conv_general_dilated` and its autodiff (cuDNN on GPU, the MXU
-# conv emitter on TPU: best there). "matmul": 1x1 convs as plain matmuls; kxk convs forward with
-# `lax.conv_general_dilated` (fast on XLA:CPU; an im2col matmul on feature maps of 7x7 and smaller) and a
-# hand-written backward (input gradient as a forward conv with the flipped kernel, kernel gradient as one matmul per
-# tap), because XLA:CPU's own conv backward is 3-10x slower than its forward (BENCHMARKS.md, "Model speed on CPU").
-# "auto" (default): "matmul" on CPU, "xla" elsewhere.
-# Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is traced.
+# How a frame-folded 2D conv is computed. "xla": `lax.conv_general_dilated` and its autodiff for every conv (cuDNN on
+# GPU, the MXU conv emitter on TPU: best there). "matmul": the same for kxk convs, but 1x1 convs as plain matmuls,
+# and the CPU-only layouts of the elementwise passes below (`_stored`). "auto" (default): "matmul" on CPU, "xla"
+# elsewhere. Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is
+# traced. On CPU, compile the model's programs with `compiler_options` as well.
 CONV_IMPLS = ("auto", "xla", "matmul")
 _conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
 
@@ -78,28 +54,17 @@ def conv_impl() -> str:
     return _conv_impl
 
 
-def _conv2d_xla(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    return lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
+# XLA:CPU hands convolutions to YNNPACK by default. Its 3x3 conv at 56 px runs at about half the speed of XLA's own
+# (Eigen) conv, and Eigen's conv gradients beat the hand-written ones this file had (BENCHMARKS.md, round 5: train
+# step 12% faster, temporaries 4.6 -> 3.4 GB). Dots and reductions stay with YNNPACK, where they are fastest.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+}
 
 
-# At or below this many output pixels per frame (layer4 at 224 px: 7x7) one im2col matmul is 10-30% faster on CPU
-# than XLA's (YNNPACK's) direct conv, which spends much of a small feature map on its padded border; from 14x14 up
-# the direct conv is faster (BENCHMARKS.md, round 3).
-IM2COL_MAX_OUTPUT_PIXELS = 49
-
-
-def _conv2d_cpu(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    kh, kw = kernel.shape[:2]
-    ho, wo = (x.shape[1] + 2 * padding - kh) // stride + 1, (x.shape[2] + 2 * padding - kw) // stride + 1
-    if ho * wo <= IM2COL_MAX_OUTPUT_PIXELS:
-        return conv2d_im2col(x, kernel, stride, padding)
-    return _conv2d_xla(x, kernel, stride, padding)
+def compiler_options(platform: str) -> dict[str, str] | None:
+    """`compiler_options` for `jax.jit` of a program that runs the model on `platform` ("cpu", "gpu", "tpu")."""
+    return dict(_CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
 def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
@@ -109,47 +74,17 @@ def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
     return _matmul(x.reshape(n * h * w, c), kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv2d_fast_backward(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    return _conv2d_cpu(x, kernel, stride, padding)
-
-
-def _conv2d_fast_backward_fwd(x, kernel, stride, padding):
-    return _conv2d_cpu(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv2d_fast_backward_bwd(stride, padding, residuals, dy):
-    x, kernel = residuals
-    kh, kw, c, o = kernel.shape
-    if stride != 1 or kh - 1 - padding < 0:  # strided: autodiff of the im2col form (no dilated conv needed)
-        _, vjp = jax.vjp(lambda x, k: conv2d_im2col(x, k, stride, padding), x, kernel)
-        return vjp(dy)
-    # dx: the transposed conv of stride 1 is a forward conv of dy with the spatially flipped, I/O-swapped kernel.
-    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    dx = _conv2d_cpu(dy, flipped, 1, kh - 1 - padding) if kh == kw else None
-    if dx is None:
-        _, vjp = jax.vjp(lambda x: conv2d_im2col(x, kernel, stride, padding), x)
-        (dx,) = vjp(dy)
-    # dkernel[i, j] = (x shifted by tap (i, j))^T @ dy: one matmul per tap, contracting over every output pixel
-    # (15-40% faster on XLA:CPU than one matmul on the kh*kw-times larger im2col matrix).
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0))) if padding else x
-    n, ho, wo, _ = dy.shape
-    dy_flat = dy.reshape(n * ho * wo, o)
-    taps = [lax.slice(xp, (0, i, j, 0), (n, i + ho, j + wo, c)) for i in range(kh) for j in range(kw)]
-    dkernel = jnp.stack([_matmul(tap.reshape(n * ho * wo, c).T, dy_flat) for tap in taps]).reshape(kh, kw, c, o)
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
-
-
-_conv2d_fast_backward.defvjp(_conv2d_fast_backward_fwd, _conv2d_fast_backward_bwd)
-
-
 def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
     """2D conv, NHWC input, HWIO kernel, symmetric zero padding, in the formulation `conv_impl()` selects."""
-    if conv_impl() == "xla":
-        return _conv2d_xla(x, kernel, stride, padding)
-    if kernel.shape[0] == kernel.shape[1] == 1 and padding == 0:
+    if conv_impl() == "matmul" and kernel.shape[0] == kernel.shape[1] == 1 and padding == 0:
         return _conv1x1_matmul(x, kernel, stride)
-    return _conv2d_fast_backward(x, kernel, stride, padding)
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 def relu_written_once(x: Array) -> Array:
