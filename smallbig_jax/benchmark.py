@@ -135,12 +135,11 @@ def time_interleaved(
 class JaxStep:
     """A compiled step with its state: `fn(*state, *inputs) -> (*new_state, *outputs)`, state donated and fed back."""
 
-    def __init__(self, fn: Callable, state: tuple, inputs: tuple):
+    def __init__(self, fn: Callable, state: tuple, inputs: tuple, compiler_options: dict[str, str] | None = None):
         self.n_state = len(state)
         start = time.perf_counter()
-        options = layers.compiler_options(jax.tree.leaves(state)[0].devices().pop().platform)
-        donate = tuple(range(self.n_state))
-        self.compiled = jax.jit(fn, donate_argnums=donate, compiler_options=options).lower(*state, *inputs).compile()
+        jitted = jax.jit(fn, donate_argnums=tuple(range(self.n_state)), compiler_options=compiler_options)
+        self.compiled = jitted.lower(*state, *inputs).compile()
         self.compile_s = time.perf_counter() - start
         self.state, self.inputs = state, inputs
         # The cost analysis of an SPMD-partitioned program is that of one device's partition (checked: 2 CPU devices
@@ -232,13 +231,14 @@ def jax_steps(model, clips: np.ndarray, labels: np.ndarray, mesh: Mesh, *, lr: f
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, new_stats, loss
 
+    options = layers.compiler_options(mesh.devices.flat[0].platform)  # the model's own compile options
     out = {}
     if "eval" in modes:
         state = jax.tree.map(jnp.copy, (params, stats))
-        out["eval forward"] = JaxStep(forward, state, (x,))
+        out["eval forward"] = JaxStep(forward, state, (x,), options)
     if "train" in modes:
         state = (params, opt_state, stats)
-        out["train step"] = JaxStep(train_step, state, (x, y))
+        out["train step"] = JaxStep(train_step, state, (x, y), options)
     return out
 
 
