@@ -62,7 +62,7 @@ def test_auto_picks_matmul_on_cpu_only(impl):
 
 def _smallbig_block_grads(impl_name: str, stride: int, dtype=jnp.float64):
     """Value and parameter gradients of one SmallBig block (train mode, non-zero big-view BNs); parameters in float64
-    (float32 for a bfloat16 block)."""
+    (float32 for a bfloat16 block). The "matmul" (CPU) run is compiled with the CPU compiler options, as training is."""
     from smallbig_jax.models import smallbig
 
     layers.set_conv_impl(impl_name)
@@ -77,7 +77,8 @@ def _smallbig_block_grads(impl_name: str, stride: int, dtype=jnp.float64):
         y = nnx.merge(graphdef, params, rest, copy=True)(x)
         return jnp.sum(jnp.tanh(y) * jnp.cos(y)), y
 
-    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    options = layers.compiler_options("cpu") if impl_name == "matmul" else None  # compiled as the CPU train step is
+    return jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=options)(params)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
