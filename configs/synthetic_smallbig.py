@@ -13,8 +13,8 @@ the dataset there.
   python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
   python scripts/train.py --config configs/synthetic_smallbig.py:res50 --workdir workdirs/synthetic_res50
 
-Hardware: 2 CPU cores, about 4 minutes (28 s to the first step, then ~50 clips/s). Expected on the 200 held-out videos
-(2 clips x 3 crops): SmallBig 99.5% top-1, res50 29% (chance: 20%).
+Hardware: 2 CPU cores, about 2.5 minutes (20 s to the first step). Expected on the 200 held-out videos (2 clips x 3
+crops): SmallBig 98-100% top-1 (98% in the last measurement, BENCHMARKS.md), res50 29% (chance: 20%).
 """
 
 from smallbig_jax.config import official_recipe
