@@ -85,7 +85,8 @@ class VideoScores:
             "excluded_videos": int(self.broken.sum()),
             "missing_videos": int((~seen & ~self.broken).sum()),
             "predictions": [
-                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]])}
+                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]]),
+                 "top5_scores": s[t].tolist()}
                 for v, l, t, s in zip(np.flatnonzero(seen), labels, top5, scores)
             ],
         }
@@ -130,7 +131,8 @@ def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: A
 
 
 def write_predictions(path: str, result: dict[str, Any]) -> None:
-    """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score."""
+    """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score, and
+    the fused scores of the top-5 classes."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     names = result.get("names", {})
     with open(path + ".tmp", "w") as f:
