@@ -240,3 +240,62 @@ def test_corrupt_jpeg_frame(sbdata_dir, tmp_path):
         src.load(0, lambda n: np.arange(n))
     frames, _ = src.load(0, lambda n: np.array([0, 1, 3]))  # the other frames still read
     np.testing.assert_array_equal(sbdata_frame_ids(frames), [0, 1, 3])
+
+
+@pytest.mark.parametrize(
+    "name,text,reader,match",
+    [
+        ("label too big", "a 3 1\nb 3 7\n", lists.read_frame_list, r"l\.txt:2: label 7 is outside the valid range \[0, 5\)"),
+        ("negative label", "a 3 -1\n", lists.read_frame_list, r"l\.txt:1: label -1 is outside the valid range \[0, 5\)"),
+        ("video label", "a.mp4 0\nb.mp4 5\n", lists.read_video_list, r"l\.txt:2: label 5 is outside .*\[0, 5\)"),
+        # The frame count kept, the label lost: another column count than the first line, never label 16.
+        (
+            "lost label",
+            "a.mp4 16 1\nclip.mp4 16\n",
+            lists.read_video_list,
+            r"l\.txt:2: expected '<path> <num_frames> <label>' \(3 columns, as on the first line .*l\.txt:1\), "
+            r"got 'clip\.mp4 16'",
+        ),
+        # A list of '<path> <label>' lines decides its format on line 1: a 3-column line later is refused too.
+        ("extra column", "a.mp4 1\nb.mp4 16 1\n", lists.read_video_list, r"l\.txt:2: expected '<path> <label>'"),
+    ],
+)
+def test_bad_labels_and_mixed_formats(tmp_path, name, text, reader, match):
+    (tmp_path / "l.txt").write_text(text)
+    with pytest.raises(DataError, match=match):
+        reader(str(tmp_path / "l.txt"), 5)
+
+
+def test_bad_labels_in_csv_and_arrayrecord(tmp_path, sbdata_arrayrecord):
+    (tmp_path / "l.csv").write_text("path,label\na.mp4,1\n\nb.mp4,9\n")
+    with pytest.raises(DataError, match=r"l\.csv:4: label 9 is outside the valid range \[0, 5\)"):
+        lists.read_video_list(str(tmp_path / "l.csv"), 5)
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,1,extra\n")
+    with pytest.raises(DataError, match=r"m\.csv:2: expected the header's 2 columns"):
+        lists.read_video_list(str(tmp_path / "m.csv"), 5)
+    out, _ = sbdata_arrayrecord
+    src = sources.ArrayRecordSource(f"{out}/jpeg", "train", num_classes=2)  # labels are v % 3
+    assert src.label(1) == 1
+    with pytest.raises(DataError, match=r"\[train\] record 2 \(vid02\): label 2 is outside the valid range \[0, 2\)"):
+        src.load(2, lambda n: IDX)
+
+
+def test_dataset_scripts_name_the_bad_label(sbdata_dir, tmp_path, capsys):
+    """check_dataset.py and prepare_dataset.py stop at the line with an out-of-range label; nothing is written."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import check_dataset
+        import prepare_dataset
+    finally:
+        sys.path.pop(0)
+    lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 16, 0), ("vid01", 16, 3)])
+    common = ["--num_classes", "3", "--root", f"{sbdata_dir}/frames"]
+    assert check_dataset.main(["--format", "frames", "--list", str(tmp_path / "l.txt"), "--quiet"] + common) == 1
+    assert "l.txt:2: label 3 is outside the valid range [0, 3)" in capsys.readouterr().out
+    out = tmp_path / "ar"
+    args = ["--input_format", "frames", "--split", f"train={tmp_path}/l.txt", "--out", str(out)] + common
+    assert prepare_dataset.main(args) == 1
+    assert "l.txt:2: label 3 is outside the valid range [0, 3)" in capsys.readouterr().err
+    assert not out.exists()
