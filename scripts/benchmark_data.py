@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             src._record(i % len(src))
 
         read_tfds = clips_per_cpu_second(lambda i: src._open()[i % len(src)], a.clips)[0]
-        zsrc = sources.ArrayRecordSource(zstd_copy(root), "train", num_classes=a.videos)  # The shards as TFDS writes them by default.
+        # The shards as TFDS writes them by default.
+        zsrc = sources.ArrayRecordSource(zstd_copy(root), "train", num_classes=a.videos)
         read_zstd = clips_per_cpu_second(lambda i: zsrc._open()[i % len(zsrc)], a.clips)[0]
         read = clips_per_cpu_second(fast_read, a.clips)[0]
         load = clips_per_cpu_second(lambda i: src.load(i % len(src), choose), a.clips)[0]

@@ -311,10 +311,8 @@ def test_resume_on_another_host_or_worker_count(cfg):
     assert again["position"] == 24 and again["steps"] == 6 and again["layout"]["start_position"] == 12
     fresh = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     fresh.set_state(again)  # Saved by a position-resumed loader: resumes by position again.
-    np.testing.assert_array_equal(
-        np.asarray(next(fresh)["label"]),
-        _take(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=4, seed=0, start_position=24), 1)[0]["label"],
-    )
+    expect = _take(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=4, seed=0, start_position=24), 1)
+    np.testing.assert_array_equal(np.asarray(next(fresh)["label"]), expect[0]["label"])
     fresh.close()
 
 

@@ -245,8 +245,8 @@ def test_corrupt_jpeg_frame(sbdata_dir, tmp_path):
 @pytest.mark.parametrize(
     "name,text,reader,match",
     [
-        ("label too big", "a 3 1\nb 3 7\n", lists.read_frame_list, r"l\.txt:2: label 7 is outside the valid range \[0, 5\)"),
-        ("negative label", "a 3 -1\n", lists.read_frame_list, r"l\.txt:1: label -1 is outside the valid range \[0, 5\)"),
+        ("label too big", "a 3 1\nb 3 7\n", lists.read_frame_list, r"l\.txt:2: label 7 is outside .* \[0, 5\)"),
+        ("negative label", "a 3 -1\n", lists.read_frame_list, r"l\.txt:1: label -1 is outside .* \[0, 5\)"),
         ("video label", "a.mp4 0\nb.mp4 5\n", lists.read_video_list, r"l\.txt:2: label 5 is outside .*\[0, 5\)"),
         # The frame count kept, the label lost: another column count than the first line, never label 16.
         (

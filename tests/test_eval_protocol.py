@@ -239,8 +239,9 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     overrides = {"model.variant": "smallbig23", "model.num_classes": num_classes, "model.base_width": 8,
-                 "data.format": "frames", "data.root": tmp_path / "frames", "data.val_list": tmp_path / "frames/list.txt",
-                 "data.num_frames": t, "data.num_clips": 10, "data.num_crops": 3, "eval_batch_size": 30}
+                 "data.format": "frames", "data.root": tmp_path / "frames", "data.num_frames": t,
+                 "data.val_list": tmp_path / "frames" / "list.txt", "data.num_clips": 10, "data.num_crops": 3,
+                 "eval_batch_size": 30}
     r = subprocess.run([sys.executable, f"{ROOT}/scripts/evaluate.py", "--config",
                         f"{ROOT}/configs/kinetics400_smallbig50_8x8.py", "--converted", str(tmp_path / "converted"),
                         "--predictions", str(tmp_path / "pred.jsonl")]

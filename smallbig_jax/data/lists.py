@@ -45,7 +45,7 @@ def _int(text: str, what: str, where: str) -> int:
 def check_label(label: int, num_classes: int, where: str) -> int:
     """``label`` if it is in ``[0, num_classes)``, else :class:`DataError` naming ``where`` and the range."""
     if not 0 <= label < num_classes:
-        raise DataError(f"{where}: label {label} is outside the valid range [0, {num_classes}) of {num_classes} classes")
+        raise DataError(f"{where}: label {label} is outside the valid range [0, {num_classes}) ({num_classes} classes)")
     return label
 
 
@@ -119,10 +119,8 @@ def _read_video_csv(list_file: str, num_classes: int) -> list[VideoEntry]:
                 raise DataError(f"{where}: expected the header's {len(fields)} columns {fields}, got {row}")
             if row.get("path") in (None, "") or row.get("label") in (None, ""):
                 raise DataError(f"{where}: missing 'path' or 'label' in {row}")
-            frames = row.get("num_frames") or "-1"
-            entries.append(
-                VideoEntry(row["path"], _label(row["label"], num_classes, where), _int(frames, "num_frames", where), where)
-            )
+            frames = _int(row.get("num_frames") or "-1", "num_frames", where)
+            entries.append(VideoEntry(row["path"], _label(row["label"], num_classes, where), frames, where))
     return entries
 
 

@@ -260,7 +260,7 @@ class EvalExample:
                 self._clip(v, clip_i)
                 self.source.label(v)
             except Exception as err:
-                return f"{type(err).__name__}: {err}" if not isinstance(err, DataError) else str(err)
+                return str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
         return "a view could not be cut (see the warning logged for it)"
 
     def __call__(self, q: int) -> dict[str, np.ndarray]:
@@ -286,7 +286,7 @@ class EvalExample:
                 raise
             log.warning("excluded from evaluation: %s: %s", self.source.name(v), err)
             return {**empty, "label": np.int32(-1), "video_index": np.int32(v), "broken": np.bool_(True)}
-        return {"clip": view, "label": label, "video_index": np.int32(v), "mask": np.bool_(True), "broken": np.bool_(False)}
+        return {**empty, "clip": view, "label": label, "video_index": np.int32(v), "mask": np.bool_(True)}
 
 
 def _shard_options(shard_options: grain.sharding.ShardOptions | None) -> grain.sharding.ShardOptions:
