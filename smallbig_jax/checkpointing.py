@@ -188,7 +188,7 @@ class Manager(ocp.CheckpointManager):
 def make_manager(workdir: str, *, keep: int = 2, save_every: int = 0, async_save: bool = True,
                  read_only: bool = False) -> ocp.CheckpointManager:
     """A manager for `<workdir>/checkpoints`: last `keep` checkpoints plus the best by `BEST_METRIC`.
-    `read_only` (evaluation) creates and deletes nothing."""
+    `read_only` (evaluation) creates and cleans up nothing (orbax's own `read_only` option logs warnings)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
             ocp.checkpoint_managers.LatestN(keep),
@@ -200,7 +200,6 @@ def make_manager(workdir: str, *, keep: int = 2, save_every: int = 0, async_save
         preservation_policy=policy,
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=not read_only,
-        read_only=read_only,
         create=not read_only,
     )
     return Manager(_checkpoints_dir(workdir), options, ("state", "data", "config"))
