@@ -3,8 +3,9 @@ skipped, and the run ends exactly where a clean one does), config changes on res
 `old -> new`, or continued with exactly the steps the new config asks for), bad config values (refused before
 anything compiles) and the entry points' one-message exits.
 
-One clean tiny run (checkpoints at steps 6 and 8) is trained in this process and copied for each case; the resumes
-train in this process too and reuse its compiled steps through the persistent compilation cache."""
+One clean tiny run (a checkpoint at every step, all kept) is trained in this process and copied for each case; the
+resumes train in this process too and reuse its compiled steps through the persistent compilation cache (the
+constant learning rate keeps the compiled step the same when `num_epochs` changes)."""
 
 import hashlib
 import importlib.util
@@ -20,14 +21,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from smallbig_jax import checkpointing, config as config_lib, evaluate, train
+from smallbig_jax import checkpointing, cli, config as config_lib, evaluate, train
 from smallbig_jax.data import synthetic
 
 pytestmark = pytest.mark.xdist_group("faults")  # one worker: the tests share the module's clean run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "synthetic_smallbig.py")
-LAST = 8  # 16 videos / batch 4 x 2 epochs; checkpoints every 2 steps, the last 2 kept: steps 6 and 8
+LAST = 8  # 16 videos / batch 4 x 2 epochs
 
 
 def tiny_config(dataset, **overrides):
@@ -36,6 +37,8 @@ def tiny_config(dataset, **overrides):
     spec.loader.exec_module(module)
     config = module.get_config(f"tiny,dir={dataset}")
     config.final_eval = False
+    config.schedule.decay = "constant"
+    config.checkpoint_every, config.keep_checkpoints = 1, LAST
     for field, value in overrides.items():
         *parents, name = field.split(".")
         node = config
@@ -56,7 +59,7 @@ def dataset(tmp_path_factory):
 def clean_run(dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("clean"))
     result = train.train_and_evaluate(tiny_config(dataset), workdir)
-    assert result["steps"] == LAST and checkpointing.list_steps(workdir) == [6, LAST]
+    assert result["steps"] == LAST and checkpointing.list_steps(workdir) == list(range(1, LAST + 1))
     return workdir
 
 
@@ -100,33 +103,44 @@ def interrupt_save(step_dir):
     os.rename(step_dir, step_dir + checkpointing.TMP_SUFFIX)
 
 
-FAULTS = {  # name: (damage step folder, what the warning says)
-    "truncated array file": (lambda d: truncate(largest_file(os.path.join(d, "state", "ocdbt.process_0"))), "bytes"),
-    "deleted _METADATA": (lambda d: os.remove(os.path.join(d, "state", "_METADATA")), "state/_METADATA is missing"),
-    "64 bytes flipped, same size": (lambda d: flip_bytes(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
-                                    "does not match its checksum"),
-    "truncated iterator state": (lambda d: truncate(os.path.join(d, "data", "metadata")), "data/metadata has"),
-    "committed without manifest": (lambda d: os.remove(os.path.join(d, checkpointing.MANIFEST)),
-                                   "save did not complete"),
-    "interrupted save": (interrupt_save, "interrupted save"),
+FAULTS = {  # step: (fault, damage to its folder, what the warning says)
+    8: ("interrupted save", interrupt_save, "checkpoint 8: an interrupted save"),
+    7: ("committed without manifest", lambda d: os.remove(os.path.join(d, checkpointing.MANIFEST)),
+        "step 7 in {root} is damaged: no checksums.json (its save did not complete)"),
+    6: ("64 bytes flipped, same size", lambda d: flip_bytes(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
+        "step 6 in {root} is damaged: state/ocdbt.process_0/d/"),
+    5: ("truncated iterator state", lambda d: truncate(os.path.join(d, "data", "metadata")),
+        "step 5 in {root} is damaged: data/metadata has"),
+    4: ("deleted _METADATA", lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+        "step 4 in {root} is damaged: state/_METADATA is missing"),
+    3: ("truncated array file", lambda d: truncate(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
+        "step 3 in {root} is damaged: state/ocdbt.process_0/d/"),
 }
 
 
-@pytest.mark.parametrize("fault", FAULTS)
-def test_damaged_newest_checkpoint_is_reported_skipped_and_training_ends_as_a_clean_run(
-        dataset, clean_run, tmp_path, caplog, fault):
+def damage(workdir, steps):
+    for step in steps:
+        FAULTS[step][1](os.path.join(workdir, "checkpoints", str(step)))
+
+
+def test_each_damaged_checkpoint_is_reported_and_skipped_and_training_ends_as_a_clean_run(
+        dataset, clean_run, tmp_path, caplog):
+    """One fault per step, 3 to 8: the resume names each, restores step 2 and retrains steps 3-8 bit for bit."""
     workdir = copy_of(clean_run, tmp_path)
-    damage, says = FAULTS[fault]
-    damage(os.path.join(workdir, "checkpoints", str(LAST)))
+    damage(workdir, FAULTS)
     with caplog.at_level(logging.INFO, logger="smallbig_jax"):
         result = train.train_and_evaluate(tiny_config(dataset), workdir)
+    root = os.path.join(workdir, "checkpoints")
     warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
-    assert f"checkpoint {LAST}: " in warnings or f"checkpoint step {LAST} " in warnings
-    assert says in warnings
-    assert "at step 6" in caplog.text  # "resumed from <workdir>/checkpoints at step 6"
+    for step, (fault, _, says) in FAULTS.items():
+        assert says.format(root=root) in warnings, fault
+    assert "does not match its checksum" in warnings and "has 0 bytes" not in warnings
+    assert f"resumed from {root} at step 2" in caplog.text
+    assert sorted(os.listdir(os.path.join(workdir, "damaged_checkpoints"))) == ["3", "4", "5", "6", "7"]
     assert result["steps"] == LAST
-    assert_same_state(state_at(workdir, LAST), state_at(clean_run, LAST))  # steps 7-8 retrained from step 6
-    assert checkpointing.verify(checkpointing._checkpoints_dir(workdir) / str(LAST)) is None
+    for step in range(3, LAST + 1):  # saved again, intact, equal to the clean run's
+        assert checkpointing.verify(checkpointing._checkpoints_dir(workdir) / str(step)) is None
+    assert_same_state(state_at(workdir, LAST), state_at(clean_run, LAST))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, LAST + 1))  # no replayed duplicates
 
@@ -144,16 +158,19 @@ def tree_digest(folder):
 
 def test_all_checkpoints_damaged_is_a_clear_error_and_nothing_is_changed(dataset, clean_run, tmp_path):
     workdir = copy_of(clean_run, tmp_path)
-    FAULTS["truncated array file"][0](os.path.join(workdir, "checkpoints", str(LAST)))
-    FAULTS["deleted _METADATA"][0](os.path.join(workdir, "checkpoints", "6"))
+    damage(workdir, [7, 6, 5, 4, 3])
+    for step in (8, 2, 1):
+        FAULTS[3][1](os.path.join(workdir, "checkpoints", str(step)))
     before = tree_digest(workdir)
     with pytest.raises(checkpointing.CheckpointError) as error:
         train.train_and_evaluate(tiny_config(dataset), workdir)
-    assert "no intact checkpoint" in str(error.value)
-    assert "step 8: state/ocdbt.process_0/" in str(error.value) and "step 6: state/_METADATA is missing" in str(error.value)
+    message = str(error.value)
+    assert message.startswith(f"no intact checkpoint in {workdir}/checkpoints; nothing was changed")
+    assert "step 4: state/_METADATA is missing" in message and "step 1: state/ocdbt.process_0/d/" in message
+    assert len(message.splitlines()) == 1 + LAST
     assert tree_digest(workdir) == before
-    with pytest.raises(checkpointing.CheckpointError, match="step 8 .* is damaged"):
-        evaluate.evaluate_checkpoint(tiny_config(dataset), workdir=workdir, step=LAST)
+    with pytest.raises(checkpointing.CheckpointError, match="step 6 .* is damaged: .* does not match its checksum"):
+        evaluate.evaluate_checkpoint(tiny_config(dataset), workdir=workdir, step=6)
 
 
 def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_compiling(
@@ -178,7 +195,7 @@ def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_com
         train.train_and_evaluate(tiny_config(dataset, **{"data.train_list": shorter}), workdir)
     with pytest.raises(config_lib.ConfigError, match="past the last step"):
         train.train_and_evaluate(tiny_config(dataset, num_epochs=1), workdir)
-    assert checkpointing.list_steps(workdir) == [6, LAST]
+    assert checkpointing.list_steps(workdir) == list(range(1, LAST + 1))
 
 
 def test_resume_with_more_epochs_trains_exactly_the_added_epochs(dataset, clean_run, tmp_path, caplog):
@@ -190,6 +207,7 @@ def test_resume_with_more_epochs_trains_exactly_the_added_epochs(dataset, clean_
     assert result["steps"] == 12
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, LAST + 1)) + [10, 12]
+    assert checkpointing.list_steps(workdir)[-1] == 12
     _, data_state = checkpointing.restore_run_info(checkpointing.make_manager(workdir, read_only=True), 12)
     assert data_state["position"] == 3 * 16 and data_state["num_videos"] == 16  # samples: exactly three epochs
 
@@ -252,7 +270,7 @@ def script(name, *args):
                           text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
-def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset, clean_run, tmp_path):
+def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset, tmp_path):
     config = f"--config={CONFIG_FILE}:tiny,dir={dataset}"
     bad_list = str(tmp_path / "bad.txt")
     with open(os.path.join(dataset, "train.txt")) as f, open(bad_list, "w") as out:
@@ -266,16 +284,32 @@ def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset
         (script("evaluate.py", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
         (script("train.py", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
          "config.checkpoint_every=0: expected an integer >= 1"),
-        (script("evaluate.py", config, f"--workdir={clean_run}", "--step=5"), "(steps there: 6, 8)"),
-        (script("evaluate.py", config, f"--workdir={clean_run}", "--best"), "has evaluation metrics"),
     ]
     for out, says in cases:
         assert out.returncode == 2, out.stderr[-3000:]
         assert says in out.stderr and out.stderr.startswith("error: "), out.stderr[-3000:]
         assert len(out.stderr.strip().splitlines()) < 5, out.stderr
-        assert "Traceback" not in out.stderr
-    assert not os.path.exists(missing)
-    debug = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "evaluate.py"), config,
-                            f"--workdir={missing}"], capture_output=True, text=True, timeout=300, cwd=REPO,
-                           env={**os.environ, "JAX_PLATFORMS": "cpu", "SMALLBIG_DEBUG": "1"})
-    assert debug.returncode != 0 and "Traceback" in debug.stderr
+    assert not os.path.exists(missing) and not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_debug_setting_shows_the_traceback(monkeypatch):
+    @cli.user_errors_exit
+    def main():
+        raise config_lib.ConfigError("config.log_every=0: expected an integer >= 1")
+
+    monkeypatch.delenv(cli.DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 2
+    monkeypatch.setenv(cli.DEBUG_ENV, "1")
+    with pytest.raises(config_lib.ConfigError):
+        main()
+
+
+def test_evaluate_names_missing_steps_and_missing_metrics(dataset, clean_run):
+    with pytest.raises(checkpointing.CheckpointError, match=r"no checkpoint for step 9 .*\(steps there: 1, 2, .*, 8\)"):
+        evaluate.evaluate_checkpoint(tiny_config(dataset), workdir=clean_run, step=9)
+    with pytest.raises(checkpointing.CheckpointError, match="--best: no checkpoint .* has evaluation metrics"):
+        evaluate.evaluate_checkpoint(tiny_config(dataset), workdir=clean_run, best=True)
+    with pytest.raises(config_lib.ConfigError, match="model.base_width: 4 -> 8"):
+        evaluate.evaluate_checkpoint(tiny_config(dataset, **{"model.base_width": 8}), workdir=clean_run)
