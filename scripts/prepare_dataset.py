@@ -5,7 +5,7 @@ progress bar, prints the count per split and writes the videos it could not read
 instead of stopping. Example::
 
   python scripts/prepare_dataset.py --input_format video --root data/synthetic/videos \\
-      --split train=data/synthetic/train_videos.txt --split val=data/synthetic/val_videos.txt \\
+      --split train=data/synthetic/train.txt --split val=data/synthetic/val.txt \\
       --config jpeg --out data/synthetic/arrayrecord
 
 Read it back with ``format='arrayrecord', arrayrecord_dir=<out>`` in the data config.
@@ -20,6 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smallbig_jax.data import prepare  # noqa: E402
+from smallbig_jax import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,4 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.user_errors_exit(main)())  # bad input: its message and exit status 2

@@ -13,16 +13,20 @@ import os
 import sys
 from typing import Callable
 
-from smallbig_jax.checkpointing import CheckpointError
-from smallbig_jax.config import ConfigError
-from smallbig_jax.convert.checkpoint import CheckpointFormatError
-from smallbig_jax.convert.pytorch import ConversionError
-from smallbig_jax.data.lists import DataError
-
 DEBUG_ENV = "SMALLBIG_DEBUG"
-USER_ERRORS = (ConfigError, CheckpointError, DataError, ConversionError, CheckpointFormatError, FileNotFoundError,
-               FileExistsError)
 EXIT_USER_ERROR = 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """What bad input raises (imported when needed: the data scripts need not load orbax or jax to start)."""
+    from smallbig_jax.checkpointing import CheckpointError
+    from smallbig_jax.config import ConfigError
+    from smallbig_jax.convert.checkpoint import CheckpointFormatError
+    from smallbig_jax.convert.pytorch import ConversionError
+    from smallbig_jax.data.lists import DataError
+
+    return (ConfigError, CheckpointError, DataError, ConversionError, CheckpointFormatError, FileNotFoundError,
+            FileExistsError)
 
 
 def debug_requested() -> bool:
@@ -53,8 +57,8 @@ def user_errors_exit(main: Callable) -> Callable:
         quiet_library_logs()
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS as e:
-            if debug_requested():
+        except Exception as e:
+            if debug_requested() or not isinstance(e, user_errors()):
                 raise
             print(f"error: {e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)

@@ -181,7 +181,8 @@ def test_truncated_video(sbdata_dir, tmp_path):
 def test_video_with_fewer_frames_than_claimed(sbdata_dir, tmp_path):
     (tmp_path / "l.txt").write_text("vid00.mp4 30 0\n")
     src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos")
-    with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: frames \[20, 29\]"):
+    with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: 2 of the 4 frames "
+                       r"wanted could not be decoded \(frames 20, 29;"):
         src.load(0, lambda n: np.array([0, 10, 20, 29]))
 
 
