@@ -11,7 +11,8 @@ checkpoint also holds `checksums.json`, the size and sha256 of every file in it,
 has finished writing and before orbax commits (renames) the folder. `find_intact` checks it before anything is
 restored: a checkpoint with a missing, truncated or changed file, or without the manifest (a save that did not
 complete), is reported with its step and what is wrong and skipped for the newest intact one; training moves
-damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
+damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save those steps again. A folder where no
+checkpoint has a manifest (written by a version without them) is restored unverified, with a warning.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ DAMAGED_DIR = "damaged_checkpoints"
 # Orbax rewrites the step's own metadata (commit time, metrics) when it commits, after the manifest is written: it
 # is checked to be there and readable JSON, not by checksum.
 REWRITTEN_AT_COMMIT = "_CHECKPOINT_METADATA"
+NO_MANIFEST = f"no {MANIFEST} (its save did not complete)"
 
 
 class CheckpointError(RuntimeError):
@@ -79,7 +81,7 @@ def verify(step_dir: epath.Path) -> str | None:
     try:
         manifest = json.loads((step_dir / MANIFEST).read_text())["files"]
     except FileNotFoundError:
-        return f"no {MANIFEST} (its save did not complete)"
+        return NO_MANIFEST
     except (ValueError, KeyError) as e:
         return f"{MANIFEST} is unreadable ({e})"
     try:
@@ -115,19 +117,30 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
     checkpoints present but none intact, a `CheckpointError` lists each and nothing is moved."""
     root = _checkpoints_dir(workdir)
     steps = list_steps(workdir)
+    # Written before checkpoints had manifests: restored unverified rather than refused.
+    legacy = bool(steps) and not any((root / str(s) / MANIFEST).exists() for s in steps)
+    if legacy:
+        log.warning("the checkpoints in %s have no %s (written by an older version): restored unverified", root,
+                    MANIFEST)
+
+    def problem_of(s: int) -> str | None:
+        problem = verify(root / str(s))
+        return None if legacy and problem == NO_MANIFEST else problem
+
     if step is not None:
         if step not in steps:
             there = ", ".join(map(str, steps)) or "none"
             raise CheckpointError(f"no checkpoint for step {step} in {root} (steps there: {there})")
-        problem = verify(root / str(step))
+        problem = problem_of(step)
         if problem:
             raise CheckpointError(f"checkpoint step {step} in {root} is damaged: {problem}")
         return step
-    for path in root.glob(f"*{TMP_SUFFIX}*") if root.exists() else []:
+    interrupted = list(root.glob(f"*{TMP_SUFFIX}*")) if root.exists() else []
+    for path in interrupted:
         log.warning("checkpoint %s: an interrupted save (%s), ignored", path.name.split(".")[0], path)
     damaged = []
     for candidate in reversed(steps):
-        problem = verify(root / str(candidate))
+        problem = problem_of(candidate)
         if problem is None:
             break
         damaged.append((candidate, problem))
@@ -138,15 +151,19 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
                                   + "\n  ".join(f"step {s}: {p}" for s, p in damaged))
         return None
     if damaged and set_aside:
+        _sync("smallbig_checkpoints_verified")  # every process has read them before process 0 moves them
         if jax.process_index() == 0:
             aside = root.parent / DAMAGED_DIR
             aside.mkdir(parents=True, exist_ok=True)
             for bad, _ in damaged:
-                (root / str(bad)).rename(aside / str(bad))
+                target, n = aside / str(bad), 1
+                while target.exists():  # the same step damaged again
+                    target, n = aside / f"{bad}.{n}", n + 1
+                (root / str(bad)).rename(target)
         _sync("smallbig_set_aside_damaged_checkpoints")
         log.warning("moved damaged checkpoint(s) %s to %s", ", ".join(str(s) for s, _ in damaged),
                     root.parent / DAMAGED_DIR)
-    if damaged:
+    if damaged or interrupted:
         log.warning("restoring checkpoint step %d, the newest intact one", candidate)
     return candidate
 

@@ -1,5 +1,5 @@
 """What the command-line entry points share: quiet library logs, and a user error (bad data, config, checkpoint or
-conversion input) ending in its one message and exit status 2 instead of a traceback.
+conversion input, or a diverged loss) ending in its one message and exit status 2 instead of a traceback.
 
 `--debug` (scripts built on absl flags) or the environment variable `SMALLBIG_DEBUG=1` (every script) shows the
 full traceback and the libraries' INFO logs (orbax, TFDS, absl) again.
@@ -26,7 +26,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from smallbig_jax.data.lists import DataError
 
     return (ConfigError, CheckpointError, DataError, ConversionError, CheckpointFormatError, FileNotFoundError,
-            FileExistsError)
+            FileExistsError, FloatingPointError)  # FloatingPointError: the training loss diverged (train.py)
 
 
 def debug_requested() -> bool:

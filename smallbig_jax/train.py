@@ -295,8 +295,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 history = jax.device_get(history)
                 bad = _first_nonfinite(history)
                 if bad is not None:
+                    before = [s for s in manager.all_steps() if s < bad]
                     raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} "
-                                             f"at step {bad}; stopping (last checkpoint: {manager.latest_step()})")
+                                             f"at step {bad}; stopping (newest checkpoint before it: step "
+                                             f"{max(before) if before else 'none'})")
                 now = time.perf_counter()
                 rate = (step - last_log_step) * config.batch_size / (now - last_log_time)
                 mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}

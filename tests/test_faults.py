@@ -313,3 +313,13 @@ def test_evaluate_names_missing_steps_and_missing_metrics(dataset, clean_run):
         evaluate.evaluate_checkpoint(tiny_config(dataset), workdir=clean_run, best=True)
     with pytest.raises(config_lib.ConfigError, match="model.base_width: 4 -> 8"):
         evaluate.evaluate_checkpoint(tiny_config(dataset, **{"model.base_width": 8}), workdir=clean_run)
+
+
+def test_checkpoints_without_any_manifest_are_restored_unverified(clean_run, tmp_path, caplog):
+    """Written by a version without manifests: the newest is taken, with a warning, rather than refused."""
+    workdir = copy_of(clean_run, tmp_path)
+    for step in checkpointing.list_steps(workdir):
+        os.remove(os.path.join(workdir, "checkpoints", str(step), checkpointing.MANIFEST))
+    with caplog.at_level(logging.WARNING, logger="smallbig_jax"):
+        assert checkpointing.find_intact(workdir, set_aside=True) == LAST
+    assert "restored unverified" in caplog.text and not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
