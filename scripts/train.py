@@ -1,4 +1,4 @@
-r"""Train (and evaluate) SmallBigNet from a config; resumes from the workdir's latest checkpoint.
+r"""Train (and evaluate) SmallBigNet from a config; resumes from the workdir's newest intact checkpoint.
 
   python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
   python scripts/train.py --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/k400 \
@@ -39,7 +39,8 @@ def main(argv):
         print(f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
               f"{views} views")
     print(f"checkpoints: {workdir}/checkpoints   TensorBoard: {workdir}/tensorboard   log: {workdir}/metrics.jsonl")
-    print(f"curves: {workdir}/curves.png" + (f"   predictions: {workdir}/predictions_test.jsonl" if "top1" in result else ""))
+    predictions = f"   predictions: {workdir}/predictions_test.jsonl" if "top1" in result else ""  # final_eval
+    print(f"curves: {workdir}/curves.png{predictions}")
 
 
 if __name__ == "__main__":

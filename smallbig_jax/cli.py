@@ -42,11 +42,10 @@ def debug_requested() -> bool:
 
 def quiet_library_logs() -> None:
     """Orbax, TFDS and absl report every step of their work at INFO; the project's own INFO logs stay."""
-    if debug_requested():
-        return
-    logging.getLogger("absl").setLevel(logging.WARNING)
-    logging.getLogger("tensorflow_datasets").setLevel(logging.WARNING)
     logging.getLogger("smallbig_jax").setLevel(logging.INFO)
+    if not debug_requested():
+        logging.getLogger("absl").setLevel(logging.WARNING)
+        logging.getLogger("tensorflow_datasets").setLevel(logging.WARNING)
 
 
 def user_errors_exit(main: Callable) -> Callable:

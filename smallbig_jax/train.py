@@ -2,7 +2,8 @@
 
 The train step is one pure `jax.jit` function over the model's `nnx.split` state on a 'data' mesh: state born
 sharded (`out_shardings`), buffers donated, batch split over every device of every process, no pmap. A run in a
-workdir that already has checkpoints resumes from the latest one, iterator position included; SIGTERM saves a
+workdir that already has checkpoints resumes from the newest intact one (checksums verified, the saved config
+compared with the new one before anything compiles), iterator position included; SIGTERM saves a
 checkpoint at the current step and exits cleanly.
 """
 
@@ -216,7 +217,7 @@ def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_sta
     saved_videos = data_state.get("num_videos")  # absent in checkpoints written before it was recorded
     if saved_videos is not None and saved_videos != num_videos:
         refused.append(f"training set size: {saved_videos} -> {num_videos} videos (epochs would start at other steps)")
-    if start > total_steps:
+    if start > total_steps and not refused:  # otherwise a consequence of the refused changes
         refused.append(f"num_epochs: the checkpoint is at step {start}, past the last step ({total_steps}) of "
                        f"{config.num_epochs} epochs")
     if refused:
