@@ -21,6 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smallbig_jax.data import check, sources  # noqa: E402
+from smallbig_jax import cli  # noqa: E402
 from smallbig_jax.data.lists import DataError  # noqa: E402
 
 
@@ -59,4 +60,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.user_errors_exit(main)())  # bad input: its message and exit status 2

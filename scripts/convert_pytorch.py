@@ -37,6 +37,7 @@ from smallbig_jax.convert import (  # noqa: E402
     save_pth,
 )
 from smallbig_jax.models import VARIANTS, count_params  # noqa: E402
+from smallbig_jax import cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
               f"{report['params']:,} params")
         return 0
     except (ConversionError, CheckpointFormatError, FileExistsError) as e:
+        if cli.debug_requested():
+            raise
         print(f"error: {e}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)
         return 2

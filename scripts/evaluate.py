@@ -16,19 +16,22 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
+from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
 
 from smallbig_jax.evaluate import evaluate_checkpoint, write_predictions
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir: its latest checkpoint is evaluated.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training workdir: its newest intact checkpoint is evaluated.")
 _CONVERTED = flags.DEFINE_string("converted", None, "A directory written by scripts/convert_pytorch.py.")
 _STEP = flags.DEFINE_integer("step", None, "With --workdir: this checkpoint step instead of the latest.")
 _BEST = flags.DEFINE_bool("best", False, "With --workdir: the checkpoint with the best (top1 + top5) / 2.")
 _OUT = flags.DEFINE_string("predictions", None, "Predictions file (default: <workdir or converted>/predictions_eval.jsonl).")
 flags.mark_flag_as_required("config")
+cli.define_debug_flag()
 
 
+@cli.user_errors_exit  # a bad config, checkpoint or data file: its message and exit status 2
 def main(argv):
     del argv
     initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)

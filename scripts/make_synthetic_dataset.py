@@ -19,6 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smallbig_jax.data import synthetic  # noqa: E402
+from smallbig_jax import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,4 +56,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.user_errors_exit(main)())  # bad input: its message and exit status 2

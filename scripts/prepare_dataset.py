@@ -6,7 +6,7 @@ anything is written. Runs in parallel with a progress bar, prints the count per 
 could not read to ``<out>/failed_<split>.txt`` instead of stopping. Example::
 
   python scripts/prepare_dataset.py --input_format video --num_classes 5 --root data/synthetic/videos \\
-      --split train=data/synthetic/train_videos.txt --split val=data/synthetic/val_videos.txt \\
+      --split train=data/synthetic/train.txt --split val=data/synthetic/val.txt \\
       --config jpeg --out data/synthetic/arrayrecord
 
 Read it back with ``format='arrayrecord', arrayrecord_dir=<out>`` in the data config.
@@ -21,7 +21,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from smallbig_jax.data import prepare  # noqa: E402
-from smallbig_jax.data.lists import DataError  # noqa: E402
+from smallbig_jax import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,25 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing dataset")
     a = p.parse_args(argv)
     splits = dict(s.split("=", 1) for s in a.split)
-    try:
-        counts = prepare.prepare_dataset(
-            a.out,
-            splits,
-            input_format=a.input_format,
-            num_classes=a.num_classes,
-            root=a.root,
-            config=a.config,
-            template=a.template,
-            kinetics_ids=a.kinetics_ids,
-            short_side=a.short_side or None,
-            quality=a.quality,
-            workers=a.workers,
-            progress=not a.quiet,
-            overwrite=a.overwrite,
-        )
-    except DataError as err:  # A malformed list line or label: nothing is written before it is fixed.
-        print(err, file=sys.stderr)
-        return 1
+    counts = prepare.prepare_dataset(  # a bad list line or label: DataError, before anything is written
+        a.out,
+        splits,
+        input_format=a.input_format,
+        num_classes=a.num_classes,
+        root=a.root,
+        config=a.config,
+        template=a.template,
+        kinetics_ids=a.kinetics_ids,
+        short_side=a.short_side or None,
+        quality=a.quality,
+        workers=a.workers,
+        progress=not a.quiet,
+        overwrite=a.overwrite,
+    )
     for split, (ok, failed) in counts.items():
         print(
             f"{split}: {ok} videos written, {failed} unreadable"
@@ -69,4 +65,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.user_errors_exit(main)())  # bad input: its message and exit status 2

@@ -1,14 +1,22 @@
 """The official training recipe as a ConfigDict, and building a model from a config.
 
-Config files in `configs/` start from `official_recipe()` and change what their dataset needs. The numbers are those
+Config files in `configs/` start from `official_recipe()` and change what their dataset needs. `check_config` checks
+every field against one table of valid ranges (`RULES`) before anything runs; `REFUSED_ON_RESUME` says which fields
+a run cannot resume under with another value. The numbers are those
 of the official code (spec, section 4): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
 parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+from typing import Any, Callable
+
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from smallbig_jax.data.pipeline import default_data_config
 from smallbig_jax.models.smallbig import VARIANTS, SmallBigNet, build_model
@@ -92,3 +100,191 @@ def model_from_config(model_config: ml_collections.ConfigDict, seed: int = 0) ->
         param_dtype=DTYPES[model_config.param_dtype],
         seed=seed,
     )
+
+
+# --- The one config check ---------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config value outside its valid range, or a config a checkpoint cannot resume under; the message names the
+    field(s), the value(s) and what is expected."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A field's valid values: `valid(value)` and the same in words for the message."""
+
+    valid: Callable[[Any], bool]
+    expected: str
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(v)
+
+
+def integer(low: int, high: int | None = None) -> Rule:
+    words = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    return Rule(lambda v: _is_int(v) and v >= low and (high is None or v <= high), words)
+
+
+def number(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Rule:
+    """A finite real in the interval; `low_open`/`high_open` exclude the bounds."""
+    above = (lambda v: v > low) if low_open else (lambda v: v >= low)
+    below = (lambda v: True) if high is None else (lambda v: v < high) if high_open else (lambda v: v <= high)
+    words = f"a number {'>' if low_open else '>='} {low}"
+    if high is not None:
+        words = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    return Rule(lambda v: _is_number(v) and above(v) and below(v), words)
+
+
+def one_of(*choices: Any) -> Rule:
+    return Rule(lambda v: not isinstance(v, bool) and v in choices, "one of " + ", ".join(map(repr, choices)))
+
+
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "True or False")
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+SCALES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(s) and 0 < s <= 1 for s in v),
+              "a non-empty list of numbers in (0, 1]")
+
+# Every field of the recipe (`official_recipe`) and of the data config (`default_data_config`): add a row with each
+# new field. `check_config` refuses a field that has no row, which catches misspelt fields in config files.
+RULES: dict[str, Rule] = {
+    "seed": integer(0),
+    "dataset": TEXT,
+    "model.variant": one_of(*VARIANTS),
+    "model.num_classes": integer(1),
+    "model.base_width": integer(1),
+    "model.dtype": one_of(*DTYPES),
+    "model.param_dtype": one_of(*DTYPES),
+    "batch_size": integer(1),
+    "num_epochs": integer(1),
+    "optimizer.name": one_of("sgd"),
+    "optimizer.momentum": number(0, 1, high_open=True),
+    "optimizer.nesterov": BOOLEAN,
+    "optimizer.weight_decay": number(0),
+    "optimizer.decay_all_params": BOOLEAN,
+    "schedule.base_lr": number(0, low_open=True),
+    "schedule.decay": one_of("cosine", "constant"),
+    "schedule.per_epoch": BOOLEAN,
+    "schedule.warmup_epochs": number(0),
+    "schedule.end_lr": number(0),
+    "label_smoothing": number(0, 1, high_open=True),
+    "grad_clip_norm": number(0),
+    "grad_accum_steps": integer(1),
+    "ema_decay": number(0, 1, high_open=True),
+    "batchnorm": one_of("per_device", "global"),
+    "params_sharding": one_of("replicate", "fsdp"),
+    "init_from": TEXT,
+    "log_every": integer(1),
+    "checkpoint_every": integer(1),
+    "keep_checkpoints": integer(1),
+    "eval_every_epochs": integer(0),
+    "eval_batch_size": integer(1),
+    "eval_average": one_of("softmax", "logits"),
+    "final_eval": BOOLEAN,
+    "data.format": one_of("frames", "video", "arrayrecord"),
+    "data.root": TEXT,
+    "data.train_list": TEXT,
+    "data.val_list": TEXT,
+    "data.frame_template": Rule(lambda v: isinstance(v, str) and "{" in v, "a str.format template such as 'img_{:05d}.jpg'"),
+    "data.kinetics_ids": BOOLEAN,
+    "data.arrayrecord_dir": TEXT,
+    "data.train_split": TEXT,
+    "data.val_split": TEXT,
+    "data.num_frames": integer(1),
+    "data.stride": integer(1),
+    "data.sampling": one_of("dense", "segment"),
+    "data.crop_size": integer(1),
+    "data.scale_size": integer(1),
+    "data.train_short_side": integer(0),
+    "data.scales": SCALES,
+    "data.max_distort": integer(0),
+    "data.flip": BOOLEAN,
+    "data.num_clips": integer(1),
+    "data.num_crops": one_of(1, 3),
+    "data.bad_input": one_of("error", "resample"),
+    "data.max_resample": integer(0),
+    "data.eval_bad_input": one_of("error", "exclude"),
+    "data.worker_count": integer(0),
+    "data.worker_buffer_size": integer(1),
+    "data.reader_threads": integer(1),
+    "data.reader_buffer": integer(1),
+    "data.device_prefetch": integer(1),
+    "data.dtype": one_of(*DTYPES),
+    "data.decode_threads": BOOLEAN,
+}
+
+# Rules between fields: (fields named in the message, valid(config), what is expected).
+CROSS_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
+    (("batch_size", "grad_accum_steps"), lambda c: c.batch_size % c.grad_accum_steps == 0,
+     "batch_size divisible by grad_accum_steps"),
+    (("data.scale_size", "data.crop_size"), lambda c: c.data.scale_size >= c.data.crop_size,
+     "data.scale_size >= data.crop_size (evaluation crops are cut from the resized frames)"),
+    (("data.sampling", "data.num_clips"), lambda c: c.data.sampling != "segment" or c.data.num_clips in (1, 2),
+     "data.num_clips 1 or 2 with segment sampling"),
+    (("data.format", "data.train_list", "data.val_list"),
+     lambda c: c.data.format == "arrayrecord" or bool(c.data.train_list or c.data.val_list),
+     "data.train_list or data.val_list set when data.format is 'frames' or 'video'"),
+]
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"a.b": value}` for every leaf of a (ConfigDict or plain) nested mapping."""
+    if isinstance(tree, ml_collections.ConfigDict):
+        tree = tree.to_dict()
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, (dict, ml_collections.ConfigDict)):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raises `ConfigError` naming every field whose value is outside `RULES` (or that has no rule), before
+    anything reads data or compiles."""
+    values = flatten(config)
+    problems = [f"config.{field}={values[field]!r}: expected {rule.expected}"
+                for field, rule in RULES.items() if field in values and not rule.valid(values[field])]
+    problems += [f"config.{field}: missing (expected {rule.expected})" for field, rule in RULES.items()
+                 if field not in values]
+    problems += [f"config.{field}={values[field]!r}: not a field of the recipe (misspelt?)"
+                 for field in values if field not in RULES]
+    if not problems:  # cross-field rules assume each field is valid on its own
+        problems += [", ".join(f"config.{f}={values[f]!r}" for f in fields) + f": expected {expected}"
+                     for fields, valid, expected in CROSS_RULES if not valid(config)]
+    if problems:
+        raise ConfigError("invalid config: " + problems[0] if len(problems) == 1
+                          else "invalid config:\n  " + "\n  ".join(problems))
+
+
+# --- What a resume accepts --------------------------------------------------------------------------------------
+
+# Fields (or groups, ending in ".") a run cannot resume under with another value: the checkpoint's state has other
+# shapes or means something else (model, optimizer, schedule, loss, EMA, BatchNorm, the training clips), or its step
+# count and data position are in units of the old value (`seed`: the data order; `batch_size`: steps count batches
+# of the old size, and the schedule with them). `num_epochs` and `grad_accum_steps` may change (`train.py` says how
+# it continues); every other field (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
+REFUSED_ON_RESUME = (
+    "seed", "model.", "optimizer.", "schedule.", "label_smoothing", "grad_clip_norm", "ema_decay", "batchnorm",
+    "batch_size", "data.num_frames", "data.stride", "data.sampling", "data.crop_size", "data.train_short_side",
+    "data.scales", "data.max_distort", "data.flip",
+)
+
+
+def resume_changes(saved: dict, config: ml_collections.ConfigDict) -> tuple[list[str], list[str]]:
+    """(refused, accepted) differences between the config saved with a checkpoint and `config`, each as
+    `field: old -> new`."""
+    old, new = flatten(saved), flatten(json.loads(config.to_json_best_effort()))
+    refused, accepted = [], []
+    for field in sorted(old.keys() | new.keys()):
+        before, after = old.get(field, "(absent)"), new.get(field, "(absent)")
+        if before != after:
+            refuse = any(field == p or (p.endswith(".") and field.startswith(p)) for p in REFUSED_ON_RESUME)
+            (refused if refuse else accepted).append(f"{field}: {before!r} -> {after!r}")
+    return refused, accepted

@@ -148,7 +148,9 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
     """Full multi-view evaluation (`config.data`'s clips x crops) of a training checkpoint in `workdir` (latest,
     `step`, or the best by (top1 + top5) / 2) or of a converted PyTorch checkpoint directory."""
     from smallbig_jax import checkpointing, sharding, train
+    from smallbig_jax.config import ConfigError, check_config, resume_changes
 
+    check_config(config)
     mesh = sharding.make_mesh()
     _, eval_graphdef = train.model_graphdefs(config, mesh)
     if converted is not None:
@@ -156,17 +158,26 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
 
         model = load_converted_model(converted)
         if (model.variant, model.num_classes) != (config.model.variant, config.model.num_classes):
-            raise ValueError(f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
-                             f"{config.model.variant} with {config.model.num_classes}")
+            raise ConfigError(f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
+                              f"{config.model.variant} with {config.model.num_classes}")
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         params, batch_stats = jax.device_put((params, batch_stats), replicated(mesh))
     else:
-        manager = checkpointing.make_manager(workdir)
-        if best:
-            step = manager.best_step()
-        abstract, shardings = train.abstract_train_state(config, mesh, train.make_optimizer(config, 1))
-        state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
-        manager.close()
+        if not checkpointing.list_steps(workdir):  # checked first: a mistyped workdir must not be created
+            raise checkpointing.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
+        manager = checkpointing.make_manager(workdir, read_only=True)
+        try:
+            step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
+            saved_config, _ = checkpointing.restore_run_info(manager, step)
+            shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
+            changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
+            if changed:
+                raise ConfigError(f"checkpoint step {step} was trained with another model; set these fields as "
+                                  "it was trained:\n  " + "\n  ".join(changed))
+            abstract, shardings = train.abstract_train_state(config, mesh, train.make_optimizer(config, 1))
+            state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
+        finally:
+            manager.close()
         params, batch_stats = state.get("ema_params", state["params"]), state["batch_stats"]
     result = evaluate_dataset(config, config.data, eval_graphdef, params, batch_stats, mesh)
     result["step"] = step

@@ -10,14 +10,19 @@ import jax
 
 
 class MetricWriter:
-    """Scalars to `<workdir>/tensorboard` (TensorBoard event files) and `<workdir>/metrics.jsonl`."""
+    """Scalars to `<workdir>/tensorboard` (TensorBoard event files) and `<workdir>/metrics.jsonl`.
 
-    def __init__(self, workdir: str):
+    `resumed_at`: the step a resumed run restarts from; rows of later steps (written before a kill, about to be
+    trained again) and a line cut by the kill are dropped from `metrics.jsonl`, so each step has one row per split."""
+
+    def __init__(self, workdir: str, resumed_at: int = 0):
         self.enabled = jax.process_index() == 0
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._events = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
+            if resumed_at and os.path.exists(self.path):
+                self._drop_rows_after(resumed_at)
             from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
@@ -31,6 +36,20 @@ class MetricWriter:
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": split, **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+    def _drop_rows_after(self, step: int) -> None:
+        with open(self.path) as f:
+            lines = f.readlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+            except (ValueError, KeyError):
+                continue  # a line cut short by the kill
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
 
     def close(self) -> None:
         if self._events is not None:

@@ -2,7 +2,8 @@
 
 The train step is one pure `jax.jit` function over the model's `nnx.split` state on a 'data' mesh: state born
 sharded (`out_shardings`), buffers donated, batch split over every device of every process, no pmap. A run in a
-workdir that already has checkpoints resumes from the latest one, iterator position included; SIGTERM saves a
+workdir that already has checkpoints resumes from the newest intact one (checksums verified, the saved config
+compared with the new one before anything compiles), iterator position included; SIGTERM saves a
 checkpoint at the current step and exits cleanly.
 """
 
@@ -25,7 +26,7 @@ from jax import lax
 from jax.experimental import multihost_utils
 
 from smallbig_jax import checkpointing, evaluate as evaluation, sharding
-from smallbig_jax.config import model_from_config
+from smallbig_jax.config import ConfigError, check_config, model_from_config, resume_changes
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
 from smallbig_jax.models import layers, set_batchnorm_groups
@@ -208,29 +209,63 @@ def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[st
     return result
 
 
+def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_state: dict, start: int,
+                 num_videos: int, total_steps: int) -> None:
+    """Refuses (`ConfigError`, every refused field as `old -> new` in one message) a resume from checkpoint `start`
+    under a config the checkpoint cannot continue with, and logs the changes it accepts and what they do."""
+    refused, accepted = resume_changes(saved_config, config)
+    saved_videos = data_state.get("num_videos")  # absent in checkpoints written before it was recorded
+    if saved_videos is not None and saved_videos != num_videos:
+        refused.append(f"training set size: {saved_videos} -> {num_videos} videos (epochs would start at other steps)")
+    if start > total_steps and not refused:  # otherwise a consequence of the refused changes
+        refused.append(f"num_epochs: the checkpoint is at step {start}, past the last step ({total_steps}) of "
+                       f"{config.num_epochs} epochs")
+    if refused:
+        raise ConfigError(f"cannot resume from checkpoint step {start} with this config; these fields must keep "
+                          "their saved values (or train in a new workdir):\n  " + "\n  ".join(refused))
+    if accepted:
+        log.info("config changes since checkpoint step %d: %s", start, "; ".join(accepted))
+    old_epochs = saved_config.get("num_epochs", config.num_epochs)
+    if old_epochs != config.num_epochs:
+        log.warning("num_epochs %s -> %s: continuing from step %d (%d samples seen) to step %d; the learning-rate "
+                    "schedule now spans %d epochs", old_epochs, config.num_epochs, start,
+                    data_state.get("position", start * config.batch_size), total_steps, config.num_epochs)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming from its latest checkpoint if any) and returns the final metrics."""
+    """Trains `config` in `workdir` (resuming from its newest intact checkpoint if any) and returns the final
+    metrics. Config values, the checkpoint and the resume compatibility are all checked before anything compiles."""
+    check_config(config)
     mesh = sharding.make_mesh()
     devices = mesh.size
     if config.batch_size % devices:
-        raise ValueError(f"config.batch_size={config.batch_size} is not divisible by {devices} devices")
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {devices} devices")
+    start = checkpointing.find_intact(workdir, set_aside=True)
     train_loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
                                               num_classes=config.model.num_classes, mesh=mesh)
     steps_per_epoch = max(train_loader.num_videos // config.batch_size, 1)
     total_steps = config.num_epochs * steps_per_epoch
+    manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
+    if start is not None:
+        try:
+            saved_config, data_state = checkpointing.restore_run_info(manager, start)
+            check_resume(config, saved_config, data_state, start, train_loader.num_videos, total_steps)
+        except BaseException:
+            manager.close()
+            train_loader.close()
+            raise
     tx = make_optimizer(config, steps_per_epoch)
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
     graphdef, state, state_shardings = create_train_state(config, mesh, tx)
     train_step = make_train_step(graphdef, tx, config, mesh, state_shardings, lr_schedule)
 
-    manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
-    start = 0
-    if manager.latest_step() is not None:
+    if start is not None:
         abstract = checkpointing.abstract_like(state, state_shardings)
-        state, data_state, start = checkpointing.restore(manager, abstract)
+        state, data_state, start = checkpointing.restore(manager, abstract, start)
         train_loader.set_state(data_state)
         log.info("resumed from %s at step %d", manager.directory, start)
-    writer = MetricWriter(workdir)
+    start = start or 0
+    writer = MetricWriter(workdir, resumed_at=start)
     preemption = Preemption()
     log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
              total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
@@ -240,7 +275,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     def save(step, metrics=None, force=False):
         if saved["step"] != step:
-            checkpointing.save(manager, step, state, train_loader.get_state(), config, metrics, force=force)
+            data_state = {**train_loader.get_state(), "num_videos": train_loader.num_videos}
+            checkpointing.save(manager, step, state, data_state, config, metrics, force=force)
             saved["step"] = step
 
     # first_step_seconds: time to the first step's result, which compilation dominates.
@@ -260,8 +296,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 history = jax.device_get(history)
                 bad = _first_nonfinite(history)
                 if bad is not None:
+                    before = [s for s in manager.all_steps() if s < bad]
                     raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} "
-                                             f"at step {bad}; stopping (last checkpoint: {manager.latest_step()})")
+                                             f"at step {bad}; stopping (newest checkpoint before it: step "
+                                             f"{max(before) if before else 'none'})")
                 now = time.perf_counter()
                 rate = (step - last_log_step) * config.batch_size / (now - last_log_time)
                 mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}

@@ -7,6 +7,7 @@ spec with the official module names. Tests that need torch are skipped only when
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import subprocess
@@ -286,6 +287,18 @@ def test_explicit_config_overrides_inference(torch, ref):
         state_dict_to_model(sd, variant="smallbig50")
     msg = str(e.value)
     assert "smallbig50" in msg and "missing key layer1.1.conv1.weight (expected shape [8, 32, 1, 1, 1])" in msg
+
+
+def test_nan_weights_convert_with_a_warning_naming_them(torch, ref, caplog):
+    from smallbig_jax.convert import state_dict_to_model
+
+    sd = ref.TorchSmallBigNet("smallbig23", 6, 8, base_width=8).state_dict()
+    sd["fc.weight"][0, 0] = float("nan")
+    sd["layer1.0.bn1.running_var"][1] = float("inf")
+    with caplog.at_level(logging.WARNING):
+        _, report = state_dict_to_model(sd)
+    assert report["nonfinite_tensors"] == ["fc.weight", "layer1.0.bn1.running_var"]
+    assert "2 tensors hold NaN or Inf values (fc.weight, layer1.0.bn1.running_var)" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------------- strictness

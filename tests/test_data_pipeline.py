@@ -162,11 +162,13 @@ def test_bad_input_resample_policy(bad_cfg, caplog):
         global_batch_size=4,
         epoch_size=12,
     )
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _take(loader, 3)
+        _take(loader, 6)  # two epochs
     loader.close()
-    assert dict(loader.bad_inputs[0]) == {f"{bad_cfg.train_list}:6 missing_video": 1}
-    assert "epoch 0: 1 unreadable videos resampled" in caplog.text and "missing_video" in caplog.text
+    assert dict(loader.bad_inputs[0]) == dict(loader.bad_inputs[1]) == {f"{bad_cfg.train_list}:6 missing_video": 1}
+    assert "epoch 0 on this host: 1 unreadable videos, 1 replacements" in caplog.text
+    assert caplog.text.count("missing_video") == 1  # named once, with its reason, not again in each epoch
 
 
 def test_eval_broken_video_error_or_excluded(bad_cfg, caplog):

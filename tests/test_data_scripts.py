@@ -118,6 +118,7 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote {'train': 5, 'val': 5} videos" in r.stdout
+    assert "Downloading and preparing" not in r.stdout + r.stderr and "Generating" not in r.stdout + r.stderr  # TFDS
     assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
     again = [
         sys.executable,
@@ -167,6 +168,7 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "train: 2 videos written, 1 unreadable" in r.stdout and "val: 12 videos written, 0 unreadable" in r.stdout
     assert "l.txt:3" in open(tmp_path / "ar" / "failed_train.txt").read()
     assert "train videos" in r.stderr  # progress bar
+    assert "Downloading and preparing" not in r.stdout  # TFDS's own line: nothing is downloaded
     args = [
         sys.executable,
         f"{ROOT}/scripts/prepare_dataset.py",

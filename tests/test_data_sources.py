@@ -183,7 +183,8 @@ def test_truncated_video(sbdata_dir, tmp_path):
 def test_video_with_fewer_frames_than_claimed(sbdata_dir, tmp_path):
     (tmp_path / "l.txt").write_text("vid00.mp4 30 0\n")
     src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos", num_classes=12)
-    with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: frames \[20, 29\]"):
+    with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: 2 of the 4 frames "
+                       r"wanted could not be decoded \(frames 20, 29;"):
         src.load(0, lambda n: np.array([0, 10, 20, 29]))
 
 
@@ -284,6 +285,8 @@ def test_dataset_scripts_name_the_bad_label(sbdata_dir, tmp_path, capsys):
     """check_dataset.py and prepare_dataset.py stop at the line with an out-of-range label; nothing is written."""
     import sys
 
+    from smallbig_jax import cli
+
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
     try:
         import check_dataset
@@ -296,6 +299,9 @@ def test_dataset_scripts_name_the_bad_label(sbdata_dir, tmp_path, capsys):
     assert "l.txt:2: label 3 is outside the valid range [0, 3)" in capsys.readouterr().out
     out = tmp_path / "ar"
     args = ["--input_format", "frames", "--split", f"train={tmp_path}/l.txt", "--out", str(out)] + common
-    assert prepare_dataset.main(args) == 1
-    assert "l.txt:2: label 3 is outside the valid range [0, 3)" in capsys.readouterr().err
-    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_:
+        cli.user_errors_exit(prepare_dataset.main)(args)  # as `python scripts/prepare_dataset.py` runs it
+    assert exit_.value.code == cli.EXIT_USER_ERROR
+    assert "error: " in capsys.readouterr().err and not out.exists()
+    with pytest.raises(DataError, match=r"l\.txt:2: label 3 is outside the valid range \[0, 3\)"):
+        prepare_dataset.main(args)

@@ -10,6 +10,7 @@ tensors) is collected and raised together in one `ConversionError`, by name, wit
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 from typing import Any, Mapping
@@ -22,6 +23,19 @@ from smallbig_jax.convert.keys import KeySpec, key_table, to_jax_layout, to_torc
 from smallbig_jax.models import VARIANTS, SmallBigNet, build_model
 
 PREFIX = "module."
+
+log = logging.getLogger(__name__)
+
+
+def warn_nonfinite(arrays: Mapping[str, np.ndarray], source: str) -> list[str]:
+    """Logs a warning naming the tensors that hold NaN or Inf (a damaged file, or a training run that diverged):
+    they convert, but the model's outputs will be NaN. Returns their names."""
+    bad = sorted(name for name, a in arrays.items() if not np.isfinite(a).all())
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        log.warning("%s: %d tensors hold NaN or Inf values (%s); the converted model will output NaN", source,
+                    len(bad), shown)
+    return bad
 
 
 class ConversionError(ValueError):
@@ -304,6 +318,7 @@ def state_dict_to_model(
     validate_state_dict(sd, variant, num_classes, base_width, source)
     table = key_table(variant, num_classes, base_width)
     arrays = {s.nnx_path: to_jax_layout(s, sd[s.torch_key].detach().to("cpu").float().numpy()) for s in table}
+    nonfinite = warn_nonfinite({s.torch_key: arrays[s.nnx_path] for s in table}, source)
     model = arrays_to_model(arrays, variant, num_classes, base_width)
     ignored = sorted(k for k in sd if k.endswith(".num_batches_tracked"))
     report = {
@@ -316,6 +331,7 @@ def state_dict_to_model(
         "tensors_converted": len(table),
         "ignored_num_batches_tracked": len(ignored),
         "source_dtypes": sorted({str(sd[s.torch_key].dtype).replace("torch.", "") for s in table}),
+        "nonfinite_tensors": nonfinite,
     }
     return model, report
 
@@ -506,6 +522,7 @@ def inflate_imagenet(
             kt = spec.torch_shape[2]
             value = np.repeat(value[:, :, None], kt, axis=2) / kt
         arrays[spec.nnx_path] = to_jax_layout(spec, value)
+    nonfinite = warn_nonfinite({key: arrays[wanted[key].nnx_path] for key in used}, source)
     set_arrays(model, arrays)
     left = sorted(s.torch_key for s in table if _imagenet_source_key(s) is None or _imagenet_source_key(s) not in used)
     report = {
@@ -521,6 +538,7 @@ def inflate_imagenet(
         "skipped_from_file": sorted(k for k in sd if k.startswith("fc.")) + sorted(m.split(" ")[2] for m in unexpected),
         "missing_left_at_init": [m.split(" ")[2] for m in missing],
         "temporal_inflation": sorted({f"kT={s.torch_shape[2]}" for s in wanted.values() if s.kind == "conv"}),
+        "nonfinite_tensors": nonfinite,
     }
     return model, report
 

@@ -169,6 +169,7 @@ class TrainExample:
         if self.cfg["bad_input"] not in ("error", "resample"):
             raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
         self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg))
+        self._reported: set[int] = set()
 
     def clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
         c = self.cfg
@@ -191,7 +192,9 @@ class TrainExample:
             except DataError as err:
                 if self.cfg["bad_input"] == "error":
                     raise
-                log.warning("resampling: %s", err)
+                if candidate not in self._reported:  # once per video and process; epochs only count it
+                    self._reported.add(candidate)
+                    log.warning("resampling: %s", err)
                 bad = v if bad < 0 else bad
                 candidate = int(np.random.default_rng([self.seed, epoch, v, attempt + 1]).integers(self.n))
         raise DataError(
@@ -383,7 +386,7 @@ class DeviceIterator:
     """Host batches -> global ``jax.Array`` batches on ``mesh`` (batch dim sharded), prefetched by a thread.
 
     ``clip`` is normalised on the devices into ``dtype``. ``bad_index``/``broken`` bookkeeping stays on the host:
-    resampled videos are counted per epoch and logged by name when an epoch ends (``bad_inputs``)."""
+    resampled videos are counted per epoch (``bad_inputs``, by name) and the count logged when an epoch ends."""
 
     def __init__(
         self,
@@ -522,8 +525,9 @@ class DeviceIterator:
             self.bad_inputs[epoch][self._source.name(int(v))] += 1
         next_epoch = (self.position + self._global_batch) // self._epoch_size
         if next_epoch > epoch and self.bad_inputs.get(epoch):
-            names = dict(self.bad_inputs[epoch])
-            log.warning("epoch %d: %d unreadable videos resampled on this host: %s", epoch, sum(names.values()), names)
+            names = self.bad_inputs[epoch]
+            log.warning("epoch %d on this host: %d unreadable videos, %d replacements (each video is logged with its "
+                        "reason the first time it fails)", epoch, len(names), sum(names.values()))
 
     def get_state(self) -> dict[str, Any]:
         """State after the last batch returned (JSON-serialisable; save it next to the model): grain's iterator

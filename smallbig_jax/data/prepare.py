@@ -181,7 +181,7 @@ def prepare_dataset(
     with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
         json.dump({"splits": spec}, f, indent=1)
     builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
-    with _uncompressed_array_record():
+    with _uncompressed_array_record(), _tfds_quiet():
         modes = tfds.download.GenerateMode
         mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
         builder.download_and_prepare(
@@ -193,6 +193,21 @@ def prepare_dataset(
             failed = sum(1 for line in f if line.strip())
         counts[name] = (builder.info.splits[name].num_examples, failed)
     return counts
+
+
+@contextlib.contextmanager
+def _tfds_quiet():
+    """TFDS prints "Downloading and preparing dataset Unknown size ..." and its own progress bars to stdout (nothing
+    is downloaded here); the project's progress bar and counts say what happens instead."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was_active = tqdm_utils._active
+    tqdm_utils.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(was_active)
 
 
 @contextlib.contextmanager

@@ -192,10 +192,16 @@ def decode_video(
     missing = [int(k) for k, f in zip(uniq, out) if f is None]
     if missing:
         raise DataError(
-            f"{where}: {name} is shorter than its {num_frames} frames: frames {missing[:5]} "
-            f"could not be decoded (truncated or corrupt video)"
+            f"{where}: {name} is shorter than its {num_frames} frames: {len(missing)} of the {len(uniq)} frames "
+            f"wanted could not be decoded ({_first(missing)}; truncated or corrupt video)"
         )
     return _stack(out, where, inverse), indices, num_frames
+
+
+def _first(items: list[int], n: int = 5) -> str:
+    """`frames 3, 4, 5, 6, 7 and 12 more`: a list that stays short."""
+    shown = ", ".join(map(str, items[:n]))
+    return f"frames {shown}" + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _decode_size(h: int, w: int, min_short_side: int | None) -> tuple[int, int]:
