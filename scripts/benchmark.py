@@ -24,7 +24,7 @@ import sys
 import jax
 from absl import app, flags
 
-from smallbig_jax.benchmark import benchmark_config, benchmark_model, format_results
+from smallbig_jax.benchmark import benchmark_config, benchmark_model, format_results, load_config
 from smallbig_jax.config import DTYPES
 from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.models import VARIANTS
@@ -55,17 +55,6 @@ _E2E = flags.DEFINE_boolean(
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
 
 
-def _load_config(spec: str):
-    """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
-
-
 def main(argv):
     del argv
     # Multi-host (TPU pod, SLURM): joins the processes when the launcher's environment asks for it; else a no-op.
@@ -74,7 +63,7 @@ def main(argv):
     if _TORCH.value and jax.process_count() > 1:
         raise app.UsageError("--compare-torch compares on one host; run it without a multi-process launcher")
     if _CONFIG.value:
-        config = _load_config(_CONFIG.value)
+        config = load_config(_CONFIG.value)
         if _DTYPE.value:
             config.model.dtype = _DTYPE.value
         if _WIDTH.present:

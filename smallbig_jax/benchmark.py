@@ -210,6 +210,17 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
     return sharding.make_mesh(devices[:n])
 
 
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
+    import importlib.util
+
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
+
+
 # The schedule's epoch length for a benchmark: only the learning rate's value depends on it, not the step's cost.
 STEPS_PER_EPOCH = 1000
 

@@ -64,6 +64,11 @@ def official_recipe(
     config.eval_batch_size = 64  # views per evaluation step (global)
     config.eval_average = "softmax"  # per-video fusion of view scores: "softmax" or "logits"
     config.final_eval = True  # full multi-view test (num_clips x num_crops) at the end
+    # Accelerator defaults (smallbig_jax/runtime.py): compiled programs cached across runs ("user": ~/.cache,
+    # "workdir", "" off, or a folder); XLA flags for GPUs; a profiler trace of this many steps (0: none).
+    config.compilation_cache = "user"
+    config.xla_gpu_flags = "--xla_gpu_enable_latency_hiding_scheduler=true"
+    config.profile_steps = 0
     return config
 
 

@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from smallbig_jax import checkpointing, evaluate as evaluation, sharding, steps
+from smallbig_jax import checkpointing, evaluate as evaluation, runtime, sharding, steps
 from smallbig_jax.config import model_from_config
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
@@ -144,6 +144,7 @@ def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[st
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming from its latest checkpoint if any) and returns the final metrics."""
+    runtime.configure(config, workdir)  # compilation cache, XLA GPU flags: before the backend starts
     mesh = sharding.make_mesh()
     devices = mesh.size
     if config.batch_size % devices:
@@ -164,6 +165,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         log.info("resumed from %s at step %d", manager.directory, start)
     writer = MetricWriter(workdir)
     preemption = Preemption()
+    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(workdir, "tensorboard"), start)
     log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
              total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
              config.batchnorm)
@@ -183,7 +185,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start
     try:
         for step in range(start + 1, total_steps + 1):
+            profiler.before(step)
             state, metrics = train_step(state, next(train_loader))
+            profiler.after(step, metrics)
             history.append((step, metrics))
             if result["first_step_seconds"] is None:
                 jax.block_until_ready(metrics)
@@ -229,6 +233,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             result.update({k: v for k, v in final.items() if k not in ("predictions", "names")})
         return result
     finally:
+        profiler.close()
         preemption.restore()
         manager.wait_until_finished()
         manager.close()
