@@ -38,7 +38,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from smallbig_jax import benchmark as bm, sharding, steps
+from smallbig_jax import benchmark as bm, sharding, steps, train
 
 LOGITS_F32_BOUND = 1e-4  # x max(1, max |logit|): float32 on the device vs the host CPU
 # Relative L2 error of bfloat16 logits against float32: rounding to an 8-bit mantissa gave 0.03 on the tiny CI
@@ -111,16 +111,15 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
         out["logits_f32_vs_cpu"] = {"max_abs_diff": diff, "max_abs_logit": float(np.abs(ref_logits).max()),
                                     "passed": diff <= LOGITS_F32_BOUND * scale}
 
-        bf16 = ml_collections.ConfigDict(config.to_dict())
-        bf16.model.dtype = "bfloat16"
-        from smallbig_jax import train
+    # bfloat16 at the default precision, as training runs it.
+    bf16 = ml_collections.ConfigDict(config.to_dict())
+    bf16.model.dtype = "bfloat16"
+    bf16_step = steps.make_eval_step(train.model_graphdefs(bf16, mesh)[1], mesh)
+    bf16_logits = np.asarray(bf16_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]), np.float32)
+    rel = _relative_l2(bf16_logits, logits)
+    out["logits_bf16_vs_f32"] = {"relative_l2": rel, "passed": rel <= LOGITS_BF16_BOUND}
 
-        bf16_step = steps.make_eval_step(train.model_graphdefs(bf16, mesh)[1], mesh)
-        bf16_logits = np.asarray(bf16_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]),
-                                 np.float32)
-        rel = _relative_l2(bf16_logits, logits)
-        out["logits_bf16_vs_f32"] = {"relative_l2": rel, "passed": rel <= LOGITS_BF16_BOUND}
-
+    with jax.default_matmul_precision("highest"):
         host_state = jax.device_get(setup.state)
         new_state, metrics = setup.train_step(setup.state, batch)  # donates setup.state
         new_params, loss = jax.device_get((new_state["params"], metrics["loss"]))
@@ -154,35 +153,43 @@ def _timed(jstep: bm.JaxStep, clips_per_device: int, steps_: int, warmup: int, p
 
 def speed(config: ml_collections.ConfigDict, mesh, clips_per_device: Sequence[int], *, steps_: int, warmup: int,
           peak_tflops: float | None = None, setup_fn=None) -> dict[str, Any]:
-    """Train step and eval forward of `config` at each per-device batch; an out-of-memory compile or run is
-    recorded ({"clips_per_device": c, "oom": "..."}) and ends that mode's sweep."""
+    """Train step and eval forward of `config` at each per-device batch, one train state per size (the eval forward
+    runs first: it does not donate the state); an out-of-memory compile or run is recorded
+    ({"clips_per_device": c, "oom": "..."}) and ends that mode's sweep."""
     setup_fn = setup_fn or steps.train_setup
     device = mesh.devices.flat[0]
     peak = peak_tflops or bm.peak_tflops(device.device_kind, config.model.dtype)
     results: dict[str, list] = {"train step": [], "eval forward": []}
-    stopped: set[str] = set()
+
+    def out_of_memory(name: str, c: int, error: Exception) -> None:
+        if not is_out_of_memory(error):
+            raise error
+        results[name].append({"clips_per_device": c, "oom": str(error).strip().splitlines()[0][:300]})
+
     for c in clips_per_device:
-        modes = [m for m in ("train", "eval") if ("train step" if m == "train" else "eval forward") not in stopped]
-        if not modes:
+        names = [n for n in ("eval forward", "train step") if not (results[n] and "oom" in results[n][-1])]
+        if not names:
             break
         cfg = ml_collections.ConfigDict(config.to_dict())
         cfg.batch_size = c * mesh.size
         n, t, size = cfg.batch_size, cfg.data.num_frames, cfg.data.crop_size
         clips = np.random.default_rng(c).standard_normal((n, t, size, size, 3), dtype=np.float32)
         labels = (np.arange(n) % cfg.model.num_classes).astype(np.int32)
-        for mode in modes:
-            name = "train step" if mode == "train" else "eval forward"
+        try:
+            setup = setup_fn(cfg, mesh, bm.STEPS_PER_EPOCH)
+        except Exception as error:  # noqa: BLE001 - out-of-memory is recorded; anything else is re-raised
+            for name in names:
+                out_of_memory(name, c, error)
+            continue
+        for name in names:
             try:
-                setup = setup_fn(cfg, mesh, bm.STEPS_PER_EPOCH)
-                jstep = bm.jax_steps(setup, mesh, clips, labels, modes=(mode,))[name]
+                jstep = bm.jax_steps(setup, mesh, clips, labels, modes=(name.split()[0],))[name]
                 results[name].append(_timed(jstep, c, steps_, warmup, peak, list(mesh.devices.flat)))
-            except Exception as error:  # noqa: BLE001 - only out-of-memory is expected; anything else is re-raised
-                if not is_out_of_memory(error):
-                    raise
-                results[name].append({"clips_per_device": c, "oom": str(error).strip().splitlines()[0][:300]})
-                stopped.add(name)
+            except Exception as error:  # noqa: BLE001
+                out_of_memory(name, c, error)
             finally:
-                setup = jstep = None  # noqa: F841 - free the device buffers before the next size
+                jstep = None  # noqa: F841 - free the compiled program before the next one
+        setup = None  # noqa: F841 - free the train state before the next size
     return {"peak_tflops_per_device": peak, **results}
 
 

@@ -75,9 +75,9 @@ def test_sweep_stops_each_mode_at_out_of_memory_and_reraises_anything_else():
     oom = "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 12.3GiB."
     assert r["train step"] == [{"clips_per_device": 8, "oom": oom}]
     assert r["eval forward"] == [{"clips_per_device": 8, "oom": oom}]
-    assert calls == [8 * mesh.size, 8 * mesh.size]  # 16 and 32 never tried
+    assert calls == [8 * mesh.size]  # 16 and 32 never tried
 
-    def broken_setup(cfg, mesh, steps_per_epoch):
+    def broken_setup(cfg, mesh, steps_per_epoch):  # not a lack of memory: the check stops with it
         raise ValueError("config.batchnorm='x'")
 
     with pytest.raises(ValueError, match="batchnorm"):
