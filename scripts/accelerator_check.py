@@ -3,7 +3,7 @@ r"""On a new accelerator, run this first: numerics on the device, speed at 8/16/
   python scripts/accelerator_check.py                       # SmallBig-R50 8x224, bfloat16, all local devices
   python scripts/accelerator_check.py --converted converted/smallbig50_k400   # numerics with converted weights
   python scripts/accelerator_check.py --data_config configs/kinetics400_smallbig50_8x8.py   # your dataset's input
-  python scripts/accelerator_check.py --tiny                # seconds on a CPU: the same code path at a tiny size
+  python scripts/accelerator_check.py --tiny                # about a minute on a CPU: the same code path, tiny
 
 What it checks and the bounds it holds the device to: `smallbig_jax/accelerator_check.py`. It prints a markdown
 table (the one BENCHMARKS.md takes, `--markdown` also writes it to a file) and one JSON record, appended to
