@@ -71,7 +71,7 @@ def configure(config: ml_collections.ConfigDict, workdir: str | None) -> dict[st
         from jax._src import xla_bridge
 
         if xla_bridge.backends_are_initialized():  # XLA_FLAGS are read once, when the backend starts
-            log.info("config.xla_gpu_flags not applied: the JAX backend was started before the run")
+            log.debug("config.xla_gpu_flags not applied: the JAX backend was started before the run")
         else:
             os.environ["XLA_FLAGS"] = merged_xla_flags(os.environ.get("XLA_FLAGS", ""), flags)
             applied["XLA_FLAGS"] = os.environ["XLA_FLAGS"]
@@ -79,7 +79,7 @@ def configure(config: ml_collections.ConfigDict, workdir: str | None) -> dict[st
     if jax.config.jax_compilation_cache_dir:
         applied["compilation_cache"] = jax.config.jax_compilation_cache_dir
         if folder and folder != jax.config.jax_compilation_cache_dir:
-            log.info("compilation cache: keeping %s (set before the run) over %s", applied["compilation_cache"],
+            log.debug("compilation cache: keeping %s (set before the run) over %s", applied["compilation_cache"],
                      folder)
     elif folder:
         jax.config.update("jax_compilation_cache_dir", folder)
