@@ -5,7 +5,8 @@ r"""Where a JAX step's time goes on CPU: step time, page faults, time per source
   python benchmarks/cpu_step_profile.py --mode eval --by_line 25       # + the 25 source lines taking most time
   python benchmarks/cpu_step_profile.py --kernels                      # BN sums over [1, N, C] and [N, C]
 
-The step is `smallbig_jax.benchmark.jax_steps` (SmallBig-R50, 8x224x224, batch 2, float32, as scripts/benchmark.py).
+The step is the training run's (`smallbig_jax.steps.train_setup` through `smallbig_jax.benchmark.jax_steps`),
+for SmallBig-R50, 8x224x224, batch 2, float32, the official recipe, as scripts/benchmark.py without --config.
 `--by_line` traces one step with `jax.profiler`, reads the trace back with `jax.profiler.ProfileData` and maps each
 XLA fusion to the innermost smallbig_jax source line in the optimised HLO dump (thread time, summed over threads).
 `--kernels` times the microbenchmark behind BENCHMARKS.md's round 2, row 11; the convs' microbenchmarks are in
@@ -106,13 +107,15 @@ def main(argv):
     import jax
     import numpy as np
 
-    from smallbig_jax.benchmark import jax_steps, make_mesh
-    from smallbig_jax.models import build_model
+    from smallbig_jax import benchmark, steps
 
-    model = build_model("smallbig50", 400)
+    config = benchmark.benchmark_config("smallbig50", num_classes=400)
+    config.batch_size = 2
+    mesh = benchmark.make_mesh(1)
+    setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
     clips = np.random.default_rng(0).standard_normal((2, 8, 224, 224, 3), dtype=np.float32)
     name = "train step" if _MODE.value == "train" else "eval forward"
-    step = jax_steps(model, clips, np.array([0, 1], np.int32), make_mesh(), modes=(_MODE.value,))[name]
+    step = benchmark.jax_steps(setup, mesh, clips, np.array([0, 1], np.int32), modes=(_MODE.value,))[name]
     step()
     print(f"{name}: compiled in {step.compile_s:.1f} s; GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')}")
     for _ in range(_STEPS.value):
@@ -136,7 +139,7 @@ def main(argv):
             for line in plane.lines:
                 for event in line.events:
                     durations[event.name] += event.duration_ns
-        module = "jit_train_step" if _MODE.value == "train" else "jit_forward"
+        module = "jit_train_step" if _MODE.value == "train" else "jit_eval_step"
         time_per_line(
             sorted(glob.glob(f"{dump_dir}/*{module}.cpu_after_optimizations.txt"))[-1], durations, _BY_LINE.value
         )

@@ -6,13 +6,22 @@ section 7: the 77.4 is confirmed; that it is R101 8x8 is the spec's best reading
 official code loads ResNet-50 weights here by mistake; spec, section 2.5).
 
   python scripts/model_summary.py --config configs/kinetics400_smallbig101_8x8.py
+
+Arguments (comma-separated): "runlocal" shrinks the run to one CPU; "bf16" computes in bfloat16 (float32 parameters),
+the setting for GPUs and TPUs:
+
+  python scripts/train.py --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
 """
 
 from smallbig_jax.config import official_recipe, runlocal
+from smallbig_jax.runtime import bfloat16
 
 
 def get_config(arg: str | None = None):
     config = official_recipe(variant="smallbig101", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense")
-    if arg == "runlocal":
+    args = set((arg or "").split(","))
+    if "runlocal" in args:
         config = runlocal(config)
+    if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters
+        config = bfloat16(config)
     return config

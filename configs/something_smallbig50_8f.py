@@ -3,12 +3,14 @@ r"""SmallBig-R50, 8 frames (TSN segment sampling), Something-Something V1 or V2 
 Reproduces: the paper's SmallBig-R50 8-frame Something-Something V1 result, 47.0 / 77.1 top-1 / top-5 with
 2 clips x 3 crops (recalled figures; spec, section 7). 23,907,566 parameters, 51.97 GMACs per view. No official
 script exists for Something-Something: the recipe is main.py's, with flip off (labels name left and right).
-The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlocal") shrinks everything.
+The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlocal") shrinks everything;
+"bf16" (e.g. "v2,bf16") computes in bfloat16 with float32 parameters, the setting for GPUs and TPUs.
 
   python scripts/model_summary.py --config configs/something_smallbig50_8f.py:v2
 """
 
 from smallbig_jax.config import official_recipe, runlocal
+from smallbig_jax.runtime import bfloat16
 
 
 def get_config(arg: str | None = None):
@@ -19,4 +21,6 @@ def get_config(arg: str | None = None):
     )
     if "runlocal" in args:
         config = runlocal(config)
+    if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters
+        config = bfloat16(config)
     return config

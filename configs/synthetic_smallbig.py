@@ -7,7 +7,7 @@ Arguments (comma-separated): "res50" swaps in the per-frame C2D baseline of the 
 frames and stays far below SmallBig (BENCHMARKS.md has the numbers); "smoke" shrinks the run to one epoch; "ci" is
 the test suite's accuracy run (a dataset written with `--size 32 --num_train 600`, 28x28 crops, 12 epochs, under
 two minutes per model); "tiny" is the test suite's seconds-long run (width 4, 4 frames of 28x28); "dir=PATH" reads
-the dataset there.
+the dataset there; "bf16" computes in bfloat16 (float32 parameters), for a GPU or TPU.
 
   python scripts/make_synthetic_dataset.py --out data/synthetic
   python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
@@ -18,6 +18,7 @@ crops): SmallBig 98-100% top-1 (98% in the last measurement, BENCHMARKS.md), res
 """
 
 from smallbig_jax.config import official_recipe
+from smallbig_jax.runtime import bfloat16
 from smallbig_jax.data.synthetic import CLASSES, data_config
 
 
@@ -59,4 +60,6 @@ def get_config(arg: str | None = None):
         config.checkpoint_every = 2
         config.eval_every_epochs = 0
         config.eval_batch_size = 4
+    if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters
+        config = bfloat16(config)
     return config

@@ -4,8 +4,11 @@ r"""Training-step and evaluation throughput, per device and in total, optionally
   python scripts/benchmark.py --config configs/kinetics400_smallbig50_8x8.py --batch_per_device 8 --dtype bfloat16
   python scripts/benchmark.py --compare-torch                   # + the PyTorch reference, same weights and input
   XLA_FLAGS=--xla_force_host_platform_device_count=2 python scripts/benchmark.py --num_devices 2 --base_width 8
+  python scripts/benchmark.py --config configs/synthetic_smallbig.py --end_to_end   # the real loader feeding the step
 
-Data-parallel over `--num_devices` local devices (all by default): the global batch is batch_per_device x devices on
+The steps are the training run's own (`smallbig_jax.steps.train_setup`): with `--config`, its optimizer, BatchNorm
+mode, gradient accumulation and EMA; without, the official recipe for `--variant`. Data-parallel over
+`--num_devices` local devices (all by default): the global batch is batch_per_device x devices on
 a 1-D 'data' mesh. Prints a table and appends a JSON record to `--results` (benchmarks/results.jsonl); BENCHMARKS.md
 lists the latest results per device with the commands that made them.
 """
@@ -21,7 +24,7 @@ import sys
 import jax
 from absl import app, flags
 
-from smallbig_jax.benchmark import benchmark_model, format_results
+from smallbig_jax.benchmark import benchmark_config, benchmark_model, format_results, load_config
 from smallbig_jax.config import DTYPES
 from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.models import VARIANTS
@@ -43,20 +46,13 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 _TORCH = flags.DEFINE_boolean("compare_torch", False, "Also time the PyTorch reference (same weights and input).")
 _THREADS = flags.DEFINE_integer("torch_threads", None, "torch.set_num_threads (default: all cores).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: from the peaks table).")
-_INPUT = flags.DEFINE_boolean("input_pipeline", True, "Also time the input pipeline alone (needs --config).")
+_INPUT = flags.DEFINE_boolean("input_pipeline", True, "Also time the input pipeline alone (with --config).")
 _CHECKPOINT = flags.DEFINE_boolean("checkpoint", True, "Also time an Orbax save/restore of the train state.")
+_E2E = flags.DEFINE_boolean(
+    "end_to_end", False, "Also run the config's real training loader feeding the train step (needs --config with a "
+    "dataset): clips/s end to end and whether the step waits for data."
+)
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
-
-
-def _load_config(spec: str):
-    """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
-    import importlib.util
-
-    path, _, arg = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
 
 
 def main(argv):
@@ -66,29 +62,19 @@ def main(argv):
     initialize_distributed()
     if _TORCH.value and jax.process_count() > 1:
         raise app.UsageError("--compare-torch compares on one host; run it without a multi-process launcher")
-    config = _load_config(_CONFIG.value) if _CONFIG.value else None
-    if config is not None:
-        model_kw = dict(
-            variant=config.model.variant,
-            num_classes=config.model.num_classes,
-            frames=config.data.num_frames,
-            size=config.data.crop_size,
-            base_width=config.model.base_width,
-            dtype=_DTYPE.value or config.model.dtype,
-        )
+    if _CONFIG.value:
+        config = load_config(_CONFIG.value)
+        if _DTYPE.value:
+            config.model.dtype = _DTYPE.value
         if _WIDTH.present:
-            model_kw["base_width"] = _WIDTH.value
+            config.model.base_width = _WIDTH.value
     else:
-        model_kw = dict(
-            variant=_VARIANT.value,
-            num_classes=_CLASSES.value,
-            frames=_FRAMES.value,
-            size=_SIZE.value,
-            base_width=_WIDTH.value,
-            dtype=_DTYPE.value or "float32",
-        )
+        if _E2E.value:
+            raise app.UsageError("--end_to_end needs --config (the dataset to load)")
+        config = benchmark_config(_VARIANT.value, num_classes=_CLASSES.value, frames=_FRAMES.value, size=_SIZE.value,
+                                  base_width=_WIDTH.value, dtype=_DTYPE.value or "float32")
     record = benchmark_model(
-        **model_kw,
+        config,
         batch_per_device=_BATCH.value,
         num_devices=_DEVICES.value,
         steps=_STEPS.value,
@@ -97,10 +83,12 @@ def main(argv):
         compare_torch=_TORCH.value,
         torch_threads=_THREADS.value,
         peak_tflops_per_device=_PEAK.value,
-        config=config,
-        measure_input=_INPUT.value,
+        measure_input=_INPUT.value and bool(_CONFIG.value),
         measure_checkpoint=_CHECKPOINT.value,
+        measure_end_to_end=_E2E.value,
     )
+    if _INPUT.value and not _CONFIG.value:
+        record["input_pipeline"] = {"skipped": "needs --config"}
     record["config"] = _CONFIG.value
     record["command"] = " ".join(["python", *sys.argv])
     print(format_results(record))

@@ -1,6 +1,10 @@
 """Throughput of the model's evaluation forward and training step, per device and in total, optionally side by side
 with the PyTorch reference implementation (same weights, same input) in the same run.
 
+The steps timed are the training run's own (`smallbig_jax.steps.train_setup`: the config's optimizer and schedule,
+per-device or global BatchNorm, gradient accumulation, EMA, compile options), built from a config file or, without
+one, from the official recipe for the model asked for (`benchmark_config`).
+
 What is measured, and how:
 - **Step time**: each step is called and blocked on (`jax.block_until_ready`; PyTorch on CPU is synchronous); after
   `warmup` untimed steps, `steps` timed steps give the median and the 10th/90th percentiles. Compilation (JAX) is
@@ -17,6 +21,8 @@ What is measured, and how:
   restore time and the size on disk; the second of two saves, so that Orbax's one-time setup is not counted.
 - **Input pipeline**: clips/s of the data loader alone (`input_pipeline_throughput`), so that a data bottleneck
   shows next to the model's throughput.
+- **End to end** (`end_to_end`): the config's real training loader feeding the real train step, each step blocked
+  on; the share of the time spent waiting for the next batch says whether training is input-bound.
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from smallbig_jax.config import DTYPES
-from smallbig_jax.models import layers
-from smallbig_jax.models.smallbig import build_model
+from smallbig_jax import sharding, steps as step_builder
+from smallbig_jax.config import official_recipe
 
 # Peak dense matmul throughput per chip, TFLOP/s, by compute dtype. Sources: vendor datasheets (NVIDIA A100/H100/H200
 # SXM; Google Cloud TPU system architecture pages). float32 on GPUs is XLA's default TF32 math for convs and dots; on
@@ -133,15 +139,15 @@ def time_interleaved(
 
 
 class JaxStep:
-    """A compiled step with its state: `fn(*state, *inputs) -> (*new_state, *outputs)`, state donated and fed back."""
+    """A step from `smallbig_jax.steps`, compiled ahead of time for the benchmark's arguments. A train step's new
+    state is fed back into the next call (the old one is donated); an eval step's arguments stay."""
 
-    def __init__(self, fn: Callable, state: tuple, inputs: tuple, compiler_options: dict[str, str] | None = None):
-        self.n_state = len(state)
+    def __init__(self, jitted: Callable, args: tuple, feeds_state: bool):
+        self.jitted = jitted  # the function the training run calls (tests check it is the same object)
         start = time.perf_counter()
-        jitted = jax.jit(fn, donate_argnums=tuple(range(self.n_state)), compiler_options=compiler_options)
-        self.compiled = jitted.lower(*state, *inputs).compile()
+        self.compiled = jitted.lower(*args).compile()
         self.compile_s = time.perf_counter() - start
-        self.state, self.inputs = state, inputs
+        self.args, self.feeds_state = args, feeds_state
         # The cost analysis of an SPMD-partitioned program is that of one device's partition (checked: 2 CPU devices
         # at 2 clips report the FLOPs of 1 device at 1 clip, tests/test_benchmark.py).
         self.flops = _cost(self.compiled, "flops")
@@ -149,10 +155,12 @@ class JaxStep:
         self.last = None
 
     def __call__(self):
-        out = self.compiled(*self.state, *self.inputs)
+        out = self.compiled(*self.args)
         jax.block_until_ready(out)
-        self.state, self.last = tuple(out[: self.n_state]), out[self.n_state :]
-        return self.last
+        if self.feeds_state:
+            self.args = (out[0], *self.args[1:])
+        self.last = out
+        return out
 
 
 def _cost(compiled_or_lowered, key: str) -> float:
@@ -194,63 +202,97 @@ def host_peak_rss_gb() -> float:
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D data-parallel mesh ('data',) over the first `num_devices` devices (all by default)."""
+    """The training run's 'data' mesh over the first `num_devices` devices (all by default)."""
     devices = jax.devices()
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
         raise ValueError(f"asked for {n} devices, {len(devices)} available ({devices[0].platform})")
-    return Mesh(np.array(devices[:n]), ("data",))
+    return sharding.make_mesh(devices[:n])
 
 
-def jax_steps(model, clips: np.ndarray, labels: np.ndarray, mesh: Mesh, *, lr: float = 0.01, modes=("eval", "train")):
-    """JaxStep objects for the evaluation forward and the training step (forward, backward, SGD-momentum update,
-    weight decay on every parameter as in the official recipe), data-parallel over `mesh` ('data' axis)."""
-    replicated = NamedSharding(mesh, P())
-    batch_sharding = NamedSharding(mesh, P("data"))
-    graphdef, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    model.eval()
-    eval_graphdef = nnx.graphdef(model)
-    model.train()
-    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr, momentum=0.9))
-    opt_state = tx.init(params)
-    params, stats, opt_state = jax.device_put((params, stats, opt_state), replicated)
-    x = jax.device_put(clips, batch_sharding)
-    y = jax.device_put(labels, batch_sharding)
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
+    import importlib.util
 
-    def forward(params, stats, clips):
-        return params, stats, nnx.merge(eval_graphdef, params, stats)(clips)
+    path, _, arg = spec.partition(":")
+    module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg or None)
 
-    def train_step(params, opt_state, stats, clips, labels):
-        def loss_fn(params, stats):
-            m = nnx.merge(graphdef, params, stats, copy=True)
-            logits = m(clips)
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-            return loss, nnx.state(m, nnx.BatchStat)
 
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, new_stats, loss
+# The schedule's epoch length for a benchmark: only the learning rate's value depends on it, not the step's cost.
+STEPS_PER_EPOCH = 1000
 
-    options = layers.compiler_options(mesh.devices.flat[0].platform)  # the model's own compile options
+
+def benchmark_config(variant: str = "smallbig50", *, num_classes: int = 400, frames: int = 8, size: int = 224,
+                     base_width: int = 64, dtype: str = "float32") -> ml_collections.ConfigDict:
+    """The official recipe (`config.official_recipe`: SGD momentum, weight decay on every parameter, per-device
+    BatchNorm) for a model, when no config file is given."""
+    config = official_recipe(variant=variant, num_classes=num_classes, num_frames=frames, dataset="benchmark",
+                             sampling="dense")
+    config.model.base_width = base_width
+    config.model.dtype = dtype
+    config.data.crop_size = size
+    return config
+
+
+def jax_steps(setup: step_builder.TrainSetup, mesh: Mesh, clips: np.ndarray, labels: np.ndarray, *,
+              modes: Sequence[str] = ("eval", "train")) -> dict[str, JaxStep]:
+    """The evaluation forward and the training step of `setup` (`steps.train_setup`, what training runs), compiled
+    for this batch, split over `mesh`'s 'data' axis."""
+    batch = jax.device_put({"clip": clips, "label": labels}, sharding.batch_sharding(mesh))
     out = {}
-    if "eval" in modes:
-        state = jax.tree.map(jnp.copy, (params, stats))
-        out["eval forward"] = JaxStep(forward, state, (x,), options)
+    if "eval" in modes:  # its own copy of the weights: the train step donates the state
+        weights = jax.tree.map(jnp.copy, (setup.state["params"], setup.state["batch_stats"]))
+        out["eval forward"] = JaxStep(setup.eval_step, (*weights, batch["clip"]), feeds_state=False)
     if "train" in modes:
-        state = (params, opt_state, stats)
-        out["train step"] = JaxStep(train_step, state, (x, y), options)
+        out["train step"] = JaxStep(setup.train_step, (setup.state, batch), feeds_state=True)
     return out
 
 
-def checkpoint_cost(model, mesh: Mesh) -> dict[str, float]:
-    """Save and restore times and size of `model`'s train state through `smallbig_jax.checkpointing`."""
-    import tempfile
+def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.ConfigDict, mesh: Mesh, *, steps: int,
+               warmup: int, input_bound_share: float = 0.1) -> dict[str, Any]:
+    """The config's training loader (`pipeline.make_train_loader`, as in training) feeding the train step.
 
-    import ml_collections
+    Each step is blocked on, so the time spent in `next(loader)` is time the device waited for data (the loader's
+    workers and device prefetch keep running meanwhile). Input-bound: over `input_bound_share` of the time waiting.
+    """
+    from smallbig_jax.data import pipeline
+
+    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+    waits, totals = [], []
+    try:
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            batch = next(loader)
+            got = time.perf_counter()
+            state, metrics = compiled_step(state, batch)
+            jax.block_until_ready((state, metrics))
+            if i >= warmup:
+                waits.append(got - start)
+                totals.append(time.perf_counter() - start)
+    finally:
+        loader.close()
+    share = sum(waits) / sum(totals)
+    median, p10, p90 = summarize(totals)
+    return {
+        "clips_per_s": config.batch_size * len(totals) / sum(totals),
+        "clips_per_s_per_device": config.batch_size * len(totals) / sum(totals) / mesh.size,
+        "step_ms_median": median, "step_ms_p10": p10, "step_ms_p90": p90,
+        "data_wait_ms_median": summarize(waits)[0],
+        "data_wait_share": share,
+        "input_bound": share > input_bound_share,
+        "steps": steps,
+    }
+
+
+def checkpoint_cost(params: Any, stats: Any, mesh: Mesh) -> dict[str, float]:
+    """Save and restore times and size of a train state with these weights through `smallbig_jax.checkpointing`."""
+    import tempfile
 
     from smallbig_jax import checkpointing
 
-    _, params, stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     # Momentum as after training, not the all-zero arrays of step 0, which would compress away and flatter the size.
     opt_state = jax.tree.map(lambda z: jax.random.normal(jax.random.key(0), z.shape, z.dtype) * 1e-3,
                              optax.sgd(0.01, momentum=0.9).init(params))
@@ -369,57 +411,62 @@ def _batch_size(batch) -> int:
 
 
 def benchmark_model(
-    variant: str = "smallbig50",
+    config: ml_collections.ConfigDict,
     *,
-    num_classes: int = 400,
-    frames: int = 8,
-    size: int = 224,
     batch_per_device: int = 2,
     num_devices: int | None = None,
-    base_width: int = 64,
-    dtype: str = "float32",
     steps: int = 10,
     warmup: int = 2,
     modes: Sequence[str] = ("eval", "train"),
     compare_torch: bool = False,
     torch_threads: int | None = None,
     peak_tflops_per_device: float | None = None,
-    config=None,
     measure_input: bool = False,
     measure_checkpoint: bool = False,
-    seed: int = 0,
+    measure_end_to_end: bool = False,
 ) -> dict[str, Any]:
-    """Times the evaluation forward and/or training step; returns a JSON-ready record (see `format_results`)."""
+    """Times `config`'s evaluation forward and/or training step, as training builds them, at `batch_per_device`
+    clips per device; returns a JSON-ready record (see `format_results`)."""
     mesh = make_mesh(num_devices)
     n_dev = mesh.size
     batch = batch_per_device * n_dev
-    model = build_model(variant, num_classes, base_width=base_width, dtype=DTYPES[dtype], seed=seed)
-    rng = np.random.default_rng(seed)
-    clips = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32)
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.batch_size = batch
+    variant, num_classes = config.model.variant, config.model.num_classes
+    frames, size, dtype = config.data.num_frames, config.data.crop_size, config.model.dtype
+    setup = step_builder.train_setup(config, mesh, STEPS_PER_EPOCH)
+    rng = np.random.default_rng(config.seed)
+    clips = rng.standard_normal((batch, frames, size, size, 3), dtype=np.float32).astype(config.data.dtype)
     labels = (np.arange(batch) % num_classes).astype(np.int32)
 
     torch_steps = None
     if compare_torch:
         if dtype != "float32":
             raise ValueError("--compare-torch compares float32 models only")
-        torch_steps = TorchSteps(model, clips, labels, threads=torch_threads)  # weights taken before any JAX step
+        jax_model = nnx.merge(setup.eval_graphdef, setup.state["params"], setup.state["batch_stats"])
+        torch_steps = TorchSteps(jax_model, clips, labels, threads=torch_threads)  # weights taken before any JAX step
 
     device = mesh.devices.flat[0]
     peak = peak_tflops_per_device or peak_tflops(device.device_kind, dtype)
-    checkpoint = checkpoint_cost(model, mesh) if measure_checkpoint else None  # before the steps donate the weights
-    jsteps = jax_steps(model, clips, labels, mesh, modes=modes)
+    checkpoint = None
+    if measure_checkpoint:  # before the train step donates the weights
+        checkpoint = checkpoint_cost(setup.state["params"], setup.state["batch_stats"], mesh)
+    jsteps = jax_steps(setup, mesh, clips, labels, modes=modes)
     timings: list[Timing] = []
     parity = {}
+    e2e = None
     for name, jstep in jsteps.items():
         funcs = {"jax": jstep}
         if torch_steps is not None:
             funcs["torch"] = torch_steps.eval_step if name == "eval forward" else torch_steps.train_step
         times, faults = time_interleaved(funcs, steps=steps, warmup=warmup)
         if torch_steps is not None and name == "eval forward":
-            j_logits = np.asarray(jstep.last[0])
+            j_logits = np.asarray(jstep.last)
             t_logits = torch_steps.eval_step().float().numpy()
             parity["eval_logits_max_abs_diff"] = float(np.abs(j_logits - t_logits).max())
             parity["eval_logits_max_abs"] = float(np.abs(t_logits).max())
+        if measure_end_to_end and name == "train step":
+            e2e = end_to_end(jstep.compiled, jstep.args[0], config, mesh, steps=steps, warmup=warmup)
         for framework, ts in times.items():
             median, p10, p90 = summarize(ts)
             is_jax = framework == "jax"
@@ -461,8 +508,11 @@ def benchmark_model(
         "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),  # smallbig_jax/host_memory.py
         "versions": _versions(compare_torch),
         "variant": variant,
-        "base_width": base_width,
+        "base_width": config.model.base_width,
         "num_classes": num_classes,
+        # How the step was built (steps.train_setup), as in training.
+        "step_config": {"batchnorm": config.batchnorm, "grad_accum_steps": config.grad_accum_steps,
+                        "ema_decay": config.ema_decay, "params_sharding": config.params_sharding},
         "input_per_device": [batch_per_device, frames, size, size, 3],
         "global_batch": batch,
         "mesh": {"data": n_dev},
@@ -482,9 +532,9 @@ def benchmark_model(
     if checkpoint is not None:
         record["checkpoint"] = checkpoint
     if measure_input:
-        record["input_pipeline"] = (
-            input_pipeline_throughput(config) if config is not None else {"skipped": "needs --config"}
-        )
+        record["input_pipeline"] = input_pipeline_throughput(config)
+    if e2e is not None:
+        record["end_to_end"] = e2e
     return record
 
 
@@ -542,5 +592,12 @@ def format_results(record: dict[str, Any]) -> str:
         ip = record["input_pipeline"]
         lines.append(
             f"input pipeline: {ip['skipped']}" if "skipped" in ip else f"input pipeline: {ip['clips_per_s']:.1f} clips/s"
+        )
+    if "end_to_end" in record:
+        e = record["end_to_end"]
+        lines.append(
+            f"end to end (loader + train step): {e['clips_per_s']:.2f} clips/s, median step {e['step_ms_median']:.1f} ms "
+            f"of which waiting for data {e['data_wait_ms_median']:.1f} ms ({e['data_wait_share']:.0%} of the time): "
+            + ("INPUT-BOUND" if e["input_bound"] else "not input-bound")
         )
     return "\n".join(lines)

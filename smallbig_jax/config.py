@@ -72,6 +72,11 @@ def official_recipe(
     config.eval_batch_size = 64  # views per evaluation step (global)
     config.eval_average = "softmax"  # per-video fusion of view scores: "softmax" or "logits"
     config.final_eval = True  # full multi-view test (num_clips x num_crops) at the end
+    # Accelerator defaults (smallbig_jax/runtime.py): compiled programs cached across runs ("user": ~/.cache,
+    # "workdir", "" off, or a folder); XLA flags for GPUs; a profiler trace of this many steps (0: none).
+    config.compilation_cache = "user"
+    config.xla_gpu_flags = "--xla_gpu_enable_latency_hiding_scheduler=true"
+    config.profile_steps = 0
     return config
 
 
@@ -186,6 +191,10 @@ RULES: dict[str, Rule] = {
     "eval_batch_size": integer(1),
     "eval_average": one_of("softmax", "logits"),
     "final_eval": BOOLEAN,
+    "compilation_cache": Rule(lambda v: isinstance(v, str), "'user', 'workdir', '' (off) or a folder"),
+    "xla_gpu_flags": Rule(lambda v: isinstance(v, str) and all(f.startswith("--xla_") for f in v.split()),
+                          "space-separated --xla_... flags or ''"),
+    "profile_steps": integer(0),
     "data.format": one_of("frames", "video", "arrayrecord"),
     "data.root": TEXT,
     "data.train_list": TEXT,

@@ -9,7 +9,6 @@ counted once over all hosts; padding views are ignored; a video with any broken 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from typing import Any, Callable, Iterable
@@ -19,20 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from smallbig_jax.models import layers
 from smallbig_jax.sharding import replicated
-
-
-@functools.lru_cache(maxsize=4)
-def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
-    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device; one per
-    (model, mesh), so that the validations during training compile once."""
-
-    def step(params, batch_stats, clips):
-        return nnx.merge(graphdef, params, batch_stats)(clips)
-
-    options = layers.compiler_options(mesh.devices.flat[0].platform)
-    return jax.jit(step, out_shardings=replicated(mesh), compiler_options=options)
+from smallbig_jax.steps import make_eval_step  # the one eval step, shared with the benchmark
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

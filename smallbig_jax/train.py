@@ -22,15 +22,15 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax import lax
 from jax.experimental import multihost_utils
 
-from smallbig_jax import checkpointing, evaluate as evaluation, sharding
+from smallbig_jax import checkpointing, evaluate as evaluation, runtime, sharding, steps
 from smallbig_jax.config import ConfigError, check_config, model_from_config, resume_changes
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
-from smallbig_jax.models import layers, set_batchnorm_groups
-from smallbig_jax.optim import learning_rate_schedule, make_optimizer
+from smallbig_jax.models import set_batchnorm_groups
+from smallbig_jax.optim import make_optimizer  # noqa: F401 (evaluate.py builds the abstract state with it)
+from smallbig_jax.steps import cross_entropy, make_train_step  # noqa: F401 (built in steps.py; kept importable here)
 
 log = logging.getLogger(__name__)
 
@@ -89,72 +89,6 @@ def create_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.Gradie
     options = {"xla_backend_optimization_level": 1} if mesh.devices.flat[0].platform == "cpu" else None
     init = jax.jit(lambda: _initial_state(config, mesh, tx), out_shardings=shardings, compiler_options=options)
     return graphdef, init(), shardings
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
-    targets = jax.nn.one_hot(labels, logits.shape[-1])
-    if smoothing:
-        targets = optax.smooth_labels(targets, smoothing)
-    return optax.softmax_cross_entropy(logits, targets)
-
-
-def make_train_step(graphdef, tx, config: ml_collections.ConfigDict, mesh, state_shardings, lr_schedule):
-    """The jitted step `(state, batch) -> (state, metrics)`.
-
-    With `grad_accum_steps = k` the global batch is split into k micro-batches (every device keeps 1/k of its part
-    in each), run one after another with BatchNorm statistics per micro-batch and running statistics updated after
-    each, as k PyTorch forward passes would; the mean of their gradients makes one update.
-    """
-    k = config.grad_accum_steps
-    ema_decay = config.ema_decay
-
-    def loss_fn(params, batch_stats, clips, labels):
-        model = nnx.merge(graphdef, params, batch_stats, copy=True)
-        logits = model(clips)
-        loss = cross_entropy(logits, labels, config.label_smoothing).mean()
-        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        return loss, (nnx.state(model, nnx.BatchStat), correct)
-
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def step(state, batch):
-        clips, labels = batch["clip"], batch["label"]
-        params = state["params"]
-        if k == 1:
-            (loss, (batch_stats, correct)), grads = grad_fn(params, state["batch_stats"], clips, labels)
-        else:
-            n = clips.shape[0]
-            if n % k:
-                raise ValueError(f"batch {n} does not split into grad_accum_steps={k} micro-batches")
-            split = lambda x: jnp.swapaxes(x.reshape(n // k, k, *x.shape[1:]), 0, 1)  # noqa: E731
-
-            def micro(carry, xs):
-                batch_stats, grad_sum, loss_sum, correct_sum = carry
-                (loss, (batch_stats, correct)), grads = grad_fn(params, batch_stats, *xs)
-                grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-                return (batch_stats, grad_sum, loss_sum + loss, correct_sum + correct), None
-
-            zeros = jax.tree.map(jnp.zeros_like, params)
-            init = (state["batch_stats"], zeros, jnp.zeros(()), jnp.zeros((), jnp.int32))
-            (batch_stats, grads, loss, correct), _ = lax.scan(micro, init, (split(clips), split(labels)))
-            grads = jax.tree.map(lambda g: g / k, grads)
-            loss = loss / k
-        updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                     "batch_stats": batch_stats, "opt_state": opt_state}
-        if ema_decay:
-            new_state["ema_params"] = optax.incremental_update(new_state["params"], state["ema_params"], 1 - ema_decay)
-        metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": lr_schedule(state["step"])}
-        return new_state, metrics
-
-    batch_sharding = sharding.batch_sharding(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,),
-        compiler_options=layers.compiler_options(mesh.devices.flat[0].platform),
-    )
 
 
 # --- The run ----------------------------------------------------------------------------------------------------
@@ -236,6 +170,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir` (resuming from its newest intact checkpoint if any) and returns the final
     metrics. Config values, the checkpoint and the resume compatibility are all checked before anything compiles."""
     check_config(config)
+    runtime.configure(config, workdir)  # compilation cache, XLA GPU flags: before the backend starts
     mesh = sharding.make_mesh()
     devices = mesh.size
     if config.batch_size % devices:
@@ -254,10 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             manager.close()
             train_loader.close()
             raise
-    tx = make_optimizer(config, steps_per_epoch)
-    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
-    graphdef, state, state_shardings = create_train_state(config, mesh, tx)
-    train_step = make_train_step(graphdef, tx, config, mesh, state_shardings, lr_schedule)
+    setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as scripts/benchmark.py's
+    state, state_shardings, train_step = setup.state, setup.state_shardings, setup.train_step
 
     if start is not None:
         abstract = checkpointing.abstract_like(state, state_shardings)
@@ -267,6 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     start = start or 0
     writer = MetricWriter(workdir, resumed_at=start)
     preemption = Preemption()
+    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(workdir, "tensorboard"), start)
     log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
              total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
              config.batchnorm)
@@ -287,7 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step = start
     try:
         for step in range(start + 1, total_steps + 1):
+            profiler.before(step)
             state, metrics = train_step(state, next(train_loader))
+            profiler.after(step, metrics)
             history.append((step, metrics))
             if result["first_step_seconds"] is None:
                 jax.block_until_ready(metrics)
@@ -335,6 +271,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             result.update({k: v for k, v in final.items() if k not in ("predictions", "names")})
         return result
     finally:
+        profiler.close()
         preemption.restore()
         manager.wait_until_finished()
         manager.close()

@@ -81,6 +81,56 @@ def test_slurm_dry_run_prints_batch_script(per_host):
     ) in lines
 
 
+@pytest.mark.parametrize("accelerator", ["gpu", "tpu"])
+def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
+    import yaml
+
+    args = ["--image", "us-docker.pkg.dev/p/r/smallbig:1", "--name", "k400", "--nodes", "4", "--namespace", "ml",
+            "--workdir", "gs://bucket/run 1", "--env", "XLA_FLAGS=--xla_a=1 --xla_b", "--service-account", "trainer"]
+    if accelerator == "tpu":
+        args += ["--accelerator", "tpu", "--tpu-type", "tpu-v5p-slice", "--tpu-topology", "2x2x4"]
+    r = _run("launch_gke.sh", *args, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    service, job = yaml.safe_load_all(r.stdout)
+    assert service["kind"] == "Service" and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"job-name": "k400"} and service["metadata"]["namespace"] == "ml"
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 4 and spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == "k400" and pod["serviceAccountName"] == "trainer"
+    (container,) = pod["containers"]
+    assert container["image"] == "us-docker.pkg.dev/p/r/smallbig:1" and container["workingDir"] == "/app"
+    assert container["command"] == ["bash", "-c", "exec python scripts/train.py --config "
+                                    "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["SMALLBIG_PROCESS_ID"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert env["XLA_FLAGS"] == "--xla_a=1 --xla_b"
+    # What jax.distributed.initialize() gets in pod 2: pod 0 through the headless Service, 4 processes, index 2.
+    pod_env = {k: v for k, v in env.items() if isinstance(v, str)} | {"SMALLBIG_PROCESS_ID": "2"}
+    assert distributed_settings(env=pod_env) == dict(coordinator_address="k400-0.k400:1234", num_processes=4,
+                                                     process_id=2)
+    if accelerator == "gpu":
+        assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+        assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
+    else:
+        assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+                                       "cloud.google.com/gke-tpu-topology": "2x2x4"}
+        assert container["resources"]["limits"] == {"google.com/tpu": 4}
+
+
+def test_gke_missing_or_bad_arguments():
+    r = _run("launch_gke.sh", "--workdir", "gs://b/r", "--dry-run")
+    assert r.returncode == 2 and "--image is required" in r.stderr
+    r = _run("launch_gke.sh", "--image", "i", "--dry-run")
+    assert r.returncode == 2 and "--workdir is required" in r.stderr
+    r = _run("launch_gke.sh", "--image", "i", "--workdir", "gs://b", "--nodes", "0", "--dry-run")
+    assert r.returncode == 2 and "--nodes" in r.stderr
+    r = _run("launch_gke.sh", "--image", "i", "--workdir", "gs://b", "--name", "Bad_Name", "--dry-run")
+    assert r.returncode == 2 and "DNS label" in r.stderr
+
+
 def test_local_dry_run_prints_per_process_environment():
     r = _run("launch_local.sh", "-n", "3", "--port", "4321", "--dry-run", "--", "python", "x.py", "--flag", "a b")
     assert r.returncode == 0, r.stderr

@@ -57,7 +57,7 @@ def conv_impl() -> str:
 # XLA:CPU hands convolutions to YNNPACK by default. Its 3x3 conv at 56 px runs at about half the speed of XLA's own
 # (Eigen) conv, and Eigen's conv gradients beat the hand-written ones this file had (BENCHMARKS.md, round 5: train
 # step 12% faster and temporaries 4.6 -> 3.4 GB in an A/B; PyTorch/JAX train 0.96 -> 1.12-1.15 in
-# scripts/benchmark.py). Dots and reductions stay with YNNPACK, where they are fastest.
+# scripts/benchmark.py on a loaded machine, 0.86 idle). Dots and reductions stay with YNNPACK, where they are fastest.
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }

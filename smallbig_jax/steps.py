@@ -1,0 +1,149 @@
+"""The train and eval steps, built in one place.
+
+`train.py` (the training loop), `evaluate.py` (multi-view evaluation), `benchmark.py` (scripts/benchmark.py,
+benchmarks/cpu_step_profile.py) and `scripts/accelerator_check.py` all take their steps from here, so what is timed
+is what trains: per-device BatchNorm, gradient accumulation, EMA, label smoothing, the optimizer chain and the
+backend's compile options exactly as the config sets them. `train_setup` is the one call that turns a config into
+a ready train state and its steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax import lax
+
+from smallbig_jax import sharding
+from smallbig_jax.models import layers
+from smallbig_jax.optim import learning_rate_schedule, make_optimizer
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    return optax.softmax_cross_entropy(logits, targets)
+
+
+def compiler_options(mesh) -> dict[str, str] | None:
+    """The model's `jax.jit` compile options on `mesh`'s backend (`layers.compiler_options`)."""
+    return layers.compiler_options(mesh.devices.flat[0].platform)
+
+
+def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                  lr_schedule: optax.Schedule) -> Callable:
+    """The pure step `(state, batch) -> (state, metrics)`, not jitted (`make_train_step` jits it on a mesh; the
+    accelerator check also runs it on the host CPU as the reference).
+
+    With `grad_accum_steps = k` the global batch is split into k micro-batches (every device keeps 1/k of its part
+    in each), run one after another with BatchNorm statistics per micro-batch and running statistics updated after
+    each, as k PyTorch forward passes would; the mean of their gradients makes one update.
+    """
+    k = config.grad_accum_steps
+    ema_decay = config.ema_decay
+
+    def loss_fn(params, batch_stats, clips, labels):
+        model = nnx.merge(graphdef, params, batch_stats, copy=True)
+        logits = model(clips)
+        loss = cross_entropy(logits, labels, config.label_smoothing).mean()
+        correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+        return loss, (nnx.state(model, nnx.BatchStat), correct)
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state, batch):  # the name XLA's dumps and profiles show: jit_train_step
+        clips, labels = batch["clip"], batch["label"]
+        params = state["params"]
+        if k == 1:
+            (loss, (batch_stats, correct)), grads = grad_fn(params, state["batch_stats"], clips, labels)
+        else:
+            n = clips.shape[0]
+            if n % k:
+                raise ValueError(f"batch {n} does not split into grad_accum_steps={k} micro-batches")
+            split = lambda x: jnp.swapaxes(x.reshape(n // k, k, *x.shape[1:]), 0, 1)  # noqa: E731
+
+            def micro(carry, xs):
+                batch_stats, grad_sum, loss_sum, correct_sum = carry
+                (loss, (batch_stats, correct)), grads = grad_fn(params, batch_stats, *xs)
+                grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+                return (batch_stats, grad_sum, loss_sum + loss, correct_sum + correct), None
+
+            zeros = jax.tree.map(jnp.zeros_like, params)
+            init = (state["batch_stats"], zeros, jnp.zeros(()), jnp.zeros((), jnp.int32))
+            (batch_stats, grads, loss, correct), _ = lax.scan(micro, init, (split(clips), split(labels)))
+            grads = jax.tree.map(lambda g: g / k, grads)
+            loss = loss / k
+        updates, opt_state = tx.update(grads, state["opt_state"], params)
+        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
+                     "batch_stats": batch_stats, "opt_state": opt_state}
+        if ema_decay:
+            new_state["ema_params"] = optax.incremental_update(new_state["params"], state["ema_params"], 1 - ema_decay)
+        metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": lr_schedule(state["step"])}
+        return new_state, metrics
+
+    return train_step
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
+                    mesh, state_shardings: Any, lr_schedule: optax.Schedule) -> Callable:
+    """The jitted step `(state, batch) -> (state, metrics)` on `mesh`: state in its shardings and donated, batch
+    split over the 'data' axis, metrics replicated."""
+    return jax.jit(
+        train_step_fn(graphdef, tx, config, lr_schedule),
+        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=(0,),
+        compiler_options=compiler_options(mesh),
+    )
+
+
+def eval_step_fn(graphdef: nnx.GraphDef) -> Callable:
+    """The pure `(params, batch_stats, clips) -> logits` of a model graph in eval mode (running statistics)."""
+
+    def eval_step(params, batch_stats, clips):  # jit_eval_step in XLA's dumps and profiles
+        return nnx.merge(graphdef, params, batch_stats)(clips)
+
+    return eval_step
+
+
+@functools.lru_cache(maxsize=4)
+def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
+    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device; one per
+    (model, mesh), so that the validations during training compile once."""
+    return jax.jit(eval_step_fn(graphdef), out_shardings=sharding.replicated(mesh),
+                   compiler_options=compiler_options(mesh))
+
+
+@dataclasses.dataclass
+class TrainSetup:
+    """A config's train state on a mesh and the steps that run it (what `train_and_evaluate` trains with)."""
+
+    graphdef: nnx.GraphDef  # train mode (batch statistics)
+    eval_graphdef: nnx.GraphDef  # eval mode (running statistics)
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    state: dict[str, Any]
+    state_shardings: Any
+    train_step: Callable  # make_train_step(...)
+    eval_step: Callable  # make_eval_step(...)
+
+
+def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int) -> TrainSetup:
+    """The optimizer, schedule, fresh train state (born sharded; `config.init_from` applied) and jitted steps of
+    `config` on `mesh`."""
+    from smallbig_jax import train  # the train state is built there; train imports this module
+
+    tx = make_optimizer(config, steps_per_epoch)
+    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
+    graphdef, state, shardings = train.create_train_state(config, mesh, tx)
+    eval_graphdef = train.model_graphdefs(config, mesh)[1]
+    return TrainSetup(graphdef, eval_graphdef, tx, lr_schedule, state, shardings,
+                      make_train_step(graphdef, tx, config, mesh, shardings, lr_schedule),
+                      make_eval_step(eval_graphdef, mesh))

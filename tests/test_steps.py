@@ -1,0 +1,60 @@
+"""One step builder: the training loop, the evaluation and the benchmark run the same step functions
+(`smallbig_jax.steps`), with the config's accumulation and EMA; the benchmark's end-to-end mode feeds the real step
+from the real loader."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+
+from smallbig_jax import benchmark as bm, evaluate, steps, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(path: str, arg: str):
+    spec = importlib.util.spec_from_file_location("config_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_training_and_evaluation_take_their_steps_from_the_builder():
+    assert train.make_train_step is steps.make_train_step
+    assert evaluate.make_eval_step is steps.make_eval_step
+    # train_and_evaluate gets its state and step from steps.train_setup (a copy of the construction would not).
+    assert {"steps", "train_setup"} <= set(train.train_and_evaluate.__code__.co_names)
+    assert "make_train_step" not in train.train_and_evaluate.__code__.co_names
+
+
+def test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_loader(tmp_path, monkeypatch):
+    """benchmark_model's timed functions are the very jitted train and eval steps of `steps.train_setup` for the
+    config (here with gradient accumulation and EMA), and its end-to-end mode runs them on the config's loader."""
+    from smallbig_jax.data import synthetic
+
+    out = str(tmp_path / "synthetic")
+    synthetic.write_dataset(out, num_train=12, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
+    config = load_config(os.path.join(REPO, "configs", "synthetic_smallbig.py"), f"tiny,dir={out}")
+    config.grad_accum_steps, config.ema_decay = 2, 0.9
+
+    built, timed = [], []
+    real_setup, real_step = steps.train_setup, bm.JaxStep.__init__
+    monkeypatch.setattr(steps, "train_setup", lambda *a, **k: built.append(real_setup(*a, **k)) or built[-1])
+
+    def spy(self, jitted, args, feeds_state):
+        timed.append(jitted)
+        real_step(self, jitted, args, feeds_state)
+
+    monkeypatch.setattr(bm.JaxStep, "__init__", spy)
+    rec = bm.benchmark_model(config, batch_per_device=4, num_devices=1, steps=2, warmup=1, measure_end_to_end=True)
+    (setup,) = built
+    assert timed == [setup.eval_step, setup.train_step]
+    assert "ema_params" in setup.state  # the step was built with EMA
+    assert rec["step_config"] == {"batchnorm": "global", "grad_accum_steps": 2, "ema_decay": 0.9,
+                                  "params_sharding": "replicate"}
+    assert rec["global_batch"] == 4 and rec["input_per_device"] == [4, 4, 28, 28, 3]
+    e = rec["end_to_end"]
+    assert e["steps"] == 2 and e["clips_per_s"] > 0 and 0 <= e["data_wait_share"] <= 1
+    assert e["input_bound"] == (e["data_wait_share"] > 0.1)
+    assert "end to end (loader + train step)" in bm.format_results(rec)
