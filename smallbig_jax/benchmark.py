@@ -260,7 +260,8 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
     """
     from smallbig_jax.data import pipeline
 
-    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                        num_classes=config.model.num_classes, mesh=mesh)
     waits, totals = [], []
     try:
         for i in range(warmup + steps):
