@@ -69,6 +69,7 @@ def make_data(root: str, num_videos: int, num_frames: int, h: int, w: int) -> di
         f"{root}/ar_jpeg",
         {"train": f"{root}/frames.txt"},
         input_format="frames",
+        num_classes=num_videos,
         root=f"{root}/frames",
         workers=2,
         progress=False,
@@ -77,16 +78,19 @@ def make_data(root: str, num_videos: int, num_frames: int, h: int, w: int) -> di
         f"{root}/ar_video",
         {"train": f"{root}/videos.txt"},
         input_format="video",
+        num_classes=num_videos,
         root=f"{root}/videos",
         config="video",
         workers=2,
         progress=False,
     )
     return {
-        "frames (JPEG folders)": sources.FrameFolderSource(f"{root}/frames.txt", f"{root}/frames"),
-        "video (mp4, PyAV)": sources.VideoFileSource(f"{root}/videos.txt", f"{root}/videos"),
-        "arrayrecord jpeg (default)": sources.ArrayRecordSource(f"{root}/ar_jpeg", "train"),
-        "arrayrecord video": sources.ArrayRecordSource(f"{root}/ar_video", "train"),
+        "frames (JPEG folders)": sources.FrameFolderSource(
+            f"{root}/frames.txt", f"{root}/frames", num_classes=num_videos
+        ),
+        "video (mp4, PyAV)": sources.VideoFileSource(f"{root}/videos.txt", f"{root}/videos", num_classes=num_videos),
+        "arrayrecord jpeg (default)": sources.ArrayRecordSource(f"{root}/ar_jpeg", "train", num_classes=num_videos),
+        "arrayrecord video": sources.ArrayRecordSource(f"{root}/ar_video", "train", num_classes=num_videos),
     }
 
 
@@ -167,10 +171,15 @@ def main(argv: list[str] | None = None) -> int:
         e2e.format, e2e.arrayrecord_dir, e2e.reader_threads = "arrayrecord", f"{root}/ar_jpeg", 1
         # grain's index shuffle costs ~4 ms per element on a 6-element dataset (10-40 us from 1000 up), so the 6
         # videos are presented as a 1200-video dataset.
-        many = Cycled(sources.ArrayRecordSource(f"{root}/ar_jpeg", "train"), 1200)
+        many = Cycled(sources.ArrayRecordSource(f"{root}/ar_jpeg", "train", num_classes=a.videos), 1200)
         it = iter(
             pipeline.train_dataset(
-                e2e, global_batch_size=8, seed=0, shard_options=grain.sharding.NoSharding(), source=many
+                e2e,
+                global_batch_size=8,
+                seed=0,
+                num_classes=a.videos,
+                shard_options=grain.sharding.NoSharding(),
+                source=many,
             )
         )
         cpu, wall = clips_per_cpu_second(lambda i: next(it), max(2, a.clips // 8))
@@ -187,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             src._record(i % len(src))
 
         read_tfds = clips_per_cpu_second(lambda i: src._open()[i % len(src)], a.clips)[0]
-        zsrc = sources.ArrayRecordSource(zstd_copy(root), "train")  # The shards as TFDS writes them by default.
+        # The shards as TFDS writes them by default.
+        zsrc = sources.ArrayRecordSource(zstd_copy(root), "train", num_classes=a.videos)
         read_zstd = clips_per_cpu_second(lambda i: zsrc._open()[i % len(zsrc)], a.clips)[0]
         read = clips_per_cpu_second(fast_read, a.clips)[0]
         load = clips_per_cpu_second(lambda i: src.load(i % len(src), choose), a.clips)[0]

@@ -1,11 +1,15 @@
 """Decodes every video of a list (or a prepared ArrayRecord split) and reports each broken entry.
 
-Missing files and frame folders, missing frames, corrupt or truncated videos and videos with fewer frames than
-the list claims are printed as ``<list file>:<line>: <what is wrong>``; the exit status is 1 if any. Examples::
+Missing files and frame folders, missing frames, corrupt or truncated videos, videos with fewer frames than
+the list claims and labels outside ``[0, num_classes)`` are printed as ``<list file>:<line>: <what is wrong>``; the
+exit status is 1 if any. A malformed list line or label stops the check at that line. Examples::
 
-  python scripts/check_dataset.py --format video --list data/synthetic/train.txt --root data/synthetic/videos
-  python scripts/check_dataset.py --format frames --list k400_train.txt --root rawframes --kinetics_ids
-  python scripts/check_dataset.py --format arrayrecord --arrayrecord_dir data/synthetic/arrayrecord --split val
+  python scripts/check_dataset.py --num_classes 5 --format video --list data/synthetic/train.txt \
+      --root data/synthetic/videos
+  python scripts/check_dataset.py --num_classes 400 --format frames --list k400_train.txt --root rawframes \
+      --kinetics_ids
+  python scripts/check_dataset.py --num_classes 5 --format arrayrecord --arrayrecord_dir data/synthetic/arrayrecord \
+      --split val
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from smallbig_jax.data.lists import DataError  # noqa: E402
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--format", choices=["frames", "video", "arrayrecord"], required=True)
+    p.add_argument("--num_classes", type=int, required=True, help="labels must be in [0, num_classes)")
     p.add_argument("--list", help="list file (frames, video)")
     p.add_argument("--root", default="")
     p.add_argument("--template", default="img_{:05d}.jpg")
@@ -36,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         if a.format == "frames":
-            source = sources.FrameFolderSource(a.list, a.root, a.template, a.kinetics_ids)
+            source = sources.FrameFolderSource(a.list, a.root, a.template, a.kinetics_ids, num_classes=a.num_classes)
         elif a.format == "video":
-            source = sources.VideoFileSource(a.list, a.root)
+            source = sources.VideoFileSource(a.list, a.root, num_classes=a.num_classes)
         else:
-            source = sources.ArrayRecordSource(a.arrayrecord_dir, a.split)
+            source = sources.ArrayRecordSource(a.arrayrecord_dir, a.split, num_classes=a.num_classes)
     except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.
         print(err)
         return 1

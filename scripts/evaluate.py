@@ -44,7 +44,9 @@ def main(argv):
     views = _CONFIG.value.data.num_clips * _CONFIG.value.data.num_crops
     print(f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x {views} views "
           f"(step {result['step']}); predictions in {out}")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "names")}))
+    for name, reason in result.get("excluded", {}).items():
+        print(f"excluded (data.eval_bad_input='exclude'): {name}: {reason}")
+    print(json.dumps({k: v for k, v in result.items() if k not in ("predictions", "names", "excluded")}))
 
 
 if __name__ == "__main__":

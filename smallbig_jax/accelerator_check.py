@@ -207,11 +207,13 @@ def synthetic_data_config(out: str, *, num_videos: int, num_frames: int, size: i
     return data
 
 
-def input_pipeline(data_config: ml_collections.ConfigDict, *, batch_size: int, workers: int, batches: int,
-                   warmup: int, step_clips_per_s_per_host: float | None) -> dict[str, Any]:
+def input_pipeline(data_config: ml_collections.ConfigDict, *, num_classes: int, batch_size: int, workers: int,
+                   batches: int, warmup: int, step_clips_per_s_per_host: float | None) -> dict[str, Any]:
     """The training pipeline's clips/s with `workers` grain worker processes (0: in the main process, one core),
     and the cores it would take to feed `step_clips_per_s_per_host`."""
-    config = ml_collections.ConfigDict({"batch_size": batch_size, "data": data_config.to_dict()})
+    config = ml_collections.ConfigDict(
+        {"batch_size": batch_size, "model": {"num_classes": num_classes}, "data": data_config.to_dict()}
+    )
     config.data.worker_count = workers
     r = bm.input_pipeline_throughput(config, batches=batches, warmup=warmup)
     if "skipped" in r:
@@ -266,8 +268,9 @@ def run(config: ml_collections.ConfigDict, *, clips_per_device: Sequence[int], s
             record["input_data"] = data_config.get("train_list") or data_config.get("arrayrecord_dir")
         workers = (os.cpu_count() or 1) if input_workers is None else input_workers
         record["input_pipeline"] = input_pipeline(
-            data_config, batch_size=max(clips_per_device) * len(devices), workers=workers, batches=input_batches,
-            warmup=1, step_clips_per_s_per_host=best * len(devices) if best else None)
+            data_config, num_classes=config.model.num_classes, batch_size=max(clips_per_device) * len(devices),
+            workers=workers, batches=input_batches, warmup=1,
+            step_clips_per_s_per_host=best * len(devices) if best else None)
     record["input_pipeline"]["seconds"] = time.perf_counter() - t0
     record["seconds"] = time.perf_counter() - started
     record["passed"] = record["numerics"]["passed"]

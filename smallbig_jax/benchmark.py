@@ -260,7 +260,8 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
     """
     from smallbig_jax.data import pipeline
 
-    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed, mesh=mesh)
+    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                        num_classes=config.model.num_classes, mesh=mesh)
     waits, totals = [], []
     try:
         for i in range(warmup + steps):
@@ -367,7 +368,8 @@ def input_pipeline_throughput(config, *, batches: int = 20, warmup: int = 2) -> 
     where = "arrayrecord_dir" if config.data.format == "arrayrecord" else "train_list"
     if not config.data[where]:
         return {"skipped": f"config.data names no dataset (config.data.{where} is empty)"}
-    host_batches = pipeline.train_dataset(config.data, global_batch_size=config.batch_size, seed=0)
+    host_batches = pipeline.train_dataset(config.data, global_batch_size=config.batch_size, seed=0,
+                                          num_classes=config.model.num_classes)
     return time_iterator(host_batches, batches=batches, warmup=warmup)
 
 

@@ -1,9 +1,10 @@
 """Multi-view evaluation: clips x crops views per video, scores fused per video, top-1/top-5 over videos.
 
-Views arrive in batches of any size (`config.eval_batch_size`, not tied to the device count) with `video_index`
-and `mask`; each view's scores (softmax or logits, `config.eval_average`) are summed into its video and divided by
-the number of views seen. Every video is counted once over all hosts; padding views are ignored; a video whose
-views are all masked (broken and excluded under `eval_bad_input='exclude'`) leaves the denominator and is listed.
+Views arrive in batches of any size (`config.eval_batch_size`, not tied to the device count: the loader pads each
+batch with masked views to a multiple of the devices) with `video_index` and `mask`; each view's scores (softmax or
+logits, `config.eval_average`) are summed into its video and divided by the number of views seen. Every video is
+counted once over all hosts; padding views are ignored; a video with any broken view (excluded under
+`eval_bad_input='exclude'`) leaves the denominator whole and is listed with the reason.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class VideoScores:
         np.add.at(self.views, video_index[keep], 1)
 
     def result(self) -> dict[str, Any]:
-        seen = self.views > 0
+        seen = (self.views > 0) & ~self.broken  # One broken view excludes the whole video.
         scores = self.sums[seen] / self.views[seen, None]
         labels = self.labels[seen]
         top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
@@ -68,10 +69,11 @@ class VideoScores:
             "top5": top5_acc,
             "top1_top5_mean": (top1 + top5_acc) / 2,
             "videos": n,
-            "excluded_videos": int((~seen & self.broken).sum()),
+            "excluded_videos": int(self.broken.sum()),
             "missing_videos": int((~seen & ~self.broken).sum()),
             "predictions": [
-                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]])}
+                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]]),
+                 "top5_scores": s[t].tolist()}
                 for v, l, t, s in zip(np.flatnonzero(seen), labels, top5, scores)
             ],
         }
@@ -102,7 +104,8 @@ def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: A
     """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
     from smallbig_jax.data import pipeline
 
-    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size, mesh=mesh)
+    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size,
+                                       num_classes=config.model.num_classes, mesh=mesh)
     try:
         result = evaluate(make_eval_step(eval_graphdef, mesh), params, batch_stats, loader,
                           num_videos=loader.num_videos, num_classes=config.model.num_classes,
@@ -110,11 +113,13 @@ def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: A
     finally:
         loader.close()
     result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
+    result["excluded"] = dict(loader.excluded)  # this host's excluded videos: name -> reason
     return result
 
 
 def write_predictions(path: str, result: dict[str, Any]) -> None:
-    """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score."""
+    """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score, and
+    the fused scores of the top-5 classes."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     names = result.get("names", {})
     with open(path + ".tmp", "w") as f:

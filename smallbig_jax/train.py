@@ -177,7 +177,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {devices} devices")
     start = checkpointing.find_intact(workdir, set_aside=True)
     train_loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                              mesh=mesh)
+                                              num_classes=config.model.num_classes, mesh=mesh)
     steps_per_epoch = max(train_loader.num_videos // config.batch_size, 1)
     total_steps = config.num_epochs * steps_per_epoch
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)

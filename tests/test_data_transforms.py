@@ -1,4 +1,5 @@
-"""Spatial transforms: official multi-scale crop, eval crops, resize, flip, normalisation."""
+"""Spatial transforms: official multi-scale crop, eval geometry for every frame size, resize filters, flip,
+normalisation."""
 
 import numpy as np
 import pytest
@@ -31,15 +32,84 @@ def test_snap_within_3_pixels():
     assert 224 in sizes and 224 == int(340 * 0.66)
 
 
-def test_eval_boxes_centre_and_three_crops():
-    # 240x320 -> short side 256 gives 256x341 (factor 16/15).
-    (box,) = transforms.eval_crop_boxes(240, 320, 256, 224, 1)
-    f = 256 / 240
-    assert box == pytest.approx(((341 - 224) // 2 / f, 16 / f, ((341 - 224) // 2 + 224) / f, 240 / f))
-    boxes = transforms.eval_crop_boxes(240, 320, 256, 224, 3)
-    assert boxes[0] == pytest.approx((42 / f, 0, 298 / f, 240))  # centre
-    assert boxes[1] == pytest.approx((85 / f, 0, 341 / f, 240))  # bottom-right
-    assert boxes[2] == pytest.approx((0, 0, 240, 240))  # top-left
+SHORT_SIDES = (100, 128, 240, 256, 288, 320, 360, 480)
+
+
+def _all_sizes():
+    """Every (h, w) with a short side above, from portrait 1:2 to landscape 2.5:1, every long side in between."""
+    for s in SHORT_SIDES:
+        for long in range(s, 5 * s // 2 + 1):
+            yield s, long  # landscape and square
+            if s < long <= 2 * s:
+                yield long, s  # portrait
+
+
+def test_eval_geometry_equals_the_official_for_every_frame_size():
+    """The official resize size and crop corners (tests/protocol_reference.py, written from the spec) for every
+    frame size, for the 3-crop test (256) and the single view (224 of 256); every crop fits; the resize and the
+    crops run on a real (one-frame) clip of each size without error."""
+    import protocol_reference as ref
+
+    sizes = list(_all_sizes())
+    assert len(sizes) == 5438
+    for h, w in sizes:
+        rh, rw = transforms.scaled_size(h, w, 256)
+        assert (rw, rh) == ref.resized_wh(w, h, 256), (w, h)
+        assert min(rh, rw) == 256 and rh <= 256 * h / min(h, w) and rw <= 256 * w / min(h, w)
+        assert transforms.eval_crop_corners(rh, rw, 256, 3) == ref.fntest_corners(rw, rh, 256), (w, h)
+        assert transforms.eval_crop_corners(rh, rw, 224, 1) == [ref.centre_corner(rw, rh, 224)], (w, h)
+    clip = np.zeros((1, 1, 1, 3), np.uint8)
+    for h, w in sizes[::7]:  # the actual resize and slices, on a seventh of the sizes (all short sides)
+        frames = transforms.eval_resize(np.broadcast_to(clip, (1, h, w, 3)).copy(), 256, 3)
+        for x, y in transforms.eval_crop_corners(*frames.shape[1:3], 256, 3):
+            assert transforms.crop(frames, x, y, 256).shape == (1, 256, 256, 3)
+
+
+def test_eval_geometry_cases_from_the_issue():
+    # Kinetics rawframes_320: 426x320 -> 340x256 (truncated, not 341); bottom-right crop at x = 84.
+    assert transforms.scaled_size(320, 426, 256) == (256, 340)
+    assert transforms.eval_crop_corners(256, 340, 256, 3) == [(42, 0), (84, 0), (0, 0)]
+    # 483x360 -> 343x256: (343 - 256) / 2 = 43.5 rounds to even 44, as the official code; 86.5 -> 86, 87.5 -> 88.
+    assert transforms.scaled_size(360, 483, 256) == (256, 343)
+    assert transforms.eval_crop_corners(256, 343, 256, 1)[0] == (44, 0)
+    assert transforms.eval_crop_corners(256, 429, 256, 1)[0] == (86, 0)
+    assert transforms.eval_crop_corners(256, 431, 256, 1)[0] == (88, 0)
+    # Short side already 256: left as it is. Portrait 240x427 -> 256x455.
+    assert transforms.scaled_size(256, 340, 256) == (256, 340)
+    assert transforms.scaled_size(427, 240, 256) == (455, 256)
+
+
+def test_train_crops_stay_inside_every_frame_size():
+    """Many seeded multi-scale crops per frame size, with and without the resize to short side 320: every box lies
+    inside the stored frame and has a positive size; PIL crops a sample of them without error."""
+    clip = np.zeros((1, 1, 1, 3), np.uint8)
+    for n, (h, w) in enumerate(_all_sizes()):
+        rng = np.random.default_rng(n)
+        for short in (None, 320):
+            for _ in range(8):
+                x0, y0, x1, y1 = transforms.train_crop_box(rng, h, w, 224, short)
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (w, h, short, (x0, y0, x1, y1))
+        if n % 97 == 0:
+            frames = np.broadcast_to(clip, (1, h, w, 3)).copy()
+            assert transforms.resize_crop(frames, (x0, y0, x1, y1), 224).shape == (1, 224, 224, 3)
+    # The case from the issue: 341x240 frames (resized to 454x320 by the official truncation) never overflow.
+    rng = np.random.default_rng(0)
+    boxes = [transforms.train_crop_box(rng, 240, 341, 224, 320) for _ in range(400)]
+    assert all(b[2] <= 341 and b[3] <= 240 for b in boxes)
+
+
+def test_eval_resize_filters_are_the_official_ones():
+    """Three crops: OpenCV's bilinear on the stacked clip (as officially); one view: PIL's bilinear per frame."""
+    import cv2
+    from PIL import Image
+
+    clip = np.random.default_rng(0).integers(0, 256, (3, 100, 176, 3), dtype=np.uint8)
+    stacked = cv2.resize(clip.transpose(1, 2, 0, 3).reshape(100, 176, 9), (450, 256), interpolation=cv2.INTER_LINEAR)
+    stacked = stacked.reshape(256, 450, 3, 3).transpose(2, 0, 1, 3)
+    np.testing.assert_array_equal(transforms.eval_resize(clip, 256, 3), stacked)
+    pil = np.stack([np.asarray(Image.fromarray(f).resize((450, 256), Image.BILINEAR)) for f in clip])
+    np.testing.assert_array_equal(transforms.eval_resize(clip, 256, 1), pil)
+    np.testing.assert_array_equal(transforms.eval_resize(clip[:, :, :120], 100, 3), clip[:, :, :120])  # as it is
 
 
 def test_resize_crop_takes_the_box():

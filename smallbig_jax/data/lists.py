@@ -8,6 +8,10 @@ Two list formats are read, both one video per line:
 
 Blank lines and lines starting with ``#`` are skipped. A malformed line raises :class:`DataError`
 naming the file and the line number, instead of being dropped silently as the official code does.
+Every reader knows the number of classes: a label outside ``[0, num_classes)`` is such an error too (it
+would otherwise give an all-zero target, never scored correct). A list file has one format: a video list's
+column count is decided by its first line, and a line with another count is an error, never reinterpreted
+(``clip.mp4 16`` after ``<path> <num_frames> <label>`` lines lost its label; it is not read as label 16).
 """
 
 from __future__ import annotations
@@ -38,6 +42,17 @@ def _int(text: str, what: str, where: str) -> int:
         raise DataError(f"{where}: {what} {text!r} is not an integer") from None
 
 
+def check_label(label: int, num_classes: int, where: str) -> int:
+    """``label`` if it is in ``[0, num_classes)``, else :class:`DataError` naming ``where`` and the range."""
+    if not 0 <= label < num_classes:
+        raise DataError(f"{where}: label {label} is outside the valid range [0, {num_classes}) ({num_classes} classes)")
+    return label
+
+
+def _label(text: str, num_classes: int, where: str) -> int:
+    return check_label(_int(text, "label", where), num_classes, where)
+
+
 def kinetics_folder_name(name: str) -> str:
     """Folder name of a Kinetics video: the first 11 characters (YouTube ID) of the basename."""
     return os.path.splitext(os.path.basename(name))[0][:11]
@@ -52,8 +67,8 @@ def _lines(list_file: str):
                 yield f"{list_file}:{n}", parts, line
 
 
-def read_frame_list(list_file: str) -> list[VideoEntry]:
-    """Parses a frame-folder list (``<name> <num_frames> <label>`` per line)."""
+def read_frame_list(list_file: str, num_classes: int) -> list[VideoEntry]:
+    """Parses a frame-folder list (``<name> <num_frames> <label>`` per line, labels in ``[0, num_classes)``)."""
     entries = []
     for where, parts, line in _lines(list_file):
         if len(parts) != 3:
@@ -61,43 +76,51 @@ def read_frame_list(list_file: str) -> list[VideoEntry]:
         num_frames = _int(parts[1], "num_frames", where)
         if num_frames <= 0:
             raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
-        entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
+        entries.append(VideoEntry(parts[0], _label(parts[2], num_classes, where), num_frames, where))
     return entries
 
 
-def read_video_list(list_file: str) -> list[VideoEntry]:
-    """Parses a video list: ``<path> [<num_frames>] <label>`` lines, or a CSV with a header."""
+_VIDEO_FORMATS = {2: "<path> <label>", 3: "<path> <num_frames> <label>"}
+
+
+def read_video_list(list_file: str, num_classes: int) -> list[VideoEntry]:
+    """Parses a video list: ``<path> <label>`` or ``<path> <num_frames> <label>`` lines (whichever the first
+    line has, for the whole file), or a CSV with a header. Labels must be in ``[0, num_classes)``."""
     if list_file.endswith(".csv"):
-        return _read_video_csv(list_file)
-    entries = []
+        return _read_video_csv(list_file, num_classes)
+    entries, columns, first = [], None, ""
     for where, parts, line in _lines(list_file):
-        if len(parts) == 2:
-            entries.append(VideoEntry(parts[0], _int(parts[1], "label", where), -1, where))
-        elif len(parts) == 3:
-            num_frames = _int(parts[1], "num_frames", where)
-            entries.append(VideoEntry(parts[0], _int(parts[2], "label", where), num_frames, where))
-        else:
+        if columns is None:
+            if len(parts) not in _VIDEO_FORMATS:
+                raise DataError(
+                    f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', got {line.strip()!r}"
+                )
+            columns, first = len(parts), where
+        elif len(parts) != columns:
             raise DataError(
-                f"{where}: expected '<path> <label>' or '<path> <num_frames> <label>', got {line.strip()!r}"
+                f"{where}: expected '{_VIDEO_FORMATS[columns]}' ({columns} columns, as on the first line {first}), "
+                f"got {line.strip()!r}"
             )
+        num_frames = _int(parts[1], "num_frames", where) if columns == 3 else -1
+        entries.append(VideoEntry(parts[0], _label(parts[-1], num_classes, where), num_frames, where))
     return entries
 
 
-def _read_video_csv(list_file: str) -> list[VideoEntry]:
+def _read_video_csv(list_file: str, num_classes: int) -> list[VideoEntry]:
     entries = []
     with open(list_file, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
             raise DataError(f"{list_file}:1: CSV header must name 'path' and 'label', got {fields}")
-        for n, row in enumerate(reader, start=2):
-            where = f"{list_file}:{n}"
+        for row in reader:
+            where = f"{list_file}:{reader.line_num}"
+            if None in row or None in row.values():
+                raise DataError(f"{where}: expected the header's {len(fields)} columns {fields}, got {row}")
             if row.get("path") in (None, "") or row.get("label") in (None, ""):
                 raise DataError(f"{where}: missing 'path' or 'label' in {row}")
-            frames = row.get("num_frames") or "-1"
-            entries.append(
-                VideoEntry(row["path"], _int(row["label"], "label", where), _int(frames, "num_frames", where), where)
-            )
+            frames = _int(row.get("num_frames") or "-1", "num_frames", where)
+            entries.append(VideoEntry(row["path"], _label(row["label"], num_classes, where), frames, where))
     return entries
 
 

@@ -13,16 +13,22 @@ float work. Batches are ``{"clip": [N, T, H, W, 3] dtype, "label": int32 [N]}``.
 Evaluation: each element is **one view** (video, clip, crop), not one video with its views stacked: batches keep
 one shape whatever ``num_clips x num_crops`` is (30 views of 256^2 x 8 frames would be 190 MB of float32 per
 video), memory stays bounded, and views shard evenly over hosts. The crops of a clip are consecutive views
-and are cut from one decode of the clip.
-Views are padded up to a whole number of global batches; eval batches add ``video_index`` (int32, -1 for padding)
-and ``mask`` (bool, False for padding and for excluded broken videos) so the evaluator averages views per video
-and ignores the rest. Every view is produced exactly once over all hosts.
+and are cut from one decode (and one resize) of the clip, with the official test-time geometry
+(``transforms.eval_resize`` / ``eval_crop_corners``; frames are decoded at their stored size for it).
+A global batch holds ``global_batch_size`` views of any size: ``make_eval_loader`` pads each one with masked views
+up to a multiple of the devices it is sharded over, and the last one up to a whole batch. Eval batches add
+``video_index`` (int32, -1 for padding) and ``mask`` (bool, False for padding and for excluded broken videos) so
+the evaluator averages views per video and ignores the rest. Every view is produced exactly once over all hosts.
+
+Labels: every loader is given ``num_classes``; a label outside ``[0, num_classes)`` is a :class:`DataError` naming
+the list line (when the list is read) or the record.
 
 Bad input: ``bad_input='error'`` stops with the :class:`DataError` message (file and list line);
 ``'resample'`` replaces the video by a deterministic other one, counts it and logs the names at the end of each
-epoch. In evaluation a broken video stops the run unless ``eval_bad_input='exclude'``, which masks its views
-out (``mask`` False, ``broken`` True, so the evaluator leaves them out of the denominator), logs each, and lists
-them at the end of the pass (``loader.excluded``). A broken video never hangs the pipeline.
+epoch. In evaluation a broken video stops the run unless ``eval_bad_input='exclude'``: then any failure to produce
+any view of a video (a :class:`DataError` or any other exception) excludes the whole video: its views are masked
+out (``mask`` False, ``broken`` True, so the evaluator leaves the video out of the denominator), each is logged, and
+``loader.excluded`` maps the names to the reasons. A broken video never hangs the pipeline.
 
 The iterator's state (``get_state``/``set_state``, a small JSON-serialisable dict) is the state after the last
 batch handed out, not after the prefetched ones: resuming from it yields exactly the batches that would have come
@@ -33,10 +39,10 @@ Use::
 
   cfg = default_data_config()              # or smallbig_jax.data.synthetic.data_config("data/synthetic")
   cfg.format, cfg.arrayrecord_dir = "arrayrecord", "data/k400"
-  train = make_train_loader(cfg, global_batch_size=64, seed=1, mesh=mesh)   # infinite
+  train = make_train_loader(cfg, global_batch_size=64, seed=1, num_classes=400, mesh=mesh)   # infinite
   batch = next(train)                      # {"clip": f32 [64, 8, 224, 224, 3], "label": i32 [64]}, sharded
   state = train.get_state()                # save next to the model; later: train.set_state(state)
-  for batch in make_eval_loader(cfg, global_batch_size=64, mesh=mesh):   # one pass over every view
+  for batch in make_eval_loader(cfg, global_batch_size=64, num_classes=400, mesh=mesh):   # every view once
     ...                                    # average logits per batch["video_index"] where batch["mask"]
 
 Steps per epoch are ``num_videos / global_batch_size`` (the stream runs on across epoch boundaries). Call
@@ -132,22 +138,26 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
     for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
         if int(cfg[field]) < 1:
             raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
+    if cfg.num_crops == 1 and cfg.crop_size > cfg.scale_size:
+        raise ValueError(
+            f"data.crop_size={cfg.crop_size} is larger than data.scale_size={cfg.scale_size}: the evaluation crop "
+            "is cut from frames resized to a short side of scale_size"
+        )
     if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
         raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
 
 
-def _open_source(cfg, split: str):
+def _open_source(cfg, split: str, num_classes: int):
     if cfg.format == "arrayrecord":
-        return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"])
-    return sources.make_source(cfg, split)
+        return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"], num_classes=num_classes)
+    return sources.make_source(cfg, split, num_classes)
 
 
-def _min_decode_side(cfg, train: bool) -> int | None:
-    """Smallest short side worth decoding at, so JPEG DCT scaling / swscale can shrink big frames early."""
-    if train:
-        need = int(np.ceil(cfg.crop_size / min(cfg.scales)))
-        return max(need, cfg.train_short_side) if cfg.train_short_side else need
-    return cfg.scale_size
+def _min_decode_side(cfg) -> int:
+    """Smallest short side worth decoding training clips at, so JPEG DCT scaling / swscale can shrink big frames
+    early. (Evaluation decodes frames at their stored size: the official resize then sees the same pixels.)"""
+    need = int(np.ceil(cfg.crop_size / min(cfg.scales)))
+    return max(need, cfg.train_short_side) if cfg.train_short_side else need
 
 
 class TrainExample:
@@ -158,7 +168,7 @@ class TrainExample:
         self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
         if self.cfg["bad_input"] not in ("error", "resample"):
             raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
-        self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg), True)
+        self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg))
         self._reported: set[int] = set()
 
     def clip(self, v: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,8 +217,7 @@ class EvalExample:
         c = self.cfg
         self.views = c["num_clips"] * c["num_crops"]
         self.total = len(source) * self.views
-        self.size = c["crop_size"] if c["num_crops"] == 1 else c["scale_size"]
-        self.min_side = c["scale_size"]
+        self.size = transforms.eval_crop_size(c["scale_size"], c["crop_size"], c["num_crops"])
         self._lock = threading.Lock()
         self._cache: collections.OrderedDict = collections.OrderedDict()
 
@@ -218,9 +227,19 @@ class EvalExample:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _lock=threading.Lock(), _cache=collections.OrderedDict())
 
-    def _frames(self, v: int, clip_i: int) -> np.ndarray:
-        """The clip's frames, decoded once for all its crops: the crops of a clip are consecutive views, which grain
-        computes at the same time in its reader threads, so the first one decodes and the others wait for it."""
+    def _load(self, v: int, clip_i: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """The clip decoded at its stored size and resized as officially, and its crop corners."""
+        c = self.cfg
+        choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[
+            clip_i
+        ]
+        frames = transforms.eval_resize(self.source.load(v, choose)[0], c["scale_size"], c["num_crops"])
+        _, h, w, _ = frames.shape
+        return frames, transforms.eval_crop_corners(h, w, self.size, c["num_crops"])
+
+    def _clip(self, v: int, clip_i: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """:meth:`_load` once for all the crops of a clip: they are consecutive views, which grain computes at the
+        same time in its reader threads, so the first one loads and the others wait for it."""
         key = (v, clip_i)
         with self._lock:
             future = self._cache.get(key)
@@ -230,15 +249,22 @@ class EvalExample:
                 while len(self._cache) > _EVAL_CLIP_CACHE:
                     self._cache.popitem(last=False)
         if owner:
-            c = self.cfg
-            choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[
-                clip_i
-            ]
             try:
-                future.set_result(self.source.load(v, choose, self.min_side)[0])
+                future.set_result(self._load(v, clip_i))
             except BaseException as err:
                 future.set_exception(err)
         return future.result()
+
+    def failure(self, v: int) -> str:
+        """Why video ``v`` could not be evaluated: the reason an excluded video is listed with (re-read in the
+        process that asks, as grain workers cannot send it)."""
+        for clip_i in range(self.cfg["num_clips"]):
+            try:
+                self._clip(v, clip_i)
+                self.source.label(v)
+            except Exception as err:
+                return str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
+        return "a view could not be cut (see the warning logged for it)"
 
     def __call__(self, q: int) -> dict[str, np.ndarray]:
         c = self.cfg
@@ -254,26 +280,16 @@ class EvalExample:
         v, r = divmod(int(q), self.views)
         clip_i, crop_i = divmod(r, c["num_crops"])
         try:
-            frames = self._frames(v, clip_i)
-        except DataError as err:
+            frames, corners = self._clip(v, clip_i)
+            x, y = corners[crop_i]
+            view = transforms.crop(frames, x, y, self.size)
+            label = np.int32(self.source.label(v))
+        except Exception as err:  # Any failure to produce a view: the whole video is broken.
             if c["eval_bad_input"] == "error":
                 raise
-            log.warning("excluded from evaluation: %s", err)
-            return {
-                **empty,
-                "label": np.int32(self.source.label(v)),
-                "video_index": np.int32(v),
-                "broken": np.bool_(True),
-            }
-        _, h, w, _ = frames.shape
-        box = transforms.eval_crop_boxes(h, w, c["scale_size"], c["crop_size"], c["num_crops"])[crop_i]
-        return {
-            "clip": transforms.resize_crop(frames, box, self.size),
-            "label": np.int32(self.source.label(v)),
-            "video_index": np.int32(v),
-            "mask": np.bool_(True),
-            "broken": np.bool_(False),
-        }
+            log.warning("excluded from evaluation: %s: %s", self.source.name(v), err)
+            return {**empty, "label": np.int32(-1), "video_index": np.int32(v), "broken": np.bool_(True)}
+        return {**empty, "clip": view, "label": label, "video_index": np.int32(v), "mask": np.bool_(True)}
 
 
 def _shard_options(shard_options: grain.sharding.ShardOptions | None) -> grain.sharding.ShardOptions:
@@ -309,15 +325,16 @@ def train_dataset(
     *,
     global_batch_size: int,
     seed: int,
+    num_classes: int,
     shard_options: grain.sharding.ShardOptions | None = None,
     source=None,
     start_position: int = 0,
 ) -> grain.IterDataset:
     """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
     every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
-    ``ShardByJaxProcess``."""
+    ``ShardByJaxProcess``. Labels must be in ``[0, num_classes)``."""
     check_config(cfg)
-    source = source if source is not None else _open_source(cfg, "train")
+    source = source if source is not None else _open_source(cfg, "train", num_classes)
     shard = _shard_options(shard_options)
     example = TrainExample(source, cfg, seed)
     ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
@@ -331,19 +348,34 @@ def eval_dataset(
     cfg: ml_collections.ConfigDict,
     *,
     global_batch_size: int,
+    num_classes: int,
     shard_options: grain.sharding.ShardOptions | None = None,
     source=None,
+    pad_to: int = 1,
 ) -> grain.IterDataset:
-    """This host's evaluation batches (every view once over all hosts, padded to whole global batches)."""
+    """This host's evaluation batches: every view once over all hosts, ``global_batch_size`` views per global
+    batch, each batch padded with masked views to a multiple of ``pad_to`` (the devices it is sharded over) and
+    the last one to a whole batch. Labels must be in ``[0, num_classes)``."""
+    return _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pad_to)[0]
+
+
+def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pad_to):
+    """:func:`eval_dataset` and its :class:`EvalExample`."""
     check_config(cfg)
-    source = source if source is not None else _open_source(cfg, "val")
+    source = source if source is not None else _open_source(cfg, "val", num_classes)
     shard = _shard_options(shard_options)
     example = EvalExample(source, cfg)
-    padded = -(-example.total // global_batch_size) * global_batch_size
-    ds = grain.MapDataset.range(padded).map(example)
+    padded_batch = -(-global_batch_size // pad_to) * pad_to
+    num_batches = -(-example.total // global_batch_size)
+
+    def view(p: int) -> dict[str, np.ndarray]:  # Position p of the padded stream -> view q, or padding.
+        k, j = divmod(p, padded_batch)
+        return example(k * global_batch_size + j if j < global_batch_size else example.total)
+
+    ds = grain.MapDataset.range(num_batches * padded_batch).map(view)
     ds = ds[shard.shard_index :: shard.shard_count]
-    ds = ds.batch(_local_batch(global_batch_size, shard), drop_remainder=True)
-    return _with_workers(ds, cfg)
+    ds = ds.batch(_local_batch(padded_batch, shard), drop_remainder=True)
+    return _with_workers(ds, cfg), example
 
 
 def _batch_spec(mesh: Mesh, batch_axis) -> PartitionSpec:
@@ -369,6 +401,7 @@ class DeviceIterator:
         epoch_size: int | None = None,
         restart: Callable[[int], grain.IterDataset] | None = None,
         layout: dict[str, int] | None = None,
+        explain: Callable[[int], str] | None = None,
     ):
         self._ds, self._source, self._mesh = host_ds, source, mesh
         self._restart = restart  # Stream position -> this host's dataset from there (training only).
@@ -385,7 +418,9 @@ class DeviceIterator:
         self._stop = threading.Event()
         self.steps = 0
         self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-        self.excluded: set[str] = set()  # Evaluation: broken videos left out (eval_bad_input='exclude'), this host.
+        # Evaluation: broken videos left out (eval_bad_input='exclude') on this host, name -> reason.
+        self.excluded: dict[str, str] = {}
+        self._explain = explain  # Video index -> why it could not be evaluated.
 
     def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         out = {}
@@ -463,7 +498,7 @@ class DeviceIterator:
                 log.warning(
                     "evaluation: %d unreadable videos excluded on this host: %s",
                     len(self.excluded),
-                    sorted(self.excluded),
+                    "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items())),
                 )
             raise StopIteration
         if isinstance(item, BaseException):
@@ -479,8 +514,10 @@ class DeviceIterator:
     def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
         """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
         bad, broken = bad
-        if broken is not None:
-            self.excluded.update(self._source.name(int(v)) for v in broken)
+        for v in [] if broken is None else sorted(set(int(v) for v in broken)):
+            name = self._source.name(v)
+            if name not in self.excluded:
+                self.excluded[name] = self._explain(v) if self._explain else ""
         if self._epoch_size is None:
             return
         epoch = self.position // self._epoch_size
@@ -525,13 +562,19 @@ def make_train_loader(
     *,
     global_batch_size: int,
     seed: int,
+    num_classes: int,
     mesh: Mesh | None = None,
     batch_axis=None,
 ) -> DeviceIterator:
     """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
-    source = _open_source(data_config, "train")
+    source = _open_source(data_config, "train", num_classes)
     make = lambda start: train_dataset(
-        data_config, global_batch_size=global_batch_size, seed=seed, source=source, start_position=start
+        data_config,
+        global_batch_size=global_batch_size,
+        seed=seed,
+        num_classes=num_classes,
+        source=source,
+        start_position=start,
     )
     layout = {"process_count": jax.process_count(), "worker_count": data_config.worker_count}
     return DeviceIterator(
@@ -549,17 +592,29 @@ def make_train_loader(
 
 
 def make_eval_loader(
-    data_config: ml_collections.ConfigDict, *, global_batch_size: int, mesh: Mesh | None = None, batch_axis=None
+    data_config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    num_classes: int,
+    mesh: Mesh | None = None,
+    batch_axis=None,
 ) -> DeviceIterator:
-    """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``."""
-    source = _open_source(data_config, "val")
-    ds = eval_dataset(data_config, global_batch_size=global_batch_size, source=source)
+    """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``.
+
+    ``global_batch_size`` views per batch whatever the device count: each batch is padded with masked views to a
+    multiple of the devices it is sharded over (4 views on 3 devices: batches of 6 with 2 masked)."""
+    mesh = _mesh(mesh)
+    spec = _batch_spec(mesh, batch_axis)[0]
+    shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec)]))
+    source = _open_source(data_config, "val", num_classes)
+    ds, example = _eval_dataset(data_config, global_batch_size, num_classes, None, source, shards)
     return DeviceIterator(
         ds,
         source,
-        mesh=_mesh(mesh),
-        global_batch_size=global_batch_size,
+        mesh=mesh,
+        global_batch_size=-(-global_batch_size // shards) * shards,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
         batch_axis=batch_axis,
+        explain=example.failure,
     )

@@ -24,12 +24,17 @@ from smallbig_jax.data.lists import DataError
 
 
 def _source(spec: dict[str, Any]):
+    """The split's source; reading its list checks every line and label against ``spec['num_classes']``."""
     if spec["format"] == "frames":
         return sources.FrameFolderSource(
-            spec["list"], spec["root"], spec.get("template", "img_{:05d}.jpg"), spec.get("kinetics_ids", False)
+            spec["list"],
+            spec["root"],
+            spec.get("template", "img_{:05d}.jpg"),
+            spec.get("kinetics_ids", False),
+            num_classes=spec["num_classes"],
         )
     if spec["format"] == "video":
-        return sources.VideoFileSource(spec["list"], spec.get("root", ""))
+        return sources.VideoFileSource(spec["list"], spec.get("root", ""), num_classes=spec["num_classes"])
     raise ValueError(f"unknown input format {spec['format']!r}")
 
 
@@ -128,6 +133,7 @@ def prepare_dataset(
     splits: dict[str, str],
     *,
     input_format: str,
+    num_classes: int,
     root: str = "",
     config: str = "jpeg",
     template: str = "img_{:05d}.jpg",
@@ -140,8 +146,10 @@ def prepare_dataset(
 ) -> dict[str, tuple[int, int]]:
     """Builds the TFDS dataset ``small_big_video/<config>`` under ``out``; returns ``{split: (written, failed)}``.
 
-    ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``. An existing build is
-    an error unless ``overwrite`` (TFDS would silently keep the old one)."""
+    ``splits`` maps split names to list files; failures go to ``out/failed_<split>.txt``. Every list is read (and
+    each line and label checked against ``num_classes``, raising :class:`DataError` at the first bad one) before
+    anything is written. An existing build is an error unless ``overwrite`` (TFDS would silently keep the old
+    one)."""
     import json
     import tensorflow_datasets as tfds
     from smallbig_jax.data import tfds_builder
@@ -149,13 +157,11 @@ def prepare_dataset(
     existing = os.path.join(out, "small_big_video", config)
     if os.path.exists(existing) and not overwrite:
         raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
-    os.makedirs(out, exist_ok=True)
-    manual = os.path.join(out, "manual")
-    os.makedirs(manual, exist_ok=True)
     spec = {
         name: {
             "split": name,
             "format": input_format,
+            "num_classes": num_classes,
             "list": os.path.abspath(lst),
             "root": os.path.abspath(root),
             "template": template,
@@ -168,6 +174,10 @@ def prepare_dataset(
         }
         for name, lst in splits.items()
     }
+    for split_spec in spec.values():
+        _source(split_spec)
+    manual = os.path.join(out, "manual")
+    os.makedirs(manual, exist_ok=True)
     with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
         json.dump({"splits": spec}, f, indent=1)
     builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")

@@ -7,7 +7,8 @@ only those. So a video file is opened
 once per clip, seeked to the first wanted frame and decoded until the last one.
 
 Sources are picklable (grain sends them to worker processes); open handles are made lazily per process.
-Any bad input raises :class:`~smallbig_jax.data.lists.DataError` naming the list line and the file.
+Any bad input raises :class:`~smallbig_jax.data.lists.DataError` naming the list line and the file. Every source
+knows ``num_classes``: list files are checked when read, ArrayRecord labels when their record is read.
 """
 
 from __future__ import annotations
@@ -63,8 +64,16 @@ class FrameFolderSource:
     ``kinetics_ids=True`` names each folder by the first 11 characters of the listed name (the YouTube ID),
     as the official Kinetics loader does."""
 
-    def __init__(self, list_file: str, root: str, template: str = "img_{:05d}.jpg", kinetics_ids: bool = False):
-        self.entries = lists.read_frame_list(list_file)
+    def __init__(
+        self,
+        list_file: str,
+        root: str,
+        template: str = "img_{:05d}.jpg",
+        kinetics_ids: bool = False,
+        *,
+        num_classes: int,
+    ):
+        self.entries = lists.read_frame_list(list_file, num_classes)
         self.root, self.template, self.kinetics_ids = root, template, kinetics_ids
 
     def __len__(self) -> int:
@@ -209,8 +218,8 @@ class VideoFileSource:
     Relative paths are taken under ``root``. A frame count missing from the list is probed once per process
     and cached."""
 
-    def __init__(self, list_file: str, root: str = "", threads: bool = False):
-        self.entries = lists.read_video_list(list_file)
+    def __init__(self, list_file: str, root: str = "", threads: bool = False, *, num_classes: int):
+        self.entries = lists.read_video_list(list_file, num_classes)
         self.root, self.threads = root, threads
         self._counts: dict[int, int] = {}
 
@@ -259,8 +268,8 @@ class ArrayRecordSource:
     straight from the ``tf.train.Example`` proto: TFDS's generic parser turns the frame list into a numpy array,
     copying every frame of the video (tens of MB/s lost for 8 frames used), which was the slowest step."""
 
-    def __init__(self, data_dir: str, split: str):
-        self.data_dir, self.split = data_dir, split
+    def __init__(self, data_dir: str, split: str, *, num_classes: int):
+        self.data_dir, self.split, self.num_classes = data_dir, split, num_classes
         self._source = None
         self._last: tuple[int, Any] | None = None
         self._len = len(self._open())
@@ -297,6 +306,7 @@ class ArrayRecordSource:
             }
         except Exception as err:  # A damaged shard or a foreign dataset: report which record.
             raise DataError(f"{self.data_dir}[{self.split}] record {i}: cannot read: {err!r}") from None
+        lists.check_label(rec["label"], self.num_classes, f"{self.data_dir}[{self.split}] record {i} ({rec['name']})")
         self._last = (i, rec)
         return rec
 
@@ -342,15 +352,21 @@ def _str(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-def make_source(data_config, split: str):
-    """The source that ``data_config`` names for ``split`` ('train' or 'val')."""
+def make_source(data_config, split: str, num_classes: int):
+    """The source that ``data_config`` names for ``split`` ('train' or 'val'), its labels in ``[0, num_classes)``."""
     fmt = data_config.format
     if fmt == "frames":
         return FrameFolderSource(
-            data_config[f"{split}_list"], data_config.root, data_config.frame_template, data_config.kinetics_ids
+            data_config[f"{split}_list"],
+            data_config.root,
+            data_config.frame_template,
+            data_config.kinetics_ids,
+            num_classes=num_classes,
         )
     if fmt == "video":
-        return VideoFileSource(data_config[f"{split}_list"], data_config.root, data_config.decode_threads)
+        return VideoFileSource(
+            data_config[f"{split}_list"], data_config.root, data_config.decode_threads, num_classes=num_classes
+        )
     if fmt == "arrayrecord":
-        return ArrayRecordSource(data_config.arrayrecord_dir, split)
+        return ArrayRecordSource(data_config.arrayrecord_dir, split, num_classes=num_classes)
     raise ValueError(f"unknown data format {fmt!r}; expected 'frames', 'video' or 'arrayrecord'")

@@ -148,6 +148,7 @@ def write_dataset(
             os.path.join(out, "arrayrecord"),
             {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
             input_format="video",
+            num_classes=len(CLASSES),
             root=os.path.join(out, "videos"),
             config="jpeg",
             quality=90,

@@ -1,15 +1,23 @@
-"""Spatial transforms on uint8 clips ``[T, H, W, 3]``, as the official code does them, on the host with PIL.
+"""Spatial transforms on uint8 clips ``[T, H, W, 3]``, with the official code's geometry and filters, on the host.
 
-Crops are computed as boxes in the coordinates of the stored frames and applied together with the resize in
-one ``PIL.Image.resize(box=...)`` call per frame, so a "resize the short side to 256, then crop" never builds
-the intermediate full-size image. Clips stay uint8 until :func:`normalize`, the last step (the pipeline runs it
-on the device, where it is free and the host-to-device copy is 4x smaller).
+Training: the multi-scale crop box is derived in integer pixels of the frame resized to ``train_short_side`` (as
+the official ``rawframes_320``) and mapped onto the stored frame, so one ``PIL.Image.resize(box=...)`` per frame
+crops and resizes (PIL's bilinear, as the official training) without building the intermediate image; the box
+never leaves the frame.
+
+Evaluation (official ``dataset/transforms.py``; README, "Evaluation geometry"): the
+short side goes to ``scale_size`` with the long side truncated (``int(256 * long / short)``), or the frames stay as
+they are when the short side already is ``scale_size``; the crops are integer slices of that resized clip. The
+three-crop test (``Fntest``) resizes with OpenCV's bilinear (no antialiasing), the single-view validation with PIL's
+bilinear, each as the official code does. Clips stay uint8 until :func:`normalize`, the last step (the pipeline
+runs it on the device, where it is free and the host-to-device copy is 4x smaller).
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -61,9 +69,15 @@ def multiscale_crop_box(
     return x, y, crop_w, crop_h
 
 
-def short_side_scale(image_h: int, image_w: int, short_side: int | None) -> float:
-    """Factor that brings the short side to ``short_side`` (1 when ``None``)."""
-    return 1.0 if not short_side else short_side / min(image_h, image_w)
+def scaled_size(image_h: int, image_w: int, short_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` after the official short-side resize: unchanged when ``short_side`` is ``None`` or already the
+    short side, else the short side becomes ``short_side`` and the long side ``int(short_side * long / short)``
+    (truncated, never rounded up, so the resized frame maps inside the stored one)."""
+    if not short_side or min(image_h, image_w) == short_side:
+        return image_h, image_w
+    if image_w < image_h:
+        return short_side * image_h // image_w, short_side
+    return short_side, short_side * image_w // image_h
 
 
 def train_crop_box(
@@ -75,30 +89,54 @@ def train_crop_box(
     scales: Sequence[float] = MULTISCALE_SCALES,
     max_distort: int = 1,
 ) -> Box:
-    """Multi-scale crop box in source pixels, for frames first resized to ``short_side`` (as the official
-    ``rawframes_320``) when given."""
-    f = short_side_scale(image_h, image_w, short_side)
-    h, w = round(image_h * f), round(image_w * f)
+    """Multi-scale crop box in source pixels: drawn in integer pixels of the frame resized to ``short_side`` (as
+    the official ``rawframes_320``; as stored when ``None``), then mapped onto the stored frame per axis."""
+    h, w = scaled_size(image_h, image_w, short_side)
     x, y, cw, ch = multiscale_crop_box(rng, h, w, crop_size, scales, max_distort)
-    return (x / f, y / f, (x + cw) / f, (y + ch) / f)
+    fx, fy = image_w / w, image_h / h
+    return (x * fx, y * fy, min((x + cw) * fx, image_w), min((y + ch) * fy, image_h))
 
 
-def eval_crop_boxes(image_h: int, image_w: int, scale_size: int, crop_size: int, num_crops: int) -> list[Box]:
-    """Evaluation crop boxes in source pixels after resizing the short side to ``scale_size``.
-
-    ``num_crops=1``: the centre ``crop_size`` square (official validation). ``num_crops=3``: ``scale_size``
-    squares at the centre, bottom-right and top-left (official ``Fntest``)."""
-    f = short_side_scale(image_h, image_w, scale_size)
-    h, w = round(image_h * f), round(image_w * f)
-    if num_crops == 1:
-        c = min(crop_size, h, w)
-        pos = [((w - c) // 2, (h - c) // 2)]
-    elif num_crops == 3:
-        c = min(scale_size, h, w)
-        pos = [((w - c) // 2, (h - c) // 2), (w - c, h - c), (0, 0)]
-    else:
+def eval_crop_size(scale_size: int, crop_size: int, num_crops: int) -> int:
+    """Side of the evaluation crops: ``crop_size`` for the single centre view, ``scale_size`` for three crops."""
+    if num_crops not in (1, 3):
         raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
-    return [(x / f, y / f, (x + c) / f, (y + c) / f) for x, y in pos]
+    return crop_size if num_crops == 1 else scale_size
+
+
+def eval_crop_corners(image_h: int, image_w: int, size: int, num_crops: int) -> list[tuple[int, int]]:
+    """Top-left corners ``(x, y)`` of the evaluation crops of side ``size`` in a (resized) ``image_h x image_w``
+    frame: the centre (``int(round((w - size) / 2))``, Python's round-half-to-even as officially), then with three
+    crops the bottom-right and the top-left."""
+    if size > min(image_h, image_w):
+        raise ValueError(f"a {size}x{size} crop does not fit in a {image_w}x{image_h} frame")
+    centre = (int(round((image_w - size) / 2)), int(round((image_h - size) / 2)))
+    if num_crops == 1:
+        return [centre]
+    if num_crops == 3:
+        return [centre, (image_w - size, image_h - size), (0, 0)]
+    raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
+
+
+def eval_resize(frames: np.ndarray, scale_size: int, num_crops: int) -> np.ndarray:
+    """The official evaluation resize of a clip: short side to ``scale_size`` (:func:`scaled_size`), with OpenCV's
+    bilinear for the three-crop test and PIL's bilinear for the single-view validation. uint8."""
+    t, h, w, _ = frames.shape
+    out_h, out_w = scaled_size(h, w, scale_size)
+    if (out_h, out_w) == (h, w):
+        return frames
+    out = np.empty((t, out_h, out_w, 3), np.uint8)
+    for i in range(t):
+        if num_crops == 3:
+            out[i] = cv2.resize(frames[i], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+        else:
+            out[i] = np.asarray(Image.fromarray(frames[i]).resize((out_w, out_h), Image.Resampling.BILINEAR))
+    return out
+
+
+def crop(frames: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
+    """The ``size`` square at ``(x, y)`` of every frame, as a contiguous array."""
+    return np.ascontiguousarray(frames[:, y : y + size, x : x + size])
 
 
 def resize_crop(frames: np.ndarray, box: Box, out_size: int, flip: bool = False) -> np.ndarray:
