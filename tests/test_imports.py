@@ -60,9 +60,9 @@ def _modules() -> dict[str, str]:
 
 
 def _imports(path: str, modules: dict[str, str]) -> tuple[set[str], list[str]]:
-    """(package modules imported at module level, 'line: module' of every import inside a function or class)."""
+    """(package modules imported anywhere in the file, 'line: module' of every import inside a function or class)."""
     tree = ast.parse(open(path).read())
-    top, nested = set(), []
+    package, nested = set(), []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -72,11 +72,10 @@ def _imports(path: str, modules: dict[str, str]) -> tuple[set[str], list[str]]:
                      for a in node.names]
         else:
             continue
-        if node in tree.body:
-            top.update(n for n in names if n.split(".")[0] == PACKAGE)
-        else:
+        package.update(n for n in names if n.split(".")[0] == PACKAGE)
+        if node not in tree.body:
             nested += [f"{node.lineno}: {n}" for n in names]
-    return top, nested
+    return package, nested
 
 
 def _graph() -> dict[str, set[str]]:
@@ -120,15 +119,15 @@ def test_no_import_circles():
         for m in sorted(graph.get(module, ())):
             if m == module or m not in graph or module.startswith(m + "."):  # a package's own __init__ runs first
                 continue
-            if state.get(m) == 1:
-                return path + [module, m]
+            if state.get(m) == 1:  # m is on the path: the circle is the path from m back to m
+                return (path + [module])[(path + [module]).index(m):] + [m]
             if m not in state and (circle := visit(m, path + [module])):
                 return circle
         state[module] = 2
         return None
 
-    circles = [c for m in sorted(graph) if m not in state and (c := visit(m, []))]
-    assert circles == []
+    circle = next((c for m in sorted(graph) if m not in state and (c := visit(m, []))), None)
+    assert circle is None
 
 
 def test_a_config_file_loads_without_the_input_pipeline_or_a_jax_backend():

@@ -292,9 +292,9 @@ def eval_dataset(
     *,
     global_batch_size: int,
     num_classes: int,
+    pad_to: int = 1,
     shard_options: grain.sharding.ShardOptions | None = None,
     source=None,
-    pad_to: int = 1,
 ) -> grain.IterDataset:
     """This host's evaluation batches: every view once over all hosts, ``global_batch_size`` views per global
     batch, each batch padded with masked views to a multiple of ``pad_to`` (the devices it is sharded over) and
