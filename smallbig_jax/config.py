@@ -1,8 +1,9 @@
 """The official training recipe as a ConfigDict, and the one check of a config's values.
 
 Config files in `configs/` start from `official_recipe()` and change what their dataset needs. Loading one imports
-this module, the data options (`smallbig_jax.data.config`) and the variant table (`smallbig_jax.models`), never the
-input pipeline (grain, PyAV, TFDS), orbax, nor a JAX backend (BENCHMARKS.md, "Loading a config"). `check_config`
+this module, the data options (`smallbig_jax.data.config`) and the variant table (`smallbig_jax.variants`), never
+JAX, the model or the input pipeline (grain, PyAV, TFDS): a config loads in a fraction of a second (BENCHMARKS.md,
+"Loading a config"). `check_config`
 checks every field against one table of valid ranges (`RULES`) before anything runs; `REFUSED_ON_RESUME` says which
 fields a run cannot resume under with another value. The numbers are those of the official code (spec, section 4): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
 parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
@@ -20,7 +21,7 @@ import numpy as np
 
 from smallbig_jax.data.config import default_data_config
 from smallbig_jax.errors import ConfigError
-from smallbig_jax.models import VARIANTS
+from smallbig_jax.variants import VARIANTS
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of the compute and parameter dtypes a config may ask for
 
