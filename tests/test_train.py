@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from smallbig_jax import evaluate, optim, sharding, steps, train
+from smallbig_jax import evaluate, optim, sharding, steps
 from smallbig_jax.config import official_recipe
 from smallbig_jax.models import set_batchnorm_groups
 
