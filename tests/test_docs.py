@@ -4,6 +4,7 @@ cited document and section exists, every link between the documents resolves, an
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -78,7 +79,8 @@ def test_nothing_cites_a_document_outside_the_repository():
     found = []
     for path in _text_files():
         for n, line in enumerate(_read(path).splitlines(), start=1):
-            found += [f"{_rel(path)}:{n}: {line.strip()}" for pattern in OUTSIDE_CITATIONS if pattern.search(line)]
+            if any(pattern.search(line) for pattern in OUTSIDE_CITATIONS):
+                found.append(f"{_rel(path)}:{n}: {line.strip()}")
     assert not found, "cite docs/... (in this repository) instead of:\n" + "\n".join(found)
 
 
@@ -150,3 +152,86 @@ def test_readme_layout_matches_the_tree():
     top_level = {e for e in os.listdir(ROOT) if not e.startswith(".") and not e.endswith(".egg-info")}
     problems += [f"README layout omits {e}" for e in sorted(top_level - IGNORED_TOP_LEVEL - named)]
     assert not problems, "\n".join(problems)
+
+
+# --- The numbers the documents state are the code's ----------------------------------------------------------------
+
+MODEL_NAMES = {  # how docs/model.md's compute table names the variants
+    "`res50`": "res50",
+    "SmallBig-23": "smallbig23",
+    "SmallBig-R50": "smallbig50",
+    "SmallBig-R101": "smallbig101",
+    "SmallBig-R50 extra": "smallbig50_extra",
+}
+
+
+def _table_rows(markdown: str, heading: str) -> list[list[str]]:
+    """The cells of the rows of the first table under `heading` (header and separator rows left out)."""
+    lines = _section(markdown, heading).splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.split("|")[1:-1]])
+    return rows
+
+
+def _int(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+@functools.lru_cache(maxsize=None)
+def _params(variant: str, num_classes: int) -> int:
+    from flax import nnx
+
+    from smallbig_jax.models import build_model, count_params
+
+    return count_params(nnx.eval_shape(lambda: build_model(variant, num_classes)))
+
+
+@functools.lru_cache(maxsize=None)
+def _gmacs(variant: str, frames: int, size: int) -> float:
+    """Multiply-accumulates of one clip, from the traced forward of the full-size model (nothing is computed)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from smallbig_jax.models import build_model
+    from smallbig_jax.summary import count_macs
+
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(variant, 400)))
+
+    def logits(state, clips):
+        model = nnx.merge(graphdef, state)
+        model.eval()
+        return model(clips)
+
+    clips = jax.ShapeDtypeStruct((1, frames, size, size, 3), jnp.float32)
+    return count_macs(jax.make_jaxpr(logits)(state, clips).jaxpr) / 1e9
+
+
+def test_model_md_parameter_counts_are_the_models():
+    rows = _table_rows(_read(os.path.join(ROOT, "docs", "model.md")), "Variants")
+    assert len(rows) == 7
+    for variant, *_, params in rows:
+        assert _params(variant.strip("`"), 400) == _int(params), variant
+    assert _params("smallbig50", 174) == 23_907_566  # the Something-Something figure of the same section
+
+
+def test_model_md_and_readme_macs_are_the_models():
+    rows = _table_rows(_read(os.path.join(ROOT, "docs", "model.md")), "Compute")
+    checked = 0
+    for model, frames, crops, gmacs in rows:
+        values = [float(v) for v in gmacs.split(" / ")]
+        frame_list = [int(v) for v in frames.split(" / ")] * (len(values) if "/" not in frames else 1)
+        crop_list = [int(v) for v in crops.split(" / ")] * (len(values) if "/" not in crops else 1)
+        for t, size, value in zip(frame_list, crop_list, values, strict=True):
+            assert round(_gmacs(MODEL_NAMES[model], t, size), 2) == value, (model, t, size)
+            checked += 1
+    assert checked == 12
+    readme_rows = _table_rows(_read(os.path.join(ROOT, "README.md")), "What SmallBigNet is")
+    for variant, _, _, params, gmacs in readme_rows:
+        assert _params(variant.strip("`"), 400) == _int(params), variant
+        if gmacs:
+            assert round(_gmacs(variant.strip("`"), 8, 224), 2) == float(gmacs), variant
