@@ -2,8 +2,8 @@
 
 Config files in `configs/` start from `official_recipe()` and change what their dataset needs. `check_config` checks
 every field against one table of valid ranges (`RULES`) before anything runs; `REFUSED_ON_RESUME` says which fields
-a run cannot resume under with another value. The numbers are those
-of the official code (spec, section 4): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
+a run cannot resume under with another value. The numbers are those of the official code
+(docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
 parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
 """
 
