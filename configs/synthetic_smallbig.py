@@ -15,7 +15,7 @@ the dataset there; "bf16" computes in bfloat16 (float32 parameters), for a GPU o
   python scripts/train.py --config configs/synthetic_smallbig.py:res50 --workdir workdirs/synthetic_res50
 
 Hardware: 2 CPU cores, about 2.5 minutes (20 s to the first step). Expected on the 200 held-out videos (2 clips x 3
-crops): SmallBig 98-100% top-1 (98% in the last measurement, BENCHMARKS.md), res50 29% (chance: 20%).
+crops): SmallBig 98-100% top-1 (99% in the last measurement, README), res50 29% (chance: 20%).
 """
 
 from smallbig_jax.config import official_recipe
