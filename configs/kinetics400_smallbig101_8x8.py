@@ -1,9 +1,10 @@
 r"""SmallBig-R101, 8 frames at stride 8, Kinetics-400, official recipe.
 
-Reproduces: the paper's headline Kinetics-400 result, 77.4 top-1 / 93.3 top-5 with 10 clips x 3 crops (spec,
-section 7: the 77.4 is confirmed; that it is R101 8x8 is the spec's best reading). 43,414,992 parameters,
-105.25 GMACs per view. Official run: 8 GPUs x 8 clips, 100 epochs. Initialise from an ImageNet ResNet-101 (the
-official code loads ResNet-50 weights here by mistake; spec, section 2.5).
+Reproduces: the paper's headline Kinetics-400 result, 77.4 top-1 / 93.3 top-5 with 10 clips x 3 crops
+(docs/protocol.md#reported-results: the 77.4 is confirmed; that it is R101 8x8 is the most likely reading).
+43,414,992 parameters, 105.25 GMACs per view. Official run: 8 GPUs x 8 clips, 100 epochs. Initialise from an
+ImageNet ResNet-101 (the official code loads ResNet-50 weights here by mistake;
+docs/model.md#quirks-and-bugs-of-the-official-code).
 
   python scripts/model_summary.py --config configs/kinetics400_smallbig101_8x8.py
 

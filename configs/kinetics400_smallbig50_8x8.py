@@ -1,8 +1,8 @@
 r"""SmallBig-R50, 8 frames at stride 8, Kinetics-400: the official `scripts/kinetics.sh` recipe.
 
 Reproduces: the paper's SmallBig-R50 on Kinetics-400 (about 76.3 top-1 / 92.5 top-5 with 10 clips x 3 crops;
-spec, section 7, marks the per-model figures as recalled, not checked). 24,370,640 parameters, 51.97 GMACs per view.
-Hardware of the official run: 8 GPUs x 8 clips, 100 epochs.
+docs/protocol.md#reported-results marks the per-model figures as recalled, not checked). 24,370,640 parameters,
+51.97 GMACs per view. Hardware of the official run: 8 GPUs x 8 clips, 100 epochs.
 
   python scripts/model_summary.py --config configs/kinetics400_smallbig50_8x8.py
   python scripts/model_summary.py --config configs/kinetics400_smallbig50_8x8.py:runlocal

@@ -1,8 +1,8 @@
 r"""SmallBig-R50, 16 frames (TSN segment sampling), Something-Something V1 or V2 (174 classes).
 
-Reproduces: the paper's SmallBig-R50 16-frame Something-Something V1 result, 49.3 / 79.5 top-1 / top-5 with
-2 clips x 3 crops (recalled figures; spec, section 7). 23,907,566 parameters, 103.26 GMACs per view. No official
-script exists for Something-Something: the recipe is main.py's, with flip off (labels name left and right).
+Reproduces: the paper's SmallBig-R50 16-frame Something-Something V1 result, 49.3 / 79.5 top-1 / top-5 with 2 clips
+x 3 crops (recalled figures; docs/protocol.md#reported-results). 23,907,566 parameters, 103.26 GMACs per view. No
+official script exists for Something-Something: the recipe is main.py's, with flip off (labels name left and right).
 The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlocal") shrinks everything;
 "bf16" (e.g. "v2,bf16") computes in bfloat16 with float32 parameters, the setting for GPUs and TPUs.
 

@@ -21,6 +21,8 @@ import sys
 
 from absl import app, flags
 
+from smallbig_jax import cli
+
 _CONFIG = flags.DEFINE_string("config", "configs/kinetics400_smallbig50_8x8.py:bf16",
                               "Config (file.py[:arg]) whose model, recipe and BatchNorm mode are checked.")
 _TINY = flags.DEFINE_boolean("tiny", False, "A tiny SmallBig-23 at 2x64x64, 2 clips per device: the CI run.")
@@ -48,6 +50,7 @@ def tiny_config():
     return config
 
 
+@cli.user_errors_exit  # quiet library logs; a bad config or data: its message and exit status 2
 def main(argv):
     del argv
     from smallbig_jax import accelerator_check as check

@@ -24,6 +24,7 @@ import sys
 import jax
 from absl import app, flags
 
+from smallbig_jax import cli
 from smallbig_jax.benchmark import benchmark_config, benchmark_model, format_results, load_config
 from smallbig_jax.config import DTYPES
 from smallbig_jax.distributed import initialize_distributed
@@ -55,6 +56,7 @@ _E2E = flags.DEFINE_boolean(
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
 
 
+@cli.user_errors_exit  # quiet library logs; a bad config or data: its message and exit status 2
 def main(argv):
     del argv
     # Multi-host (TPU pod, SLURM): joins the processes when the launcher's environment asks for it; else a no-op.

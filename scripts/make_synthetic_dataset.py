@@ -1,8 +1,8 @@
 """Writes the embedded synthetic dataset: real mp4 files, list files and the ArrayRecord (TFDS) form.
 
 Five classes, the axis of motion of a shape (still, horizontal, vertical, diagonal, anti-diagonal): they need
-temporal context but not temporal order, which SmallBigNet cannot see (spec, section 9). Deterministic in
-``--seed``; 1,200 videos of 16 frames at 64x80 in about 10 seconds on 2 cores::
+temporal context but not temporal order, which SmallBigNet cannot see (docs/model.md#consequences-worth-knowing).
+Deterministic in ``--seed``; 1,200 videos of 16 frames at 64x80 in about 10 seconds on 2 cores::
 
   python scripts/make_synthetic_dataset.py --out data/synthetic
 

@@ -33,6 +33,7 @@ def quiet_library_logs() -> None:
     if not debug_requested():
         logging.getLogger("absl").setLevel(logging.WARNING)
         logging.getLogger("tensorflow_datasets").setLevel(logging.WARNING)
+        logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
 
 
 def user_errors_exit(main: Callable) -> Callable:

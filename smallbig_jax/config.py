@@ -3,10 +3,10 @@
 Config files in `configs/` start from `official_recipe()` and change what their dataset needs. Loading one imports
 this module, the data options (`smallbig_jax.data.config`) and the variant table (`smallbig_jax.variants`), never
 JAX, the model or the input pipeline (grain, PyAV, TFDS): a config loads in a fraction of a second (BENCHMARKS.md,
-"Loading a config"). `check_config`
-checks every field against one table of valid ranges (`RULES`) before anything runs; `REFUSED_ON_RESUME` says which
-fields a run cannot resume under with another value. The numbers are those of the official code (spec, section 4): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
-parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
+"Loading a config"). `check_config` checks every field against one table of valid ranges (`RULES`) before anything
+runs; `REFUSED_ON_RESUME` says which fields a run cannot resume under with another value. The numbers are those of
+the official code (docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay
+1e-4 on every parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A PyTorch SmallBigNet written from `shared/spec/smallbignet.md` (sections 2 and 3), with the official module names.
+"""A PyTorch SmallBigNet written from `docs/model.md`, with the official module names.
 
 Its `state_dict()` has exactly the keys and shapes of the official code (`models/SmallBig.py`, `models/blocks.py`), so
 it serves as the reference for weight conversion (parity tests) and for JAX-vs-PyTorch speed comparisons. It is
@@ -31,11 +31,12 @@ EXPANSION = 4
 
 
 def _bn(channels: int) -> nn.BatchNorm3d:
-    return nn.BatchNorm3d(channels)  # eps 1e-5, momentum 0.1, affine, running stats (spec 2.5)
+    return nn.BatchNorm3d(channels)  # eps 1e-5, momentum 0.1, affine, running stats (docs/model.md#batchnorm)
 
 
 class Block(nn.Module):
-    """Bottleneck3D_000 / Bottleneck3D_100[_extra] / SmallBig_module[_extra], by `kind` (spec 2.2-2.4)."""
+    """Bottleneck3D_000 / Bottleneck3D_100[_extra] / SmallBig_module[_extra], by `kind`
+    (docs/model.md#the-smallbig-block)."""
 
     def __init__(self, inplanes: int, planes: int, stride: int, kind: str, t_length: int):
         super().__init__()
@@ -112,7 +113,7 @@ class TorchSmallBigNet(nn.Module):
             setattr(self, f"layer{index + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool3d(1)
         self.fc = nn.Linear(inplanes, num_classes)
-        for name, module in self.named_modules():  # official init (spec 2.5)
+        for name, module in self.named_modules():  # official init (docs/model.md#initialisation)
             if isinstance(module, nn.Conv3d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(module, nn.BatchNorm3d) and "big" in name:

@@ -1,5 +1,5 @@
-"""The official test-time protocol, written from the spec (`Exact test-time geometry`, section 4 of the SmallBigNet
-reference), independently of `smallbig_jax.data`: the tests compare the project's evaluation views with these.
+"""The official test-time protocol, written from `docs/protocol.md#exact-test-time-geometry`,
+independently of `smallbig_jax.data`: the tests compare the project's evaluation views with these.
 
 It follows the official code's shapes and order of operations: frame indices are 1-based (`img_00001.jpg`), the T
 frames of a clip are stacked into one H x W x 3T array, resized once with `cv2.resize(..., INTER_LINEAR)` (three-crop

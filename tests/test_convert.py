@@ -1,7 +1,7 @@
 """Weight conversion: official PyTorch SmallBigNet <-> JAX, torchvision ImageNet inflation, strictness, round trips.
 
-The PyTorch side is `smallbig_jax/torch_reference.py` (re-exported by `tests/torch_reference.py`), written from the
-spec with the official module names. Tests that need torch are skipped only when torch is not installed
+The PyTorch side is `smallbig_jax/torch_reference.py` (re-exported by `tests/torch_reference.py`), written from
+docs/model.md with the official module names. Tests that need torch are skipped only when torch is not installed
 (`pip install -e '.[torch,dev]'`, as `make test` does).
 """
 
@@ -21,13 +21,13 @@ from smallbig_jax.convert import keys as keymap
 from smallbig_jax.models import VARIANTS, build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A copy of shared/spec/smallbig50-state-dict-keys.txt: all 515 official keys of smallbig50_no_extra, 400 classes.
+# The official state dict of smallbig50_no_extra, 400 classes: all 515 keys (docs/model.md#state-dict-names-and-layout).
 SPEC_KEYS = os.path.join(ROOT, "tests", "data", "smallbig50-state-dict-keys.txt")
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "logits")
 TOL = 1e-4
 TORCH_REASON = "torch is not installed (pip install -e '.[torch]'); the conversion tests need it"
 
-# Parameter counts with 400 classes, from the spec (section 1).
+# Official parameter counts with 400 classes (docs/model.md#variants).
 SPEC_PARAMS = {
     "res50": 24_327_632,
     "slowonly50": 32_454_096,
@@ -608,7 +608,7 @@ def test_imagenet_inflation_smallbig50(torch, tmp_path):
 
     scripted = flat_arrays(load_converted_model(out))
     assert (report["source_arch"], report["variant"], report["num_classes"]) == ("resnet50", "smallbig50", 12)
-    # 265 of 267 ImageNet tensors load for SB-R50 (spec 2.5): all but fc.weight and fc.bias.
+    # 265 of 267 ImageNet tensors load for SB-R50: all but fc.weight and fc.bias (docs/model.md#imagenet-initialisation)
     assert report["tensors_from_imagenet"] == 265 and report["skipped_from_file"] == ["fc.bias", "fc.weight"]
     assert report["temporal_inflation"] == ["kT=1"]
     sd = net.state_dict()

@@ -1,4 +1,4 @@
-"""Temporal samplers against the official rules (spec, section 4), 0-based."""
+"""Temporal samplers against the official rules (docs/protocol.md#temporal-sampling), 0-based."""
 
 import numpy as np
 import pytest

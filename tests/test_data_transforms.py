@@ -45,7 +45,7 @@ def _all_sizes():
 
 
 def test_eval_geometry_equals_the_official_for_every_frame_size():
-    """The official resize size and crop corners (tests/protocol_reference.py, written from the spec) for every
+    """The official resize size and crop corners (tests/protocol_reference.py, from docs/protocol.md) for every
     frame size, for the 3-crop test (256) and the single view (224 of 256); every crop fits; the resize and the
     crops run on a real (one-frame) clip of each size without error."""
     import protocol_reference as ref

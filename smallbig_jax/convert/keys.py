@@ -1,7 +1,8 @@
 """Official PyTorch state-dict names <-> Flax NNX state paths, for any SmallBigNet variant.
 
 The table is derived from the JAX model's own structure (its flat `nnx.state`), so it follows the model for every
-variant, depth, width and class count instead of being a hand-written list. Renames (spec section 3):
+variant, depth, width and class count instead of being a hand-written list. Renames
+(docs/model.md#state-dict-names-and-layout):
 
     NNX module path            official module          NNX leaf     official tensor
     big_bn1 / big_bn2 / big_bn3  big1.1 / big2.1 / big3.1  kernel       weight      (conv: THWIO <-> OITHW; fc: [in,out] <-> [out,in])
@@ -117,8 +118,9 @@ def key_table(variant: str, num_classes: int, base_width: int = 64) -> tuple[Key
     return tuple(sorted(specs, key=lambda s: _official_order(s.torch_key)))
 
 
-# Official order inside a block: conv1, bn1, conv2, bn2, conv3, bn3, big1, big2, big3, downsample (spec section 3);
-# the extra gate's big4_1 / big4_2 (absent from the spec's smallbig50 list) are placed before downsample;
+# Official order inside a block: conv1, bn1, conv2, bn2, conv3, bn3, big1, big2, big3, downsample
+# (docs/model.md#state-dict-names-and-layout);
+# the extra gate's big4_1 / big4_2 (absent from the official smallbig50 key list) are placed before downsample;
 # BN tensors: weight, bias, running_mean, running_var (then num_batches_tracked).
 _MODULE_ORDER = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "big1", "big2", "big3", "big4_1", "big4_2", "downsample"]
 _TENSOR_ORDER = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]

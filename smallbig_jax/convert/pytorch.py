@@ -129,7 +129,8 @@ _OLD_DOWNSAMPLE = re.compile(r"^layer\d+\.\d+\.downsample\.(1\.weight|2\.\w+)$")
 
 
 def check_layout(sd: Mapping[str, Any], source: str = "checkpoint") -> None:
-    """Refuses the pre-2022 downsample layout (spec section 6) and 2D torchvision files given as SmallBig checkpoints."""
+    """Refuses the pre-2022 downsample layout (docs/model.md#state-dict-names-and-layout) and 2D torchvision files
+    given as SmallBig checkpoints."""
     old = [k for k in sd if _OLD_DOWNSAMPLE.match(k) and (not k.endswith("1.weight") or sd[k].ndim == 5)]
     if old:
         raise ConversionError(
@@ -459,9 +460,10 @@ def inflate_imagenet(
 
     `variant` defaults to smallbig50 for a ResNet-50 file and smallbig101 for a ResNet-101 file. Unlike the official
     code (whose always-true `'50' or '23' in name` loads ResNet-50 weights into smallbig101 and leaves layer3.6-22
-    random, spec 2.5), every tensor the target takes from ImageNet must be in the file and every file tensor must
-    have a place in the target, unless `allow_partial=True` (the official `part_state_dict` behaviour: take the
-    intersection, e.g. ResNet-50 weights for smallbig23; the report lists what was left at init and what unused).
+    random, docs/model.md#imagenet-initialisation), every tensor the target takes from ImageNet must be in the file
+    and every file tensor must have a place in the target, unless `allow_partial=True` (the official
+    `part_state_dict` behaviour: take the intersection, e.g. ResNet-50 weights for smallbig23; the report lists what
+    was left at init and what unused).
     With `model` given, its variant, classes and width are the target and it is updated in place (tensors not taken
     from ImageNet keep their current values). Returns (model in train mode, report).
     """

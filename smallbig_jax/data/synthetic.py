@@ -1,9 +1,9 @@
 """The embedded synthetic dataset: classes that need temporal context but not temporal order.
 
-SmallBigNet cannot tell a clip from its reversal (spec, section 9), so the classes are the *axis* of motion of
-a shape: still, horizontal, vertical, diagonal and anti-diagonal. The shape moves back and forth (a triangle
-wave) along its axis, so every class looks the same in a single frame and played backwards: a per-frame model
-with temporal average pooling stays near chance, a model that relates frames (SmallBig's big views) does not.
+SmallBigNet cannot tell a clip from its reversal (docs/model.md#consequences-worth-knowing), so the classes are the
+*axis* of motion of a shape: still, horizontal, vertical, diagonal and anti-diagonal. The shape moves back and forth
+(a triangle wave) along its axis, so every class looks the same in a single frame and played backwards: a per-frame
+model with temporal average pooling stays near chance, a model that relates frames (SmallBig's big views) does not.
 Shape (square, disc, cross), bright colour, size, position, speed, phase and amplitude of the moving shape, and the
 dark background's colour and 1-3 static clutter rectangles are random. Everything is deterministic in the seed.
 

@@ -5,7 +5,7 @@ the official ``rawframes_320``) and mapped onto the stored frame, so one ``PIL.I
 crops and resizes (PIL's bilinear, as the official training) without building the intermediate image; the box
 never leaves the frame.
 
-Evaluation (official ``dataset/transforms.py``; README, "Evaluation geometry"): the
+Evaluation (official ``dataset/transforms.py``; docs/protocol.md#exact-test-time-geometry): the
 short side goes to ``scale_size`` with the long side truncated (``int(256 * long / short)``), or the frames stay as
 they are when the short side already is ``scale_size``; the crops are integer slices of that resized clip. The
 three-crop test (``Fntest``) resizes with OpenCV's bilinear (no antialiasing), the single-view validation with PIL's
