@@ -26,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from smallbig_jax import checkpointing, evaluate as evaluation, runtime, sharding, steps
 from smallbig_jax.config import ConfigError, check_config, resume_changes
@@ -106,9 +107,9 @@ class Run:
 
     config: ml_collections.ConfigDict
     workdir: str
-    mesh: Any
+    mesh: Mesh
     loader: pipeline.DeviceIterator
-    manager: Any  # checkpointing.Manager
+    manager: checkpointing.Manager
     setup: steps.TrainSetup
     state: dict[str, Any]
     start: int  # the step the run starts (or resumes) from
