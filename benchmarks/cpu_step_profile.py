@@ -107,11 +107,11 @@ def main(argv):
     import jax
     import numpy as np
 
-    from smallbig_jax import benchmark, steps
+    from smallbig_jax import benchmark, sharding, steps
 
     config = benchmark.benchmark_config("smallbig50", num_classes=400)
     config.batch_size = 2
-    mesh = benchmark.make_mesh(1)
+    mesh = sharding.make_mesh(num_devices=1)
     setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
     clips = np.random.default_rng(0).standard_normal((2, 8, 224, 224, 3), dtype=np.float32)
     name = "train step" if _MODE.value == "train" else "eval forward"

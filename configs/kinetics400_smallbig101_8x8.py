@@ -14,8 +14,7 @@ the setting for GPUs and TPUs:
   python scripts/train.py --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
 """
 
-from smallbig_jax.config import official_recipe, runlocal
-from smallbig_jax.runtime import bfloat16
+from smallbig_jax.config import bfloat16, official_recipe, runlocal
 
 
 def get_config(arg: str | None = None):

@@ -9,8 +9,7 @@ The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlo
   python scripts/model_summary.py --config configs/something_smallbig50_16f.py:v2
 """
 
-from smallbig_jax.config import official_recipe, runlocal
-from smallbig_jax.runtime import bfloat16
+from smallbig_jax.config import bfloat16, official_recipe, runlocal
 
 
 def get_config(arg: str | None = None):

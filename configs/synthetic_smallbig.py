@@ -18,8 +18,7 @@ Hardware: 2 CPU cores, about 2.5 minutes (20 s to the first step). Expected on t
 crops): SmallBig 98-100% top-1 (99% in the last measurement, README), res50 29% (chance: 20%).
 """
 
-from smallbig_jax.config import official_recipe
-from smallbig_jax.runtime import bfloat16
+from smallbig_jax.config import bfloat16, official_recipe
 from smallbig_jax.data.synthetic import CLASSES, data_config
 
 

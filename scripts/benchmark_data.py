@@ -20,11 +20,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import av  # noqa: E402
 import grain  # noqa: E402
 import numpy as np  # noqa: E402
 
-from smallbig_jax.data import lists, pipeline, prepare, sources, synthetic, transforms  # noqa: E402
+from smallbig_jax.data import lists, pipeline, prepare, sources, transforms, writers  # noqa: E402
+from smallbig_jax.data.config import default_data_config  # noqa: E402
 
 
 def bench_video(rng: np.random.Generator, num_frames: int, h: int, w: int) -> np.ndarray:
@@ -42,25 +42,13 @@ def bench_video(rng: np.random.Generator, num_frames: int, h: int, w: int) -> np
     return out
 
 
-def write_mp4(path: str, video: np.ndarray, fps: int = 30, gop: int = 60) -> None:
-    with av.open(path, "w") as out:
-        s = out.add_stream("libx264", rate=fps)
-        s.width, s.height, s.pix_fmt = video.shape[2], video.shape[1], "yuv420p"
-        s.options = {"crf": "23", "preset": "veryfast", "g": str(gop)}
-        for f in video:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
-
-
 def make_data(root: str, num_videos: int, num_frames: int, h: int, w: int) -> dict[str, object]:
     rows_f, rows_v = [], []
     os.makedirs(f"{root}/videos", exist_ok=True)
     for v in range(num_videos):
         video = bench_video(np.random.default_rng(v), num_frames, h, w)
-        synthetic.write_frame_folder(f"{root}/frames/v{v}", video, quality=90)
-        write_mp4(f"{root}/videos/v{v}.mp4", video)
+        writers.write_frame_folder(f"{root}/frames/v{v}", video, quality=90)
+        writers.write_mp4(f"{root}/videos/v{v}.mp4", video, fps=30, crf=23, gop=60, preset="veryfast")
         rows_f.append((f"v{v}", num_frames, v))
         rows_v.append((f"v{v}.mp4", v))
     lists.write_frame_list(f"{root}/frames.txt", rows_f)
@@ -154,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=300)
     p.add_argument("--markdown", default="")
     a = p.parse_args(argv)
-    cfg = pipeline.default_data_config()  # SmallBig-R50 Kinetics training: 8x8 dense, 224 crops, flip.
+    cfg = default_data_config()  # SmallBig-R50 Kinetics training: 8x8 dense, 224 crops, flip.
     with tempfile.TemporaryDirectory() as root:
         t = time.time()
         srcs = make_data(root, a.videos, a.frames, 320, 426)
@@ -167,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((name, cpu, wall))
             print(f"{name}: {cpu:.1f} clips/s per core ({wall:.1f} wall)", file=sys.stderr)
         # The whole grain pipeline in one process and one reader thread: batches of 8 clips (batching overhead).
-        e2e = pipeline.default_data_config()
+        e2e = default_data_config()
         e2e.format, e2e.arrayrecord_dir, e2e.reader_threads = "arrayrecord", f"{root}/ar_jpeg", 1
         # grain's index shuffle costs ~4 ms per element on a 6-element dataset (10-40 us from 1000 up), so the 6
         # videos are presented as a 1200-video dataset.

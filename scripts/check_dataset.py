@@ -39,13 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="also write the broken entries to this file")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    # The fields of a data config that name the list (frames, video) or the ArrayRecord split to check.
+    data = {"format": a.format, "root": a.root, "frame_template": a.template, "kinetics_ids": a.kinetics_ids,
+            "decode_threads": False, "arrayrecord_dir": a.arrayrecord_dir, f"{a.split}_list": a.list,
+            f"{a.split}_split": a.split}
     try:
-        if a.format == "frames":
-            source = sources.FrameFolderSource(a.list, a.root, a.template, a.kinetics_ids, num_classes=a.num_classes)
-        elif a.format == "video":
-            source = sources.VideoFileSource(a.list, a.root, num_classes=a.num_classes)
-        else:
-            source = sources.ArrayRecordSource(a.arrayrecord_dir, a.split, num_classes=a.num_classes)
+        source = sources.make_source(data, a.split, a.num_classes)
     except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.
         print(err)
         return 1

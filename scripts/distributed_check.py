@@ -28,11 +28,12 @@ def main(argv):
     import jax
     from flax import nnx
     from jax.experimental import multihost_utils
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding, PartitionSpec as P
 
     from smallbig_jax.models import build_model
+    from smallbig_jax.sharding import make_mesh
 
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    mesh = make_mesh()
     n_proc, index = jax.process_count(), jax.process_index()
     per_process = _CLIPS.value
     if per_process % jax.local_device_count():

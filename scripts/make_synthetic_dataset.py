@@ -18,7 +18,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from smallbig_jax.data import synthetic  # noqa: E402
+from smallbig_jax.data import synthetic, writers  # noqa: E402
 from smallbig_jax import cli  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.out} already holds the synthetic dataset")
         return 0
     t = time.time()
-    counts = synthetic.write_dataset(a.out, **shape, workers=a.workers)
+    counts = writers.write_synthetic_dataset(a.out, **shape, workers=a.workers)
     print(f"wrote {counts} videos ({', '.join(synthetic.CLASSES)}) to {a.out} in {time.time() - t:.1f} s")
     return 0
 

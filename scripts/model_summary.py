@@ -10,8 +10,9 @@ override them.
 from absl import app, flags
 from ml_collections import config_flags
 
-from smallbig_jax.config import model_from_config, official_recipe
+from smallbig_jax.config import official_recipe
 from smallbig_jax.models import VARIANTS
+from smallbig_jax.steps import model_from_config
 from smallbig_jax.summary import summarize
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/ (optional).", lock_config=False)
@@ -34,7 +35,7 @@ def main(argv):
         )
         config.model.base_width = _BASE_WIDTH.value
         frames, size = _FRAMES.value, _SIZE.value
-    print(summarize(model_from_config(config.model), frames=frames, size=size).format())
+    print(summarize(model_from_config(config), frames=frames, size=size).format())
 
 
 if __name__ == "__main__":

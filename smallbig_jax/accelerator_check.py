@@ -38,7 +38,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from smallbig_jax import benchmark as bm, sharding, steps, train
+from smallbig_jax import benchmark as bm, sharding, steps
+from smallbig_jax.data import synthetic, writers
+from smallbig_jax.models import layers
 
 LOGITS_F32_BOUND = 1e-4  # x max(1, max |logit|): float32 on the device vs the host CPU
 # Relative L2 error of bfloat16 logits against float32: rounding to an 8-bit mantissa gave 0.03 on the tiny CI
@@ -72,8 +74,6 @@ def _host_cpu() -> jax.Device | None:
 def _reference(fn, args: tuple, cpu: jax.Device, same_backend: bool):
     """`fn(*args)` as one plain jitted program on the host CPU: one device, no shardings, no donation, and when the
     device under test is that CPU too, compiled differently from it (LLVM at -O0, none of the model's CPU options)."""
-    from smallbig_jax.models import layers
-
     options = {"xla_backend_optimization_level": 0} if same_backend else layers.compiler_options("cpu")
     return jax.device_get(jax.jit(fn, compiler_options=options)(*jax.device_put(args, cpu)))
 
@@ -114,7 +114,7 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     # bfloat16 at the default precision, as training runs it.
     bf16 = ml_collections.ConfigDict(config.to_dict())
     bf16.model.dtype = "bfloat16"
-    bf16_step = steps.make_eval_step(train.model_graphdefs(bf16, mesh)[1], mesh)
+    bf16_step = steps.make_eval_step(steps.model_graphdefs(bf16, mesh)[1], mesh)
     bf16_logits = np.asarray(bf16_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]), np.float32)
     rel = _relative_l2(bf16_logits, logits)
     out["logits_bf16_vs_f32"] = {"relative_l2": rel, "passed": rel <= LOGITS_BF16_BOUND}
@@ -197,10 +197,8 @@ def synthetic_data_config(out: str, *, num_videos: int, num_frames: int, size: i
                           crop: int) -> ml_collections.ConfigDict:
     """Writes `num_videos` synthetic mp4s (`num_frames` frames of size x size) and returns a data config reading
     them with the training transforms at `frames` x `crop`."""
-    from smallbig_jax.data import synthetic
-
-    synthetic.write_dataset(out, num_train=num_videos, num_val=1, num_frames=num_frames, size=size,
-                            workers=max(1, min(8, os.cpu_count() or 1)), arrayrecord=False)
+    writers.write_synthetic_dataset(out, num_train=num_videos, num_val=1, num_frames=num_frames, size=size,
+                                    workers=max(1, min(8, os.cpu_count() or 1)), arrayrecord=False)
     data = synthetic.data_config(out, fmt="video")
     data.num_frames, data.stride, data.crop_size = frames, stride, crop
     data.scale_size = data.train_short_side = size

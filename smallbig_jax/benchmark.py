@@ -28,22 +28,27 @@ What is measured, and how:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import platform
 import resource
+import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from smallbig_jax import sharding, steps as step_builder
+from smallbig_jax import checkpointing, sharding, steps as step_builder
 from smallbig_jax.config import official_recipe
+from smallbig_jax.convert import export_state_dict
+from smallbig_jax.data import pipeline
 
 # Peak dense matmul throughput per chip, TFLOP/s, by compute dtype. Sources: vendor datasheets (NVIDIA A100/H100/H200
 # SXM; Google Cloud TPU system architecture pages). float32 on GPUs is XLA's default TF32 math for convs and dots; on
@@ -201,19 +206,8 @@ def host_peak_rss_gb() -> float:
 # ----------------------------------------------------------------------------------------------------- JAX side
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
-    """The training run's 'data' mesh over the first `num_devices` devices (all by default)."""
-    devices = jax.devices()
-    n = len(devices) if num_devices is None else num_devices
-    if not 1 <= n <= len(devices):
-        raise ValueError(f"asked for {n} devices, {len(devices)} available ({devices[0].platform})")
-    return sharding.make_mesh(devices[:n])
-
-
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """get_config(arg) of a config file given as `path.py` or `path.py:arg` (ml_collections' convention)."""
-    import importlib.util
-
     path, _, arg = spec.partition(":")
     module_spec = importlib.util.spec_from_file_location("benchmark_config", path)
     module = importlib.util.module_from_spec(module_spec)
@@ -258,8 +252,6 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
     Each step is blocked on, so the time spent in `next(loader)` is time the device waited for data (the loader's
     workers and device prefetch keep running meanwhile). Input-bound: over `input_bound_share` of the time waiting.
     """
-    from smallbig_jax.data import pipeline
-
     loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
                                         num_classes=config.model.num_classes, mesh=mesh)
     waits, totals = [], []
@@ -290,15 +282,11 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
 
 def checkpoint_cost(params: Any, stats: Any, mesh: Mesh) -> dict[str, float]:
     """Save and restore times and size of a train state with these weights through `smallbig_jax.checkpointing`."""
-    import tempfile
-
-    from smallbig_jax import checkpointing
-
     # Momentum as after training, not the all-zero arrays of step 0, which would compress away and flatter the size.
     opt_state = jax.tree.map(lambda z: jax.random.normal(jax.random.key(0), z.shape, z.dtype) * 1e-3,
                              optax.sgd(0.01, momentum=0.9).init(params))
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "opt_state": opt_state}
-    state = jax.block_until_ready(jax.device_put(state, NamedSharding(mesh, P())))
+    state = jax.block_until_ready(jax.device_put(state, sharding.replicated(mesh)))
     config = ml_collections.ConfigDict({"model": {"variant": "benchmark"}})
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,9 +313,8 @@ class TorchSteps:
     """The PyTorch reference model with the JAX model's weights, channels-last (oneDNN's fast path on CPU)."""
 
     def __init__(self, jax_model, clips: np.ndarray, labels: np.ndarray, *, lr: float = 0.01, threads: int | None = None):
-        import torch
+        import torch  # optional: only for --compare-torch
 
-        from smallbig_jax.convert import export_state_dict
         from smallbig_jax.torch_reference import TorchSmallBigNet
 
         self.torch = torch
@@ -363,8 +350,6 @@ class TorchSteps:
 def input_pipeline_throughput(config, *, batches: int = 20, warmup: int = 2) -> dict[str, Any]:
     """Clips/s of this host's training input pipeline alone (read, decode, sample, augment, batch into uint8
     arrays), without the model, for `config.data` at `config.batch_size` (smallbig_jax/data/pipeline.py)."""
-    from smallbig_jax.data import pipeline
-
     where = "arrayrecord_dir" if config.data.format == "arrayrecord" else "train_list"
     if not config.data[where]:
         return {"skipped": f"config.data names no dataset (config.data.{where} is empty)"}
@@ -428,7 +413,7 @@ def benchmark_model(
 ) -> dict[str, Any]:
     """Times `config`'s evaluation forward and/or training step, as training builds them, at `batch_per_device`
     clips per device; returns a JSON-ready record (see `format_results`)."""
-    mesh = make_mesh(num_devices)
+    mesh = sharding.make_mesh(num_devices=num_devices)
     n_dev = mesh.size
     batch = batch_per_device * n_dev
     config = ml_collections.ConfigDict(config.to_dict())
@@ -540,11 +525,9 @@ def benchmark_model(
 
 
 def _versions(with_torch: bool) -> dict[str, str]:
-    import flax
-
     v = {"python": platform.python_version(), "jax": jax.__version__, "flax": flax.__version__}
     if with_torch:
-        import torch
+        import torch  # optional: only when PyTorch was timed
 
         v["torch"] = torch.__version__
     return v

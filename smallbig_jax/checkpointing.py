@@ -27,6 +27,9 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
+
+from smallbig_jax.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +41,6 @@ DAMAGED_DIR = "damaged_checkpoints"
 # is checked to be there and readable JSON, not by checksum.
 REWRITTEN_AT_COMMIT = "_CHECKPOINT_METADATA"
 NO_MANIFEST = f"no {MANIFEST} (its save did not complete)"
-
-
-class CheckpointError(RuntimeError):
-    """No checkpoint that can be restored where one is needed; the message names the folder, steps and problems."""
 
 
 def _checkpoints_dir(workdir: str) -> epath.Path:
@@ -170,8 +169,6 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
 
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 

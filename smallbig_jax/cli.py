@@ -13,31 +13,18 @@ import os
 import sys
 from typing import Callable
 
+from absl import flags
+
+from smallbig_jax.errors import USER_ERRORS
+
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """What bad input raises (imported when needed: the data scripts need not load orbax or jax to start)."""
-    from smallbig_jax.checkpointing import CheckpointError
-    from smallbig_jax.config import ConfigError
-    from smallbig_jax.convert.checkpoint import CheckpointFormatError
-    from smallbig_jax.convert.pytorch import ConversionError
-    from smallbig_jax.data.lists import DataError
-
-    return (ConfigError, CheckpointError, DataError, ConversionError, CheckpointFormatError, FileNotFoundError,
-            FileExistsError, FloatingPointError)  # FloatingPointError: the training loss diverged (train.py)
 
 
 def debug_requested() -> bool:
     if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
         return True
-    try:
-        from absl import flags
-
-        return bool(flags.FLAGS.is_parsed() and "debug" in flags.FLAGS and flags.FLAGS.debug)
-    except ImportError:  # pragma: no cover - absl comes with jax
-        return False
+    return bool(flags.FLAGS.is_parsed() and "debug" in flags.FLAGS and flags.FLAGS.debug)
 
 
 def quiet_library_logs() -> None:
@@ -58,7 +45,7 @@ def user_errors_exit(main: Callable) -> Callable:
         try:
             return main(*args, **kwargs)
         except Exception as e:
-            if debug_requested() or not isinstance(e, user_errors()):
+            if debug_requested() or not isinstance(e, USER_ERRORS):
                 raise
             print(f"error: {e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
@@ -68,6 +55,4 @@ def user_errors_exit(main: Callable) -> Callable:
 
 def define_debug_flag() -> None:
     """`--debug` for scripts that use absl flags."""
-    from absl import flags
-
     flags.DEFINE_bool("debug", False, f"Full tracebacks and library INFO logs (or set {DEBUG_ENV}=1).")

@@ -1,10 +1,12 @@
-"""The official training recipe as a ConfigDict, and building a model from a config.
+"""The official training recipe as a ConfigDict, and the one check of a config's values.
 
-Config files in `configs/` start from `official_recipe()` and change what their dataset needs. `check_config` checks
-every field against one table of valid ranges (`RULES`) before anything runs; `REFUSED_ON_RESUME` says which fields
-a run cannot resume under with another value. The numbers are those of the official code
-(docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay 1e-4 on every
-parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
+Config files in `configs/` start from `official_recipe()` and change what their dataset needs. Loading one imports
+this module, the data options (`smallbig_jax.data.config`) and the variant table (`smallbig_jax.variants`), never
+JAX, the model or the input pipeline (grain, PyAV, TFDS): a config loads in a fraction of a second (BENCHMARKS.md,
+"Loading a config"). `check_config` checks every field against one table of valid ranges (`RULES`) before anything
+runs; `REFUSED_ON_RESUME` says which fields a run cannot resume under with another value. The numbers are those of
+the official code (docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD momentum 0.9, lr 0.01, weight decay
+1e-4 on every parameter, cosine decay stepped per epoch over 100 epochs, no warm-up, no label smoothing, no dropout.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import json
 import math
 from typing import Any, Callable
 
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from smallbig_jax.data.pipeline import default_data_config
-from smallbig_jax.models.smallbig import VARIANTS, SmallBigNet, build_model
+from smallbig_jax.data.config import default_data_config
+from smallbig_jax.errors import ConfigError
+from smallbig_jax.variants import VARIANTS
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = ("float32", "bfloat16", "float16")  # names of the compute and parameter dtypes a config may ask for
 
 
 def official_recipe(
@@ -90,29 +92,16 @@ def runlocal(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def model_from_config(model_config: ml_collections.ConfigDict, seed: int = 0) -> SmallBigNet:
-    """A fresh model for `config.model`, with dtype names checked."""
-    for key in ("dtype", "param_dtype"):
-        if model_config[key] not in DTYPES:
-            raise ValueError(f"config.model.{key}={model_config[key]!r}; expected one of {sorted(DTYPES)}")
-    if model_config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={model_config.variant!r}; expected one of {sorted(VARIANTS)}")
-    return build_model(
-        model_config.variant,
-        model_config.num_classes,
-        base_width=model_config.base_width,
-        dtype=DTYPES[model_config.dtype],
-        param_dtype=DTYPES[model_config.param_dtype],
-        seed=seed,
-    )
+def bfloat16(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` computing in bfloat16, parameters, optimizer state and BatchNorm statistics in float32 (the configs'
+    "bf16" argument): what GPUs with tensor cores and TPUs run fastest. float32 stays the default because it is what
+    matches the official PyTorch numbers."""
+    config.model.dtype = "bfloat16"
+    config.model.param_dtype = "float32"
+    return config
 
 
 # --- The one config check ---------------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """A config value outside its valid range, or a config a checkpoint cannot resume under; the message names the
-    field(s), the value(s) and what is expected."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,11 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from smallbig_jax.sharding import replicated
+from smallbig_jax import checkpointing, sharding, steps
+from smallbig_jax.config import ConfigError, check_config, resume_changes
+from smallbig_jax.convert import load_converted_model
+from smallbig_jax.data import pipeline
+from smallbig_jax.optim import make_optimizer
 from smallbig_jax.steps import make_eval_step  # the one eval step, shared with the benchmark
 
 
@@ -102,8 +106,6 @@ def evaluate(
 def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any,
                      mesh) -> dict[str, Any]:
     """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
-    from smallbig_jax.data import pipeline
-
     loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size,
                                        num_classes=config.model.num_classes, mesh=mesh)
     try:
@@ -134,21 +136,16 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
                         step: int | None = None, best: bool = False) -> dict[str, Any]:
     """Full multi-view evaluation (`config.data`'s clips x crops) of a training checkpoint in `workdir` (latest,
     `step`, or the best by (top1 + top5) / 2) or of a converted PyTorch checkpoint directory."""
-    from smallbig_jax import checkpointing, sharding, train
-    from smallbig_jax.config import ConfigError, check_config, resume_changes
-
     check_config(config)
     mesh = sharding.make_mesh()
-    _, eval_graphdef = train.model_graphdefs(config, mesh)
+    _, eval_graphdef = steps.model_graphdefs(config, mesh)
     if converted is not None:
-        from smallbig_jax.convert import load_converted_model
-
         model = load_converted_model(converted)
         if (model.variant, model.num_classes) != (config.model.variant, config.model.num_classes):
             raise ConfigError(f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
                               f"{config.model.variant} with {config.model.num_classes}")
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-        params, batch_stats = jax.device_put((params, batch_stats), replicated(mesh))
+        params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
     else:
         if not checkpointing.list_steps(workdir):  # checked first: a mistyped workdir must not be created
             raise checkpointing.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
@@ -161,7 +158,7 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
             if changed:
                 raise ConfigError(f"checkpoint step {step} was trained with another model; set these fields as "
                                   "it was trained:\n  " + "\n  ".join(changed))
-            abstract, shardings = train.abstract_train_state(config, mesh, train.make_optimizer(config, 1))
+            abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
             state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
         finally:
             manager.close()

@@ -7,6 +7,9 @@ import os
 import time
 
 import jax
+from matplotlib.figure import Figure
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 
 class MetricWriter:
@@ -23,15 +26,11 @@ class MetricWriter:
             os.makedirs(workdir, exist_ok=True)
             if resumed_at and os.path.exists(self.path):
                 self._drop_rows_after(resumed_at)
-            from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-
         values = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in scalars.items()]
         self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
         with open(self.path, "a") as f:
@@ -69,12 +68,8 @@ def plot_curves(workdir: str) -> str | None:
     rows = read_metrics(workdir)
     if not rows or jax.process_index() != 0:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))  # matplotlib's object API: no pyplot, no global backend to switch
+    ax_loss, ax_acc = fig.subplots(1, 2)
     train = [r for r in rows if r["split"] == "train"]
     if train:
         ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
@@ -92,5 +87,4 @@ def plot_curves(workdir: str) -> str | None:
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

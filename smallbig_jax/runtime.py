@@ -1,9 +1,6 @@
-"""Accelerator defaults of a training run: bfloat16 configs, the persistent compilation cache, XLA's GPU flags and a
-`jax.profiler` trace of a few steps.
+"""Accelerator defaults of a training run: the persistent compilation cache, XLA's GPU flags and a `jax.profiler`
+trace of a few steps. (Computing in bfloat16 is a config setting: `smallbig_jax.config.bfloat16`.)
 
-- `bfloat16(config)`: compute in bfloat16, parameters, optimizer state and BatchNorm statistics in float32 (the
-  configs' "bf16" argument, e.g. `configs/kinetics400_smallbig50_8x8.py:bf16`). What GPUs with tensor cores and
-  TPUs run fastest; float32 stays the default because it is what matches the official PyTorch numbers.
 - `config.compilation_cache`: "user" (default) keeps compiled programs in `$XDG_CACHE_HOME/smallbig_jax/xla`
   (`~/.cache/...`), shared by every run of the user on the host, so a resumed or repeated run skips compiling (tens
   of seconds for SmallBig-R50's train step); "workdir" keeps them in `<workdir>/xla_cache`, next to the checkpoints
@@ -28,18 +25,12 @@ from typing import Any
 
 import jax
 import ml_collections
+from jax._src import xla_bridge
 
 log = logging.getLogger(__name__)
 
 COMPILATION_CACHE_MODES = ("user", "workdir", "")
 DEFAULT_XLA_GPU_FLAGS = "--xla_gpu_enable_latency_hiding_scheduler=true"
-
-
-def bfloat16(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """`config` computing in bfloat16 (parameters and optimizer state stay float32)."""
-    config.model.dtype = "bfloat16"
-    config.model.param_dtype = "float32"
-    return config
 
 
 def compilation_cache_dir(setting: str, workdir: str | None) -> str | None:
@@ -68,8 +59,6 @@ def configure(config: ml_collections.ConfigDict, workdir: str | None) -> dict[st
     applied: dict[str, Any] = {}
     flags = config.get("xla_gpu_flags", "")
     if flags:
-        from jax._src import xla_bridge
-
         if xla_bridge.backends_are_initialized():  # XLA_FLAGS are read once, when the backend starts
             log.debug("config.xla_gpu_flags not applied: the JAX backend was started before the run")
         else:

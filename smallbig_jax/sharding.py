@@ -8,7 +8,7 @@ the forward and backward; worth it for SmallBig-R101 and up on accelerators with
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import numpy as np
@@ -18,9 +18,14 @@ DATA = "data"
 FSDP_MIN_SIZE = 2**18  # arrays smaller than this stay replicated: gathering them costs more than it saves
 
 
-def make_mesh(devices: list | None = None) -> Mesh:
-    """A 1-D 'data' mesh over `devices` (default: all devices of all processes)."""
-    devices = jax.devices() if devices is None else devices
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, num_devices: int | None = None) -> Mesh:
+    """The 1-D 'data' mesh over `devices` (default: all devices of all processes), or over the first `num_devices`
+    of them. The one place a mesh is made: training, evaluation, the benchmarks and the checks take theirs here."""
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ValueError(f"asked for {num_devices} devices, {len(devices)} available ({devices[0].platform})")
+        devices = devices[:num_devices]
     return Mesh(np.asarray(devices), (DATA,))
 
 

@@ -1,10 +1,10 @@
-"""The train and eval steps, built in one place.
+"""The model of a config, its train state and the train and eval steps, built in one place.
 
 `train.py` (the training loop), `evaluate.py` (multi-view evaluation), `benchmark.py` (scripts/benchmark.py,
-benchmarks/cpu_step_profile.py) and `scripts/accelerator_check.py` all take their steps from here, so what is timed
-is what trains: per-device BatchNorm, gradient accumulation, EMA, label smoothing, the optimizer chain and the
-backend's compile options exactly as the config sets them. `train_setup` is the one call that turns a config into
-a ready train state and its steps.
+benchmarks/cpu_step_profile.py) and `scripts/accelerator_check.py` all take their model, state and steps from here,
+so what is timed is what trains: per-device BatchNorm, gradient accumulation, EMA, label smoothing, the optimizer
+chain and the backend's compile options exactly as the config sets them. `model_from_config` is the one way from a
+config to a model; `train_setup` is the one call that turns a config into a ready train state and its steps.
 """
 
 from __future__ import annotations
@@ -21,8 +21,81 @@ from flax import nnx
 from jax import lax
 
 from smallbig_jax import sharding
-from smallbig_jax.models import layers
+from smallbig_jax.config import DTYPES
+from smallbig_jax.convert import init_from
+from smallbig_jax.models import VARIANTS, SmallBigNet, build_model, layers, set_batchnorm_groups
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
+
+
+# --- The model and the train state of a config ------------------------------------------------------------------
+
+
+def model_from_config(config: ml_collections.ConfigDict, mesh=None) -> SmallBigNet:
+    """A fresh model for `config.model` (seeded by `config.seed`, dtype names checked) and, given the `mesh` it
+    trains on, its BatchNorms set for `config.batchnorm` (per-device statistics: one group per device)."""
+    model_config = config.model
+    for key in ("dtype", "param_dtype"):
+        if model_config[key] not in DTYPES:
+            raise ValueError(f"config.model.{key}={model_config[key]!r}; expected one of {sorted(DTYPES)}")
+    if model_config.variant not in VARIANTS:
+        raise ValueError(f"config.model.variant={model_config.variant!r}; expected one of {sorted(VARIANTS)}")
+    if config.batchnorm not in ("per_device", "global"):
+        raise ValueError(f"config.batchnorm={config.batchnorm!r}; expected 'per_device' or 'global'")
+    model = build_model(
+        model_config.variant,
+        model_config.num_classes,
+        base_width=model_config.base_width,
+        dtype=getattr(jnp, model_config.dtype),
+        param_dtype=getattr(jnp, model_config.param_dtype),
+        seed=config.seed,
+    )
+    if mesh is not None and config.batchnorm == "per_device":
+        set_batchnorm_groups(model, mesh.size)
+    return model
+
+
+def model_graphdefs(config: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, nnx.GraphDef]:
+    """Graph definitions of the model in train mode (batch statistics) and in eval mode (running statistics)."""
+    model = nnx.eval_shape(lambda: model_from_config(config, mesh))
+    train_graphdef = nnx.graphdef(model)
+    model.eval()
+    return train_graphdef, nnx.graphdef(model)
+
+
+def _initial_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation, load: bool = True):
+    """step, params, batch_stats, opt_state (and ema_params) of a fresh model (`config.init_from` applied if load)."""
+    model = model_from_config(config, mesh)
+    if load and config.init_from:
+        init_from(model, config.init_from)
+    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
+             "opt_state": tx.init(params)}
+    if config.ema_decay:
+        state["ema_params"] = params
+    return state
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
+    """(shapes and dtypes of the train state, its shardings on `mesh`), without computing anything."""
+    abstract = jax.eval_shape(lambda: _initial_state(config, mesh, tx, load=False))
+    return abstract, sharding.state_shardings(abstract, mesh, config.params_sharding)
+
+
+def create_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
+    """(graphdef, state, shardings), the state created directly with its target shardings (`init_from` reads
+    files on the host, so then the state is built there and placed)."""
+    graphdef = model_graphdefs(config, mesh)[0]
+    abstract, shardings = abstract_train_state(config, mesh, tx)
+    if config.init_from:
+        return graphdef, jax.device_put(_initial_state(config, mesh, tx), shardings), shardings
+    # On CPU, LLVM's lighter optimisation level (O1) compiles the initialiser, a program that runs once, faster (tiny
+    # SmallBig-23: 10.4 -> 4.4 s; SmallBig-R50: 12.2 -> 8.5 s) and gave bit-identical parameters (BENCHMARKS.md).
+    options = {"xla_backend_optimization_level": 1} if mesh.devices.flat[0].platform == "cpu" else None
+    init = jax.jit(lambda: _initial_state(config, mesh, tx), out_shardings=shardings, compiler_options=options)
+    return graphdef, init(), shardings
+
+
+# --- The steps --------------------------------------------------------------------------------------------------
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
@@ -138,12 +211,10 @@ class TrainSetup:
 def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int) -> TrainSetup:
     """The optimizer, schedule, fresh train state (born sharded; `config.init_from` applied) and jitted steps of
     `config` on `mesh`."""
-    from smallbig_jax import train  # the train state is built there; train imports this module
-
     tx = make_optimizer(config, steps_per_epoch)
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
-    graphdef, state, shardings = train.create_train_state(config, mesh, tx)
-    eval_graphdef = train.model_graphdefs(config, mesh)[1]
+    graphdef, state, shardings = create_train_state(config, mesh, tx)
+    eval_graphdef = model_graphdefs(config, mesh)[1]
     return TrainSetup(graphdef, eval_graphdef, tx, lr_schedule, state, shardings,
                       make_train_step(graphdef, tx, config, mesh, shardings, lr_schedule),
                       make_eval_step(eval_graphdef, mesh))

@@ -1,14 +1,20 @@
 """Training and evaluation of SmallBigNet from a config, on one CPU, a multi-GPU host or a TPU pod alike.
 
-The train step is one pure `jax.jit` function over the model's `nnx.split` state on a 'data' mesh: state born
-sharded (`out_shardings`), buffers donated, batch split over every device of every process, no pmap. A run in a
-workdir that already has checkpoints resumes from the newest intact one (checksums verified, the saved config
-compared with the new one before anything compiles), iterator position included; SIGTERM saves a
+The train step (`smallbig_jax.steps`) is one pure `jax.jit` function over the model's `nnx.split` state on a 'data'
+mesh: state born sharded (`out_shardings`), buffers donated, batch split over every device of every process, no
+pmap. A run in a workdir that already has checkpoints resumes from the newest intact one (checksums verified, the
+saved config compared with the new one before anything compiles), iterator position included; SIGTERM saves a
 checkpoint at the current step and exits cleanly.
+
+`train_and_evaluate` reads as its steps: `open_run` (check the config, find the checkpoint to resume from, open the
+loader, build or restore the train state), `train_steps` (the loop: a step, its log line, validation and
+checkpoints, preemption), `finish` (the last checkpoint and the final multi-view test).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -17,78 +23,17 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax import nnx
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from smallbig_jax import checkpointing, evaluate as evaluation, runtime, sharding, steps
-from smallbig_jax.config import ConfigError, check_config, model_from_config, resume_changes
+from smallbig_jax.config import ConfigError, check_config, resume_changes
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
-from smallbig_jax.models import set_batchnorm_groups
-from smallbig_jax.optim import make_optimizer  # noqa: F401 (evaluate.py builds the abstract state with it)
-from smallbig_jax.steps import cross_entropy, make_train_step  # noqa: F401 (built in steps.py; kept importable here)
 
 log = logging.getLogger(__name__)
-
-
-# --- State and steps --------------------------------------------------------------------------------------------
-
-
-def build_model(config: ml_collections.ConfigDict, mesh) -> nnx.Module:
-    """The config's model with BatchNorm groups set for `config.batchnorm`."""
-    model = model_from_config(config.model, seed=config.seed)
-    if config.batchnorm == "per_device":
-        set_batchnorm_groups(model, mesh.size)
-    elif config.batchnorm != "global":
-        raise ValueError(f"config.batchnorm={config.batchnorm!r}; expected 'per_device' or 'global'")
-    return model
-
-
-def model_graphdefs(config: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, nnx.GraphDef]:
-    """Graph definitions of the model in train mode (batch statistics) and in eval mode (running statistics)."""
-    model = nnx.eval_shape(lambda: build_model(config, mesh))
-    train_graphdef = nnx.graphdef(model)
-    model.eval()
-    return train_graphdef, nnx.graphdef(model)
-
-
-def _initial_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation, load: bool = True):
-    """step, params, batch_stats, opt_state (and ema_params) of a fresh model (`config.init_from` applied if load)."""
-    model = build_model(config, mesh)
-    if load and config.init_from:
-        from smallbig_jax.convert import init_from  # torch is only needed for .pth files
-
-        init_from(model, config.init_from)
-    _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-             "opt_state": tx.init(params)}
-    if config.ema_decay:
-        state["ema_params"] = params
-    return state
-
-
-def abstract_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
-    """(shapes and dtypes of the train state, its shardings on `mesh`), without computing anything."""
-    abstract = jax.eval_shape(lambda: _initial_state(config, mesh, tx, load=False))
-    return abstract, sharding.state_shardings(abstract, mesh, config.params_sharding)
-
-
-def create_train_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTransformation):
-    """(graphdef, state, shardings), the state created directly with its target shardings (`init_from` reads
-    files on the host, so then the state is built there and placed)."""
-    graphdef = model_graphdefs(config, mesh)[0]
-    abstract, shardings = abstract_train_state(config, mesh, tx)
-    if config.init_from:
-        return graphdef, jax.device_put(_initial_state(config, mesh, tx), shardings), shardings
-    # On CPU, LLVM's lighter optimisation level (O1) compiles the initialiser, a program that runs once, faster (tiny
-    # SmallBig-23: 10.4 -> 4.4 s; SmallBig-R50: 12.2 -> 8.5 s) and gave bit-identical parameters (BENCHMARKS.md).
-    options = {"xla_backend_optimization_level": 1} if mesh.devices.flat[0].platform == "cpu" else None
-    init = jax.jit(lambda: _initial_state(config, mesh, tx), out_shardings=shardings, compiler_options=options)
-    return graphdef, init(), shardings
 
 
 # --- The run ----------------------------------------------------------------------------------------------------
@@ -133,16 +78,6 @@ def validation_config(data_config: ml_collections.ConfigDict) -> ml_collections.
     return c
 
 
-def run_evaluation(config, data_config, state, mesh, split_name: str) -> dict[str, Any]:
-    """Evaluates the current (or EMA) weights on the validation split with `data_config`'s views."""
-    params = state.get("ema_params", state["params"])
-    result = evaluation.evaluate_dataset(config, data_config, model_graphdefs(config, mesh)[1], params,
-                                         state["batch_stats"], mesh)
-    log.info("%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)", split_name, result["top1"], result["top5"],
-             result["videos"], data_config.num_clips * data_config.num_crops)
-    return result
-
-
 def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_state: dict, start: int,
                  num_videos: int, total_steps: int) -> None:
     """Refuses (`ConfigError`, every refused field as `old -> new` in one message) a resume from checkpoint `start`
@@ -166,115 +101,184 @@ def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_sta
                     data_state.get("position", start * config.batch_size), total_steps, config.num_epochs)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains `config` in `workdir` (resuming from its newest intact checkpoint if any) and returns the final
-    metrics. Config values, the checkpoint and the resume compatibility are all checked before anything compiles."""
+@dataclasses.dataclass
+class Run:
+    """A training run while it trains: its mesh, loader, checkpoint manager, steps and current state."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    mesh: Mesh
+    loader: pipeline.DeviceIterator
+    manager: checkpointing.Manager
+    setup: steps.TrainSetup
+    state: dict[str, Any]
+    start: int  # the step the run starts (or resumes) from
+    steps_per_epoch: int
+    total_steps: int
+    saved_step: int = -1
+
+    def save(self, step: int, metrics: dict | None = None, force: bool = False) -> None:
+        """Checkpoints the state at `step` with the loader's position, unless this step is saved already."""
+        if self.saved_step != step:
+            data_state = {**self.loader.get_state(), "num_videos": self.loader.num_videos}
+            checkpointing.save(self.manager, step, self.state, data_state, self.config, metrics, force=force)
+            self.saved_step = step
+
+    def evaluate(self, data_config: ml_collections.ConfigDict, split_name: str) -> dict[str, Any]:
+        """The current (or EMA) weights on the validation split with `data_config`'s views."""
+        params = self.state.get("ema_params", self.state["params"])
+        result = evaluation.evaluate_dataset(self.config, data_config, self.setup.eval_graphdef, params,
+                                             self.state["batch_stats"], self.mesh)
+        log.info("%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)", split_name, result["top1"],
+                 result["top5"], result["videos"], data_config.num_clips * data_config.num_crops)
+        return result
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Everything checked before anything compiles (the config's values, its batch against the devices, the
+    checkpoint to resume from and what the config changes since), then the loader and the train state: fresh, or
+    restored with the loader's position. Raises `ConfigError` (and leaves the workdir as it was) on a refusal."""
     check_config(config)
     runtime.configure(config, workdir)  # compilation cache, XLA GPU flags: before the backend starts
     mesh = sharding.make_mesh()
-    devices = mesh.size
-    if config.batch_size % devices:
-        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {devices} devices")
+    if config.batch_size % mesh.size:
+        raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {mesh.size} devices")
     start = checkpointing.find_intact(workdir, set_aside=True)
-    train_loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                              num_classes=config.model.num_classes, mesh=mesh)
-    steps_per_epoch = max(train_loader.num_videos // config.batch_size, 1)
+    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
+                                        num_classes=config.model.num_classes, mesh=mesh)
+    steps_per_epoch = max(loader.num_videos // config.batch_size, 1)
     total_steps = config.num_epochs * steps_per_epoch
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
-    if start is not None:
-        try:
-            saved_config, data_state = checkpointing.restore_run_info(manager, start)
-            check_resume(config, saved_config, data_state, start, train_loader.num_videos, total_steps)
-        except BaseException:
-            manager.close()
-            train_loader.close()
-            raise
-    setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as scripts/benchmark.py's
-    state, state_shardings, train_step = setup.state, setup.state_shardings, setup.train_step
-
-    if start is not None:
-        abstract = checkpointing.abstract_like(state, state_shardings)
-        state, data_state, start = checkpointing.restore(manager, abstract, start)
-        train_loader.set_state(data_state)
-        log.info("resumed from %s at step %d", manager.directory, start)
-    start = start or 0
-    writer = MetricWriter(workdir, resumed_at=start)
-    preemption = Preemption()
-    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(workdir, "tensorboard"), start)
-    log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
-             total_steps, config.num_epochs, steps_per_epoch, config.batch_size, devices, jax.process_count(),
-             config.batchnorm)
-
-    saved = {"step": start}
-
-    def save(step, metrics=None, force=False):
-        if saved["step"] != step:
-            data_state = {**train_loader.get_state(), "num_videos": train_loader.num_videos}
-            checkpointing.save(manager, step, state, data_state, config, metrics, force=force)
-            saved["step"] = step
-
-    # first_step_seconds: time to the first step's result, which compilation dominates.
-    result: dict[str, Any] = {"steps": start, "total_steps": total_steps, "first_step_seconds": None}
-    started = time.perf_counter()
-    history: list[tuple[int, dict]] = []
-    last_log_time, last_log_step = time.perf_counter(), start
-    step = start
     try:
-        for step in range(start + 1, total_steps + 1):
+        if start is not None:
+            saved_config, data_state = checkpointing.restore_run_info(manager, start)
+            check_resume(config, saved_config, data_state, start, loader.num_videos, total_steps)
+        setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as scripts/benchmark.py's
+        state = setup.state
+        if start is not None:
+            abstract = checkpointing.abstract_like(state, setup.state_shardings)
+            state, data_state, start = checkpointing.restore(manager, abstract, start)
+            loader.set_state(data_state)
+            log.info("resumed from %s at step %d", manager.directory, start)
+    except BaseException:
+        manager.close()
+        loader.close()
+        raise
+    start = start or 0
+    return Run(config, workdir, mesh, loader, manager, setup, state, start, steps_per_epoch, total_steps,
+               saved_step=start)
+
+
+class TrainLog:
+    """The training metrics of the steps since the last log line: every `config.log_every` steps (and at the last)
+    their mean is written (TensorBoard, metrics.jsonl) and logged with the throughput and the ETA; a non-finite loss
+    stops the run there, naming the step."""
+
+    def __init__(self, run: Run, writer: MetricWriter):
+        self.run, self.writer = run, writer
+        self.history: list[tuple[int, dict]] = []
+        self.since, self.since_step = time.perf_counter(), run.start
+
+    def add(self, step: int, metrics: dict) -> None:
+        self.history.append((step, metrics))
+        if step % self.run.config.log_every == 0 or step == self.run.total_steps:
+            self.flush(step)
+
+    def flush(self, step: int) -> None:
+        run, config = self.run, self.run.config
+        history = jax.device_get(self.history)
+        bad = _first_nonfinite(history)
+        if bad is not None:
+            before = [s for s in run.manager.all_steps() if s < bad]
+            raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} at step "
+                                     f"{bad}; stopping (newest checkpoint before it: step "
+                                     f"{max(before) if before else 'none'})")
+        now = time.perf_counter()
+        devices = run.mesh.size
+        rate = (step - self.since_step) * config.batch_size / (now - self.since)
+        mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
+        self.writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
+        log.info("step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s", step, run.total_steps,
+                 mean["loss"], mean["accuracy"], mean["learning_rate"], rate / devices,
+                 _format_eta((run.total_steps - step) * config.batch_size / rate))
+        self.history, self.since, self.since_step = [], now, step
+
+    def pause_clock(self) -> None:
+        """Evaluation time is not training throughput."""
+        self.since = time.perf_counter()
+
+
+def train_steps(run: Run, writer: MetricWriter, result: dict[str, Any]) -> bool:
+    """Trains from `run.start` to the last step: each step, its log line, the validation at the end of every
+    `eval_every_epochs`-th epoch (with a checkpoint), a checkpoint every `checkpoint_every` steps. Returns whether it
+    stopped early because every process agreed on a SIGTERM (after checkpointing that step)."""
+    config = run.config
+    train_log = TrainLog(run, writer)
+    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(run.workdir, "tensorboard"),
+                                    run.start)
+    preemption = Preemption()
+    started = time.perf_counter()
+    try:
+        for step in range(run.start + 1, run.total_steps + 1):
             profiler.before(step)
-            state, metrics = train_step(state, next(train_loader))
+            run.state, metrics = run.setup.train_step(run.state, next(run.loader))
             profiler.after(step, metrics)
-            history.append((step, metrics))
             if result["first_step_seconds"] is None:
                 jax.block_until_ready(metrics)
                 result["first_step_seconds"] = round(time.perf_counter() - started, 2)
-            if step % config.log_every == 0 or step == total_steps:
-                history = jax.device_get(history)
-                bad = _first_nonfinite(history)
-                if bad is not None:
-                    before = [s for s in manager.all_steps() if s < bad]
-                    raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} "
-                                             f"at step {bad}; stopping (newest checkpoint before it: step "
-                                             f"{max(before) if before else 'none'})")
-                now = time.perf_counter()
-                rate = (step - last_log_step) * config.batch_size / (now - last_log_time)
-                mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
-                writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
-                log.info("step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s", step, total_steps,
-                         mean["loss"], mean["accuracy"], mean["learning_rate"], rate / devices,
-                         _format_eta((total_steps - step) * config.batch_size / rate))
-                history, last_log_time, last_log_step = [], now, step
-            end_of_epoch = step % steps_per_epoch == 0
-            if config.eval_every_epochs and end_of_epoch and (step // steps_per_epoch) % config.eval_every_epochs == 0:
-                val = run_evaluation(config, validation_config(config.data), state, mesh, "val")
+            train_log.add(step, metrics)
+            epoch, into_epoch = divmod(step, run.steps_per_epoch)
+            if config.eval_every_epochs and into_epoch == 0 and epoch % config.eval_every_epochs == 0:
+                val = run.evaluate(validation_config(config.data), "val")
                 writer.write(step, "val", {k: val[k] for k in ("top1", "top5")})
-                save(step, {checkpointing.BEST_METRIC: val[checkpointing.BEST_METRIC]})
-                last_log_time = time.perf_counter()  # evaluation time is not training throughput
+                run.save(step, {checkpointing.BEST_METRIC: val[checkpointing.BEST_METRIC]})
+                train_log.pause_clock()
             elif step % config.checkpoint_every == 0:
-                save(step)
+                run.save(step)
             if preemption.agreed():
                 log.warning("SIGTERM: saving a checkpoint at step %d and exiting", step)
-                save(step, force=True)
-                manager.wait_until_finished()
+                run.save(step, force=True)
+                run.manager.wait_until_finished()
                 result.update(steps=step, preempted=True)
-                return result
-        started = time.perf_counter()
-        save(total_steps, force=True)
-        manager.wait_until_finished()
-        result.update(steps=total_steps, final_save_seconds=round(time.perf_counter() - started, 2),
-                      checkpoint_megabytes=round(checkpointing.size_bytes(manager, total_steps) / 2**20, 2))
-        if config.final_eval:
-            final = run_evaluation(config, config.data, state, mesh, "test")
-            writer.write(total_steps, "test", {k: final[k] for k in ("top1", "top5")})
-            if jax.process_index() == 0:
-                evaluation.write_predictions(os.path.join(workdir, "predictions_test.jsonl"), final)
-            result.update({k: v for k, v in final.items() if k not in ("predictions", "names")})
-        return result
+                return True
+        return False
     finally:
         profiler.close()
         preemption.restore()
-        manager.wait_until_finished()
-        manager.close()
-        train_loader.close()
-        writer.close()
-        plot_curves(workdir)
+
+
+def finish(run: Run, writer: MetricWriter, result: dict[str, Any]) -> None:
+    """The last checkpoint (timed, with its size) and, with `config.final_eval`, the full multi-view test of the
+    final weights, its scores in `result` and its per-video predictions in `<workdir>/predictions_test.jsonl`."""
+    started = time.perf_counter()
+    run.save(run.total_steps, force=True)
+    run.manager.wait_until_finished()
+    result.update(steps=run.total_steps, final_save_seconds=round(time.perf_counter() - started, 2),
+                  checkpoint_megabytes=round(checkpointing.size_bytes(run.manager, run.total_steps) / 2**20, 2))
+    if run.config.final_eval:
+        final = run.evaluate(run.config.data, "test")
+        writer.write(run.total_steps, "test", {k: final[k] for k in ("top1", "top5")})
+        if jax.process_index() == 0:
+            evaluation.write_predictions(os.path.join(run.workdir, "predictions_test.jsonl"), final)
+        result.update({k: v for k, v in final.items() if k not in ("predictions", "names")})
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming from its newest intact checkpoint if any) and returns the final
+    metrics. Config values, the checkpoint and the resume compatibility are all checked before anything compiles."""
+    run = open_run(config, workdir)
+    log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
+             run.total_steps, config.num_epochs, run.steps_per_epoch, config.batch_size, run.mesh.size,
+             jax.process_count(), config.batchnorm)
+    # first_step_seconds: time to the first step's result, which compilation dominates.
+    result: dict[str, Any] = {"steps": run.start, "total_steps": run.total_steps, "first_step_seconds": None}
+    with contextlib.ExitStack() as cleanup:  # closed in reverse order: the checkpoint writes first, the curves last
+        cleanup.callback(plot_curves, workdir)
+        writer = MetricWriter(workdir, resumed_at=run.start)
+        cleanup.callback(writer.close)
+        cleanup.callback(run.loader.close)
+        cleanup.callback(run.manager.close)
+        cleanup.callback(run.manager.wait_until_finished)
+        if not train_steps(run, writer, result):
+            finish(run, writer, result)
+    return result

@@ -63,15 +63,15 @@ def sbdata_frame_ids(clip: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="session")
 def sbdata_dir(tmp_path_factory) -> str:
     """A folder with ``frames/`` + ``frames.txt`` and ``videos/`` + ``videos.txt`` (12 videos, labels v % 3)."""
-    from smallbig_jax.data import lists, synthetic
+    from smallbig_jax.data import lists, writers
 
     root = str(tmp_path_factory.mktemp("sbdata"))
     video = sbdata_video()
     frame_rows, video_rows = [], []
     for v in range(SBDATA_VIDEOS):
         name = f"vid{v:02d}"
-        synthetic.write_frame_folder(os.path.join(root, "frames", name), video)
-        synthetic.write_mp4(os.path.join(root, "videos", name + ".mp4"), video)
+        writers.write_frame_folder(os.path.join(root, "frames", name), video)
+        writers.write_mp4(os.path.join(root, "videos", name + ".mp4"), video)
         frame_rows.append((name, SBDATA_FRAMES, v % 3))
         video_rows.append((name + ".mp4", v % 3))
     lists.write_frame_list(os.path.join(root, "frames.txt"), frame_rows)

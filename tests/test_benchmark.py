@@ -54,10 +54,10 @@ def test_interleaved_timing_counts_each_steps_page_faults():
 
 
 def test_input_pipeline_throughput_reads_the_configs_dataset(tmp_path):
-    from smallbig_jax.data import synthetic
+    from smallbig_jax.data import synthetic, writers
 
     out = str(tmp_path / "synthetic")
-    synthetic.write_dataset(out, num_train=10, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
+    writers.write_synthetic_dataset(out, num_train=10, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
     config = ml_collections.ConfigDict(
         {"batch_size": 2, "model": {"num_classes": 5}, "data": synthetic.data_config(out, fmt="video")}
     )

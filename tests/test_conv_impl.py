@@ -64,10 +64,11 @@ def _smallbig_block_grads(impl_name: str, stride: int, dtype=jnp.float64):
     """Value and parameter gradients of one SmallBig block (train mode, non-zero big-view BNs); parameters in float64
     (float32 for a bfloat16 block). The "matmul" (CPU) run is compiled with the CPU compiler options, as training is."""
     from smallbig_jax.models import smallbig
+    from smallbig_jax.variants import SMALLBIG
 
     layers.set_conv_impl(impl_name)
     kw = dict(dtype=dtype, param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32)
-    block = smallbig.Block(8, 4, stride, smallbig.SMALLBIG, rngs=nnx.Rngs(3), **kw)
+    block = smallbig.Block(8, 4, stride, SMALLBIG, rngs=nnx.Rngs(3), **kw)
     for bn in (block.big_bn1, block.big_bn2, block.big_bn3):
         bn.scale[...] = jnp.full_like(bn.scale[...], 0.7)
     graphdef, params, rest = nnx.split(block, nnx.Param, ...)

@@ -13,6 +13,7 @@ import numpy as np
 
 from conftest import SBDATA_VIDEOS
 from smallbig_jax.data import lists, pipeline, transforms
+from smallbig_jax.data.config import default_data_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,8 +26,9 @@ WORKER = textwrap.dedent("""
     import ml_collections, numpy as np
     from jax.experimental import multihost_utils
     from smallbig_jax.data import pipeline
+    from smallbig_jax.sharding import make_mesh
     cfg = ml_collections.ConfigDict(json.loads(cfg_json))
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    mesh = make_mesh()
     train = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     res = {"train_labels": [], "train_clip_sums": []}
     for _ in range(3):
@@ -54,7 +56,7 @@ def _free_port() -> int:
 
 def test_two_processes_build_the_single_host_batches(sbdata_dir, tmp_path):
     lists.write_frame_list(str(tmp_path / "idx.txt"), [(f"vid{v:02d}", 16, v) for v in range(SBDATA_VIDEOS)])
-    cfg = pipeline.default_data_config()
+    cfg = default_data_config()
     cfg.format, cfg.root = "frames", f"{sbdata_dir}/frames"
     cfg.train_list = cfg.val_list = str(tmp_path / "idx.txt")
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size = 4, 2, 32, 40
@@ -115,7 +117,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_batches_sharded_over_a_device_mesh_in_bfloat16(sbdata_dir, tmp_path):
-    cfg = pipeline.default_data_config()
+    cfg = default_data_config()
     cfg.format, cfg.root, cfg.train_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.dtype = 4, 2, 32, "bfloat16"
     (tmp_path / "sharded.py").write_text(SHARDED)

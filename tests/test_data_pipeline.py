@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import SBDATA_VIDEOS
-from smallbig_jax.data import lists, pipeline, transforms
+from smallbig_jax.data import lists, pipeline, sources, transforms
+from smallbig_jax.data.config import default_data_config
+from smallbig_jax.sharding import make_mesh
 from smallbig_jax.data.lists import DataError
 
 
@@ -18,7 +20,7 @@ from smallbig_jax.data.lists import DataError
 def cfg(sbdata_dir, tmp_path):
     """Frame folders whose label is the video index, so batches show which videos they hold."""
     lists.write_frame_list(str(tmp_path / "idx.txt"), [(f"vid{v:02d}", 16, v) for v in range(SBDATA_VIDEOS)])
-    c = pipeline.default_data_config()
+    c = default_data_config()
     c.format, c.root = "frames", f"{sbdata_dir}/frames"
     c.train_list = c.val_list = str(tmp_path / "idx.txt")
     c.num_frames, c.stride, c.crop_size, c.scale_size = 4, 2, 32, 40
@@ -114,7 +116,7 @@ def test_eval_covers_every_view_once_with_padding(cfg):
     np.testing.assert_array_equal(labels[mask], vid[mask])
     assert allb[0]["clip"].shape == (5, 4, 40, 40, 3)  # 3 crops are scale_size squares
     # Each clip is decoded once for its 3 crops.
-    source = pipeline._open_source(cfg, "val", 12)
+    source = sources.make_source(cfg, "val", 12)
     calls = []
     load = source.load
     source.load = lambda *a, **k: calls.append(a[0]) or load(*a, **k)
@@ -153,8 +155,8 @@ def test_bad_input_resample_policy(bad_cfg, caplog):
     assert 5 not in labels and list(bad[bad >= 0]) == [5]  # replaced once in the epoch, and flagged
     again = _take(pipeline.train_dataset(bad_cfg, num_classes=12, global_batch_size=4, seed=0), 3)
     _same(again, batches)  # deterministic replacement
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    source = pipeline._open_source(bad_cfg, "train", 12)
+    mesh = make_mesh(num_devices=1)
+    source = sources.make_source(bad_cfg, "train", 12)
     loader = pipeline.DeviceIterator(
         pipeline.train_dataset(bad_cfg, num_classes=12, global_batch_size=4, seed=0, source=source),
         source,
@@ -180,7 +182,7 @@ def test_eval_broken_video_error_or_excluded(bad_cfg, caplog):
     mask = np.concatenate([b["mask"] for b in batches])
     broken = np.concatenate([b["broken"] for b in batches])
     assert mask.sum() == 11 and list(vid[broken]) == [5] and not mask[vid == 5].any()
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = make_mesh(num_devices=1)
     with caplog.at_level(logging.WARNING):
         loader = pipeline.make_eval_loader(bad_cfg, num_classes=12, global_batch_size=4, mesh=mesh)
         assert sum(int(b["mask"].sum()) for b in loader) == 11
@@ -209,7 +211,7 @@ def test_flip_off_keeps_orientation_flip_on_mirrors(cfg):
 def test_other_formats_feed_the_pipeline(fmt, sbdata_dir, tmp_path):
     from smallbig_jax.data import prepare
 
-    c = pipeline.default_data_config()
+    c = default_data_config()
     c.num_frames, c.stride, c.crop_size = 4, 2, 32
     c.format, c.root, c.train_list = fmt, f"{sbdata_dir}/videos", f"{sbdata_dir}/videos.txt"
     if fmt == "arrayrecord":
@@ -228,7 +230,7 @@ def test_other_formats_feed_the_pipeline(fmt, sbdata_dir, tmp_path):
 
 
 def test_device_loader_global_arrays_and_resume(cfg):
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = make_mesh(num_devices=1)
     ref_host = _take(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=4, seed=0), 5)
     loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     got = _take(loader, 2)
@@ -255,7 +257,7 @@ def test_loader_state_round_trips_through_orbax(cfg, tmp_path):
     """How the training loop saves the data state next to the model: JSON in an Orbax composite checkpoint."""
     import orbax.checkpoint as ocp
 
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = make_mesh(num_devices=1)
     loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     _take(loader, 3)
     with ocp.CheckpointManager(str(tmp_path / "ckpt")) as mngr:
@@ -296,7 +298,7 @@ def test_resume_on_another_host_or_worker_count(cfg):
             np.testing.assert_array_equal(
                 np.stack([hosts[0][k][key], hosts[1][k][key]], 1).reshape(ref[2 + k][key].shape), ref[2 + k][key]
             )
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = make_mesh(num_devices=1)
     loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=4, seed=0, mesh=mesh)
     _take(loader, 3)
     state = json.loads(json.dumps(loader.get_state()))

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from smallbig_jax.data import check, pipeline, sources, synthetic
+from smallbig_jax.data import check, pipeline, sources, synthetic, writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,8 +23,8 @@ def _digest(folder):
 
 def test_synthetic_dataset_is_deterministic_and_readable(tmp_path):
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    synthetic.write_dataset(a, seed=1, num_train=10, num_val=5, workers=1, arrayrecord=True)
-    synthetic.write_dataset(b, seed=1, num_train=10, num_val=5, workers=1, arrayrecord=False)
+    writers.write_synthetic_dataset(a, seed=1, num_train=10, num_val=5, workers=1, arrayrecord=True)
+    writers.write_synthetic_dataset(b, seed=1, num_train=10, num_val=5, workers=1, arrayrecord=False)
     assert _digest(f"{a}/videos") == _digest(f"{b}/videos")
     assert open(f"{a}/train.txt").read().splitlines()[:2] == ["train/00000.mp4 16 0", "train/00001.mp4 16 1"]
     c = synthetic.data_config(a, "video")

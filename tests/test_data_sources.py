@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import SBDATA_FRAMES, SBDATA_VIDEOS, sbdata_frame_ids, sbdata_video
-from smallbig_jax.data import check, lists, prepare, sources, synthetic
+from smallbig_jax.data import check, lists, prepare, sources, writers
 from smallbig_jax.data.lists import DataError
 
 IDX = np.array([15, 3, 3, 7, 0])
@@ -31,7 +31,7 @@ def test_frame_folder_reads_the_chosen_frames(sbdata_dir):
 
 
 def test_frame_folder_kinetics_ids(tmp_path):
-    synthetic.write_frame_folder(str(tmp_path / "abcdefghijk"), sbdata_video(4))
+    writers.write_frame_folder(str(tmp_path / "abcdefghijk"), sbdata_video(4))
     lists.write_frame_list(str(tmp_path / "k.txt"), [("abcdefghijk_000010_000020.mp4", 4, 7)])
     src = sources.FrameFolderSource(str(tmp_path / "k.txt"), str(tmp_path), kinetics_ids=True, num_classes=12)
     frames, _ = src.load(0, lambda n: np.arange(n))
@@ -52,7 +52,7 @@ def test_video_file_decodes_the_chosen_frames(sbdata_dir):
 
 @pytest.mark.parametrize("ext,codec", [("mkv", "libx264"), ("avi", "mpeg4"), ("webm", "libvpx-vp9")])
 def test_video_containers(tmp_path, ext, codec):
-    synthetic.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec, gop=4)  # key frames 0, 4, 8...
+    writers.write_mp4(str(tmp_path / f"v.{ext}"), sbdata_video(), codec=codec, gop=4)  # key frames 0, 4, 8...
     lists.write_video_list(str(tmp_path / "l.txt"), [(f"v.{ext}", 0)])
     src = sources.VideoFileSource(str(tmp_path / "l.txt"), str(tmp_path), num_classes=12)
     assert src.num_frames(0) == SBDATA_FRAMES
@@ -144,7 +144,7 @@ def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):
     failed = open(f"{out}/video/failed_train.txt").read()
     assert "with_bad.txt:2" in failed and "missing.mp4" in failed
     import tensorflow_datasets as tfds
-    from smallbig_jax.data import tfds_builder  # noqa: F401  (registers the builder for tfds.data_source)
+    from smallbig_jax.data import prepare  # noqa: F401  (registers the builder for tfds.data_source)
 
     ds = tfds.data_source("small_big_video/video", data_dir=f"{out}/video", split="train")
     assert len(ds) == 2 and ds[1]["name"] == b"vid01.mp4"

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import protocol_reference as ref
-from smallbig_jax.data import lists, pipeline, synthetic, transforms
+from smallbig_jax.data import lists, pipeline, sources, transforms, writers
+from smallbig_jax.data.config import default_data_config
+from smallbig_jax.sharding import make_mesh
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,7 +45,7 @@ def write_real_frames(root: str, sizes) -> str:
     """Frame folders ``root/v<i>`` of ``sizes`` and their list ``root/list.txt`` (label i % 5)."""
     rows = []
     for i, (w, h, n) in enumerate(sizes):
-        synthetic.write_frame_folder(os.path.join(root, f"v{i}"), real_video(w, h, n, i), quality=90)
+        writers.write_frame_folder(os.path.join(root, f"v{i}"), real_video(w, h, n, i), quality=90)
         rows.append((f"v{i}", n, i % 5))
     lists.write_frame_list(os.path.join(root, "list.txt"), rows)
     return os.path.join(root, "list.txt")
@@ -57,7 +59,7 @@ def real_frames(tmp_path_factory) -> str:
 
 
 def _frames_config(root: str, **fields):
-    c = pipeline.default_data_config()
+    c = default_data_config()
     c.format, c.root, c.val_list = "frames", root, os.path.join(root, "list.txt")
     c.update(fields)
     return c
@@ -74,7 +76,7 @@ PROTOCOLS = {
 def test_every_view_equals_the_official_protocol(real_frames, protocol):
     """Identical frame indices, identical crop corners, pixels within one uint8 level (measured: identical)."""
     cfg = _frames_config(real_frames, **PROTOCOLS[protocol])
-    source = pipeline._open_source(cfg, "val", 5)
+    source = sources.make_source(cfg, "val", 5)
     loaded = {v: [] for v in range(len(REAL_SIZES))}
     load = source.load
 
@@ -121,7 +123,7 @@ def test_a_broken_view_excludes_its_whole_video(real_frames, tmp_path):
     lists.write_frame_list(str(tmp_path / "list.txt"), [(f"v{i}", REAL_SIZES[i][2], i) for i in range(3)])
     cfg = _frames_config(str(tmp_path), **PROTOCOLS["kinetics 10x3"], eval_bad_input="exclude")
     cfg.num_frames, cfg.stride = 2, 8
-    source = pipeline._open_source(cfg, "val", 5)
+    source = sources.make_source(cfg, "val", 5)
     load = source.load
 
     def flaky_load(i, choose, min_short_side=None):
@@ -152,8 +154,9 @@ THREE_DEVICES = textwrap.dedent("""
     import jax, jax.numpy as jnp, ml_collections, numpy as np
     from smallbig_jax import evaluate
     from smallbig_jax.data import pipeline
+    from smallbig_jax.sharding import make_mesh
     cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
-    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    mesh = make_mesh()
     assert len(jax.devices()) == 3
     shapes, seen = set(), []
     for b in pipeline.make_eval_loader(cfg, global_batch_size=4, num_classes=3, mesh=mesh):
@@ -169,7 +172,7 @@ THREE_DEVICES = textwrap.dedent("""
 
 
 def test_eval_batch_of_4_on_3_devices_evaluates_every_video_once(sbdata_dir, tmp_path):
-    cfg = pipeline.default_data_config()
+    cfg = default_data_config()
     cfg.format, cfg.root, cfg.val_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size, cfg.num_clips = 4, 2, 32, 40, 2
     (tmp_path / "three.py").write_text(THREE_DEVICES)
@@ -202,7 +205,7 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
     args = ["--input_format", "video", "--num_classes", "2", "--split", f"val={tmp_path}/val.txt",
             "--short_side", "320", "--out", str(tmp_path / "ar"), "--workers", "2", "--quiet"]
     assert prepare_dataset.main(args) == 0
-    cfg = pipeline.default_data_config()
+    cfg = default_data_config()
     cfg.arrayrecord_dir, cfg.num_clips, cfg.num_crops = str(tmp_path / "ar"), 10, 3
     views = list(pipeline.eval_dataset(cfg, global_batch_size=30, num_classes=2))
     assert len(views) == 2
@@ -210,7 +213,7 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
         assert b["clip"].shape == (30, 8, 256, 256, 3) and b["mask"].all() and not b["broken"].any()
         assert len({c.tobytes() for c in b["clip"]}) == 30 and all(c.std() > 10 for c in b["clip"])
     step = jax.jit(lambda p, s, x: x.mean(axis=(1, 2, 3))[:, :2])  # 2 "classes": mean red and green of the view
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    mesh = make_mesh(num_devices=1)
     loader = pipeline.make_eval_loader(cfg, global_batch_size=30, num_classes=2, mesh=mesh)
     result = evaluate.evaluate(step, None, None, loader, num_videos=2, num_classes=2, average="logits")
     assert result["videos"] == 2 and result["excluded_videos"] == 0 and result["missing_videos"] == 0

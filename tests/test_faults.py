@@ -21,8 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from smallbig_jax import checkpointing, cli, config as config_lib, evaluate, train
-from smallbig_jax.data import synthetic
+from smallbig_jax import checkpointing, cli, config as config_lib, evaluate, steps, train
+from smallbig_jax.data import writers
 
 pytestmark = pytest.mark.xdist_group("faults")  # one worker: the tests share the module's clean run
 
@@ -51,7 +51,7 @@ def tiny_config(dataset, **overrides):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.write_dataset(out, num_train=16, num_val=7, num_frames=8, size=32, workers=1, arrayrecord=False)
+    writers.write_synthetic_dataset(out, num_train=16, num_val=7, num_frames=8, size=32, workers=1, arrayrecord=False)
     return out
 
 
@@ -176,7 +176,7 @@ def test_all_checkpoints_damaged_is_a_clear_error_and_nothing_is_changed(dataset
 def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_compiling(
         dataset, clean_run, tmp_path, monkeypatch):
     workdir = copy_of(clean_run, tmp_path)
-    monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled before refusing"))
+    monkeypatch.setattr(steps, "create_train_state", lambda *a: pytest.fail("compiled before refusing"))
     changed = tiny_config(dataset, **{"model.base_width": 8, "optimizer.momentum": 0.5, "batch_size": 8,
                                       "ema_decay": 0.9, "model.param_dtype": "bfloat16", "log_every": 3})
     with pytest.raises(config_lib.ConfigError) as error:
@@ -240,7 +240,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("field,value", BAD_VALUES)
 def test_bad_config_value_is_refused_before_compiling_with_field_value_and_range(field, value, monkeypatch, tmp_path):
-    monkeypatch.setattr(train, "create_train_state", lambda *a: pytest.fail("compiled before refusing"))
+    monkeypatch.setattr(steps, "create_train_state", lambda *a: pytest.fail("compiled before refusing"))
     with pytest.raises(config_lib.ConfigError) as error:
         train.train_and_evaluate(tiny_config("unused", **{field: value}), str(tmp_path / "run"))
     assert f"config.{field}={value!r}: expected " in str(error.value)

@@ -5,6 +5,7 @@ from the real loader."""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 
 
@@ -21,20 +22,23 @@ def load_config(path: str, arg: str):
 
 
 def test_training_and_evaluation_take_their_steps_from_the_builder():
-    assert train.make_train_step is steps.make_train_step
     assert evaluate.make_eval_step is steps.make_eval_step
-    # train_and_evaluate gets its state and step from steps.train_setup (a copy of the construction would not).
-    assert {"steps", "train_setup"} <= set(train.train_and_evaluate.__code__.co_names)
-    assert "make_train_step" not in train.train_and_evaluate.__code__.co_names
+    # The run gets its state and step from steps.train_setup (a copy of the construction would not), and no function
+    # of train.py builds a model, a state or a step of its own.
+    assert {"steps", "train_setup"} <= set(train.open_run.__code__.co_names)
+    builders = {"make_train_step", "train_step_fn", "create_train_state", "model_from_config", "build_model", "jit"}
+    for name, function in vars(train).items():
+        if inspect.isfunction(function) and function.__module__ == train.__name__:
+            assert not builders & set(function.__code__.co_names), name
 
 
 def test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_loader(tmp_path, monkeypatch):
     """benchmark_model's timed functions are the very jitted train and eval steps of `steps.train_setup` for the
     config (here with gradient accumulation and EMA), and its end-to-end mode runs them on the config's loader."""
-    from smallbig_jax.data import synthetic
+    from smallbig_jax.data import writers
 
     out = str(tmp_path / "synthetic")
-    synthetic.write_dataset(out, num_train=12, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
+    writers.write_synthetic_dataset(out, num_train=12, num_val=2, num_frames=8, size=32, workers=1, arrayrecord=False)
     config = load_config(os.path.join(REPO, "configs", "synthetic_smallbig.py"), f"tiny,dir={out}")
     config.grad_accum_steps, config.ema_decay = 2, 0.9
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from smallbig_jax import train
-from smallbig_jax.data import synthetic
+from smallbig_jax.data import writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def synthetic_config(arg: str):
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synthetic_ci"))
-    synthetic.write_dataset(out, num_train=600, num_val=200, size=32, workers=2)
+    writers.write_synthetic_dataset(out, num_train=600, num_val=200, size=32, workers=2)
     return out
 
 

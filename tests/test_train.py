@@ -11,8 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from smallbig_jax import evaluate, optim, sharding, train
+from smallbig_jax import evaluate, optim, sharding, steps
 from smallbig_jax.config import official_recipe
+from smallbig_jax.models import set_batchnorm_groups
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,9 +73,9 @@ def test_sgd_matches_pytorch_update_rule_with_weight_decay_on_every_parameter():
 def make_stepper(config, mesh):
     """`data -> (state after one step from init, metrics)`, compiled once."""
     tx = optim.make_optimizer(config, steps_per_epoch=10)
-    graphdef, state, shardings = train.create_train_state(config, mesh, tx)
+    graphdef, state, shardings = steps.create_train_state(config, mesh, tx)
     initial = jax.device_get(state)
-    step = train.make_train_step(graphdef, tx, config, mesh, shardings, optim.learning_rate_schedule(config, 10))
+    step = steps.make_train_step(graphdef, tx, config, mesh, shardings, optim.learning_rate_schedule(config, 10))
 
     def run(data):
         fresh = jax.device_put(initial, shardings)
@@ -101,18 +102,18 @@ def test_gradient_accumulation_equals_one_batch_with_one_batchnorm_group_per_mic
     grouped = {key: value[order] for key, value in data.items()}
     config = tiny_config()
     mesh_groups = sharding.make_mesh(jax.devices()[:1])
-    orig = train.build_model
+    orig = steps.model_from_config
 
-    def build_grouped(config, mesh):
+    def build_grouped(config, mesh=None):
         model = orig(config, mesh)
-        train.set_batchnorm_groups(model, k)
+        set_batchnorm_groups(model, k)
         return model
 
-    train.build_model = build_grouped
+    steps.model_from_config = build_grouped
     try:
         ref_state, ref_metrics = run_step(config, mesh_groups, grouped)
     finally:
-        train.build_model = orig
+        steps.model_from_config = orig
     np.testing.assert_allclose(accum_metrics["loss"], ref_metrics["loss"], rtol=1e-5)
     for a, b in zip(jax.tree.leaves(accum_state["params"]), jax.tree.leaves(ref_state["params"])):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

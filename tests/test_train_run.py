@@ -13,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from smallbig_jax.data import synthetic
+from smallbig_jax.data import writers
 
 pytestmark = pytest.mark.xdist_group("train_run")  # one worker: the tests share the module's reference run
 
@@ -24,7 +24,7 @@ TOTAL_STEPS = 8  # 16 videos / batch 4 x 2 epochs
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("synthetic"))
-    synthetic.write_dataset(out, num_train=16, num_val=7, num_frames=8, size=32, workers=1, arrayrecord=False)
+    writers.write_synthetic_dataset(out, num_train=16, num_val=7, num_frames=8, size=32, workers=1, arrayrecord=False)
     return out
 
 

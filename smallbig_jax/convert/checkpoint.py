@@ -23,8 +23,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import nnx
 
+from smallbig_jax.convert.pytorch import arrays_to_model
+from smallbig_jax.errors import CheckpointFormatError
 from smallbig_jax.models import VARIANTS, SmallBigNet, build_model
 
 FORMAT = "smallbig_jax.converted"
@@ -32,10 +35,6 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "model_config.json"
 REPORT_FILE = "conversion_report.json"
 STATE_DIR = "state"
-
-
-class CheckpointFormatError(ValueError):
-    """A directory that is not a converted checkpoint, or one whose state does not fit its config."""
 
 
 def model_config(model: SmallBigNet) -> dict[str, Any]:
@@ -84,8 +83,6 @@ def save_converted(
     output_dir: str | os.PathLike, model: SmallBigNet, report: dict[str, Any] | None = None, *, overwrite: bool = False
 ) -> str:
     """Writes `model`'s state (Orbax), `model_config.json` and `conversion_report.json` to `output_dir` atomically."""
-    import orbax.checkpoint as ocp
-
     pure = jax.tree.map(lambda x: np.asarray(x), nnx.to_pure_dict(nnx.state(model)))
     config = model_config(model)
 
@@ -120,8 +117,6 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_converted_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict]:
     """(config, pure state dict of numpy arrays) of a converted checkpoint."""
-    import orbax.checkpoint as ocp
-
     config = read_config(path)
     with ocp.StandardCheckpointer() as checkpointer:
         pure = checkpointer.restore(os.path.join(os.path.abspath(os.fspath(path)), STATE_DIR))
@@ -137,19 +132,20 @@ def load_converted_model(
     the stored state does not match the model described by `model_config.json` (paths and shapes).
     """
     config, pure = load_converted_state(path)
-    abstract = nnx.eval_shape(
-        lambda: build_model(config["variant"], config["num_classes"], base_width=config["base_width"], dtype=dtype)
-    )
-    graphdef, state = nnx.split(abstract)
-    want = {tuple(str(k) for k in p): tuple(v.get_value().shape) for p, v in nnx.to_flat_state(state)}
-    got = {tuple(str(k) for k in p): tuple(np.shape(v)) for p, v in _flatten(pure)}
+    variant, num_classes, base_width = config["variant"], config["num_classes"], config["base_width"]
+    abstract = nnx.eval_shape(lambda: build_model(variant, num_classes, base_width=base_width, dtype=dtype))
+    flat = nnx.to_flat_state(nnx.state(abstract))
+    leaves = {tuple(str(k) for k in p): (tuple(p), v.get_value().shape) for p, v in flat}  # "0" for index 0
+    want = {key: tuple(shape) for key, (_, shape) in leaves.items()}
+    got = dict(_flatten(pure))
     problems = [f"missing {'.'.join(p)} {s}" for p, s in want.items() if p not in got]
-    problems += [f"unexpected {'.'.join(p)} {s}" for p, s in got.items() if p not in want]
-    problems += [f"shape of {'.'.join(p)}: expected {want[p]}, found {s}" for p, s in got.items() if p in want and want[p] != s]
+    problems += [f"unexpected {'.'.join(p)} {np.shape(v)}" for p, v in got.items() if p not in want]
+    problems += [f"shape of {'.'.join(p)}: expected {want[p]}, found {np.shape(v)}" for p, v in got.items()
+                 if p in want and want[p] != np.shape(v)]
     if problems:
         raise CheckpointFormatError(f"{path}: state does not match {config}:\n  " + "\n  ".join(problems))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, pure))
-    model = nnx.merge(graphdef, state)
+    arrays = {leaves[key][0]: np.asarray(v) for key, v in got.items()}
+    model = arrays_to_model(arrays, variant, num_classes, base_width, dtype)
     if train:
         model.train()
     else:
@@ -158,8 +154,9 @@ def load_converted_model(
 
 
 def _flatten(tree, prefix=()):
+    """(path of str keys, leaf) of every leaf of a nested dict."""
     if isinstance(tree, dict):
         for k, v in tree.items():
-            yield from _flatten(v, prefix + (k,))
+            yield from _flatten(v, prefix + (str(k),))
     else:
         yield prefix, tree

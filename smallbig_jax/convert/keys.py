@@ -74,12 +74,15 @@ def torch_module_name(path: tuple) -> str:
     return ".".join(parts)
 
 
+# Axis orders between the layouts: conv kernels JAX [kt, kh, kw, in, out] <-> torch [out, in, kt, kh, kw]; linear
+# kernels are transposed; BatchNorm and bias vectors are the same in both.
+_TO_TORCH = {"conv": (4, 3, 0, 1, 2), "linear": (1, 0)}
+_TO_JAX = {"conv": (2, 3, 4, 1, 0), "linear": (1, 0)}
+
+
 def _torch_shape(kind: str, jax_shape: tuple[int, ...]) -> tuple[int, ...]:
-    if kind == "conv":
-        return tuple(jax_shape[i] for i in (4, 3, 0, 1, 2))
-    if kind == "linear":
-        return (jax_shape[1], jax_shape[0])
-    return tuple(jax_shape)
+    axes = _TO_TORCH.get(kind)
+    return tuple(jax_shape) if axes is None else tuple(jax_shape[i] for i in axes)
 
 
 def _kind(path: tuple, leaf: str, ndim: int) -> str:
@@ -160,17 +163,13 @@ def torch_state_dict_shapes(variant: str, num_classes: int, base_width: int = 64
     return out
 
 
+def _transposed(array: np.ndarray, axes: tuple[int, ...] | None) -> np.ndarray:
+    return np.asarray(array) if axes is None else np.ascontiguousarray(np.transpose(array, axes))
+
+
 def to_torch_layout(spec: KeySpec, array: np.ndarray) -> np.ndarray:
-    if spec.kind == "conv":
-        return np.ascontiguousarray(np.transpose(array, (4, 3, 0, 1, 2)))
-    if spec.kind == "linear":
-        return np.ascontiguousarray(array.T)
-    return np.asarray(array)
+    return _transposed(array, _TO_TORCH.get(spec.kind))
 
 
 def to_jax_layout(spec: KeySpec, array: np.ndarray) -> np.ndarray:
-    if spec.kind == "conv":
-        return np.ascontiguousarray(np.transpose(array, (2, 3, 4, 1, 0)))
-    if spec.kind == "linear":
-        return np.ascontiguousarray(array.T)
-    return np.asarray(array)
+    return _transposed(array, _TO_JAX.get(spec.kind))

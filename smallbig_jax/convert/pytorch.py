@@ -10,6 +10,7 @@ tensors) is collected and raised together in one `ConversionError`, by name, wit
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from smallbig_jax.convert.keys import KeySpec, key_table, to_jax_layout, to_torch_layout, torch_state_dict_shapes
+from smallbig_jax.errors import ConversionError
 from smallbig_jax.models import VARIANTS, SmallBigNet, build_model
 
 PREFIX = "module."
@@ -36,16 +38,6 @@ def warn_nonfinite(arrays: Mapping[str, np.ndarray], source: str) -> list[str]:
         log.warning("%s: %d tensors hold NaN or Inf values (%s); the converted model will output NaN", source,
                     len(bad), shown)
     return bad
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be converted; `problems` lists every reason, one per line of the message."""
-
-    def __init__(self, summary: str, problems: list[str] | None = None):
-        self.summary = summary
-        self.problems = list(problems or [])
-        lines = [summary] + [f"  - {p}" for p in self.problems]
-        super().__init__("\n".join(lines))
 
 
 def _torch():
@@ -236,8 +228,49 @@ def _resolve(sd, variant, num_classes, base_width, source) -> tuple[str, int, in
 # Official checkpoint -> JAX
 
 
-def _is_float(t) -> bool:
-    return t.dtype.is_floating_point
+@dataclasses.dataclass
+class TensorCheck:
+    """A state dict held against the tensors a target expects (`check_tensors`)."""
+
+    missing: list[str]  # expected keys it lacks
+    unexpected: list[str]  # its keys with no place in the target
+    mismatched: list[str]  # "shape mismatch ..." lines
+    non_float: list[str]  # "dtype of ..." lines
+    used: list[str]  # its keys that fit: right shape, floating point
+
+    def counts(self) -> str:
+        counts = (f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape "
+                  "mismatches")
+        return counts + (f", {len(self.non_float)} non-float tensors" if self.non_float else "")
+
+
+def check_tensors(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], table: tuple[KeySpec, ...],
+                  ignore: tuple[str, ...] = ()) -> TensorCheck:
+    """Every key of `sd` against `expected` (key -> torch shape): missing, unexpected, wrong shape, not floating
+    point. A BatchNorm's `num_batches_tracked` (BatchNorms of `table`) and keys starting with `ignore` are passed."""
+    bn_modules = {s.bn_module for s in table if s.bn_module}
+    check = TensorCheck([k for k in expected if k not in sd], [], [], [], [])
+    for key, t in sd.items():
+        if key.startswith(ignore) or (key.endswith(".num_batches_tracked") and key.rsplit(".", 1)[0] in bn_modules):
+            continue
+        if key not in expected:
+            check.unexpected.append(key)
+        elif _shape(t) != expected[key]:
+            check.mismatched.append(f"shape mismatch {key}: expected {_fmt(expected[key])}, found {_fmt(_shape(t))}")
+        elif not t.dtype.is_floating_point:
+            check.non_float.append(f"dtype of {key}: expected a floating-point tensor, found "
+                                   f"{str(t.dtype).replace('torch.', '')}")
+        else:
+            check.used.append(key)
+    return check
+
+
+def _key_problems(check: TensorCheck, sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
+                  target: str) -> list[str]:
+    """The missing and unexpected keys of `check` as message lines."""
+    missing = [f"missing key {k} (expected shape {_fmt(expected[k])})" for k in check.missing]
+    return missing + [f"unexpected key {k} (shape {_fmt(_shape(sd[k]))}): no place for it in {target}"
+                      for k in check.unexpected]
 
 
 def validate_state_dict(
@@ -245,62 +278,42 @@ def validate_state_dict(
 ) -> None:
     """Raises one `ConversionError` listing every missing key, unexpected key, shape mismatch and non-float tensor."""
     table = key_table(variant, num_classes, base_width)
-    expected = {s.torch_key: s for s in table}
-    bn_modules = {s.bn_module for s in table if s.bn_module}
-    missing, unexpected, mismatched, dtypes = [], [], [], []
-    for spec in table:
-        if spec.torch_key not in sd:
-            missing.append(f"missing key {spec.torch_key} (expected shape {_fmt(spec.torch_shape)})")
-    for key, t in sd.items():
-        if key.endswith(".num_batches_tracked") and key.rsplit(".", 1)[0] in bn_modules:
-            continue
-        spec = expected.get(key)
-        if spec is None:
-            unexpected.append(f"unexpected key {key} (shape {_fmt(_shape(t))})")
-        elif _shape(t) != spec.torch_shape:
-            mismatched.append(f"shape mismatch {key}: expected {_fmt(spec.torch_shape)}, found {_fmt(_shape(t))}")
-        elif not _is_float(t):
-            dtypes.append(f"dtype of {key}: expected a floating-point tensor, found {str(t.dtype).replace('torch.', '')}")
-    problems = missing + unexpected + mismatched + dtypes
+    expected = {s.torch_key: s.torch_shape for s in table}
+    check = check_tensors(sd, expected, table)
+    problems = _key_problems(check, sd, expected, variant) + check.mismatched + check.non_float
     if problems:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} shape mismatches"
-        if dtypes:
-            counts += f", {len(dtypes)} non-float tensors"
         raise ConversionError(
             f"{source}: does not match {variant} ({VARIANTS[variant].official_name}) with {num_classes} classes and "
-            f"base width {base_width}: {counts}; nothing was converted",
+            f"base width {base_width}: {check.counts()}; nothing was converted",
             problems,
         )
 
 
-def arrays_to_model(arrays: Mapping[tuple, np.ndarray], variant: str, num_classes: int, base_width: int = 64) -> SmallBigNet:
-    """A `SmallBigNet` (eval mode) whose every state leaf comes from `arrays` (NNX path -> array, JAX layout)."""
-    abstract = nnx.eval_shape(lambda: build_model(variant, num_classes, base_width=base_width))
-    graphdef, state = nnx.split(abstract)
-    flat = nnx.to_flat_state(state)
+def set_arrays(model: nnx.Module, arrays: Mapping[tuple, np.ndarray], *, complete: bool = False) -> None:
+    """Overwrites, in place, the model's state leaves whose NNX paths are in `arrays`, each cast to the leaf's dtype
+    once its shape is checked; `complete`: every leaf must be given. The one write of arrays into a model."""
+    flat = nnx.to_flat_state(nnx.state(model))
     for path, var in flat:
-        value = arrays[tuple(path)]
-        want = var.get_value()
-        if tuple(value.shape) != tuple(want.shape):
-            raise ConversionError(f"{'.'.join(map(str, path))}: expected {want.shape}, got {value.shape}")
-        var.set_value(jnp.asarray(value, dtype=want.dtype))
-    model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+        value = arrays.get(tuple(path))
+        if value is None:
+            if complete:
+                raise ConversionError(f"{'.'.join(map(str, path))}: no array given")
+            continue
+        old = var.get_value()
+        if tuple(value.shape) != tuple(old.shape):
+            raise ConversionError(f"{'.'.join(map(str, path))}: expected {old.shape}, got {value.shape}")
+        var.set_value(jnp.asarray(value, dtype=old.dtype))
+    nnx.update(model, nnx.from_flat_state(flat))
+
+
+def arrays_to_model(arrays: Mapping[tuple, np.ndarray], variant: str, num_classes: int, base_width: int = 64,
+                    dtype: Any = jnp.float32) -> SmallBigNet:
+    """A `SmallBigNet` (eval mode, compute `dtype`) whose every state leaf comes from `arrays` (NNX path -> array, JAX
+    layout)."""
+    model = nnx.eval_shape(lambda: build_model(variant, num_classes, base_width=base_width, dtype=dtype))
+    set_arrays(model, arrays, complete=True)
     model.eval()
     return model
-
-
-def set_arrays(model: nnx.Module, arrays: Mapping[tuple, np.ndarray]) -> None:
-    """Overwrites the model's state leaves whose NNX paths are in `arrays` (shapes must match), in place."""
-    state = nnx.state(model)
-    flat = nnx.to_flat_state(state)
-    for path, var in flat:
-        if tuple(path) in arrays:
-            old = var.get_value()
-            value = arrays[tuple(path)]
-            if tuple(value.shape) != tuple(old.shape):
-                raise ConversionError(f"{'.'.join(map(str, path))}: expected {old.shape}, got {value.shape}")
-            var.set_value(jnp.asarray(value, dtype=old.dtype))
-    nnx.update(model, nnx.from_flat_state(flat))
 
 
 def state_dict_to_model(
@@ -482,39 +495,22 @@ def inflate_imagenet(
         model = build_model(variant, num_classes, base_width=base_width, seed=seed)
     table = key_table(variant, num_classes, base_width)
     wanted = {k: s for s in table if (k := _imagenet_source_key(s)) is not None}
-    bn_modules = {s.bn_module for s in table if s.bn_module}
-    missing, unexpected, mismatched, dtypes = [], [], [], []
-    for key, spec in wanted.items():
-        if key not in sd:
-            missing.append(f"missing key {key} (needed for {spec.torch_key}, 2D shape {_fmt(_2d(spec))})")
-    used = []
-    for key, t in sd.items():
-        if key.startswith("fc."):
-            continue
-        if key.endswith(".num_batches_tracked") and key.rsplit(".", 1)[0] in bn_modules:
-            continue
-        spec = wanted.get(key)
-        if spec is None:
-            unexpected.append(f"unexpected key {key} (shape {_fmt(_shape(t))}): no place for it in {variant}")
-        elif _shape(t) != _2d(spec):
-            mismatched.append(f"shape mismatch {key}: expected {_fmt(_2d(spec))}, found {_fmt(_shape(t))}")
-        elif not t.dtype.is_floating_point:
-            dtypes.append(f"dtype of {key}: expected floating point, found {t.dtype}")
-        else:
-            used.append(key)
-    hard = mismatched + dtypes + ([] if allow_partial else missing + unexpected)
-    if hard:
+    expected = {k: _2d(s) for k, s in wanted.items()}  # the torchvision (2D) shapes
+    check = check_tensors(sd, expected, table, ignore=("fc.",))
+    used = check.used
+    keys = _key_problems(check, sd, expected, variant)
+    if check.mismatched or check.non_float or (keys and not allow_partial):
         hint = []
-        if missing and variant == "smallbig101" and arch == "resnet50":
+        if check.missing and variant == "smallbig101" and arch == "resnet50":
             hint = [
                 "this file is a ResNet-50 (layer3 has 6 blocks) but smallbig101 needs torchvision resnet101 weights. "
                 "(The official code loads ResNet-50 weights into smallbig101 by mistake and leaves layer3.6-22 random; "
                 "this converter refuses. Pass allow_partial / --allow-partial to reproduce that on purpose.)"
             ]
         raise ConversionError(
-            f"{source} ({arch}): cannot initialise {variant} (base width {base_width}) from it: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, {len(mismatched)} shape mismatches; nothing was converted",
-            hint + missing + unexpected + mismatched + dtypes,
+            f"{source} ({arch}): cannot initialise {variant} (base width {base_width}) from it: {check.counts()}; "
+            "nothing was converted",
+            hint + keys + check.mismatched + check.non_float,
         )
     arrays = model_arrays(model)
     for key in used:
@@ -537,8 +533,8 @@ def inflate_imagenet(
         "tensors_from_imagenet": len(used),
         "tensors_at_init": len(left),
         "at_init_examples": left[:6],
-        "skipped_from_file": sorted(k for k in sd if k.startswith("fc.")) + sorted(m.split(" ")[2] for m in unexpected),
-        "missing_left_at_init": [m.split(" ")[2] for m in missing],
+        "skipped_from_file": sorted(k for k in sd if k.startswith("fc.")) + sorted(check.unexpected),
+        "missing_left_at_init": check.missing,
         "temporal_inflation": sorted({f"kT={s.torch_shape[2]}" for s in wanted.values() if s.kind == "conv"}),
         "nonfinite_tensors": nonfinite,
     }

@@ -8,8 +8,9 @@ import sys
 
 import av
 import numpy as np
+from tqdm import tqdm
 
-from smallbig_jax.data.lists import DataError
+from smallbig_jax.errors import DataError
 
 _SOURCE = {}
 
@@ -35,8 +36,6 @@ def _work(i: int) -> tuple[int, str]:
 
 def check_source(source, workers: int = 1, progress: bool = True) -> list[str]:
     """Error messages of every unreadable video of ``source``, in list order (decodes all frames)."""
-    from tqdm import tqdm
-
     n = len(source)
     if workers <= 1:
         results = ((i, check_one(source, i)) for i in range(n))

@@ -20,9 +20,7 @@ import csv
 import dataclasses
 import os
 
-
-class DataError(RuntimeError):
-    """A bad input (missing file, corrupt video, bad list line), with the file and line it came from."""
+from smallbig_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,8 +4,9 @@ Training: ``MapDataset.range(num_videos).shuffle(seed).repeat()`` (a new order e
 element at global position ``p`` computed from a generator seeded by ``(seed, epoch, video)`` (so batches do not
 depend on worker or host count), this host's part (``ShardByJaxProcess``: positions ``h, h+P, ...``), batches of
 ``global_batch_size // process_count``, grain worker processes returning batches through shared memory, then one
-global ``jax.Array`` per field via ``jax.make_array_from_process_local_data`` with device prefetch. Global batch
-``k`` holds exactly the stream positions ``[k*G, (k+1)*G)`` whatever the number of hosts.
+global ``jax.Array`` per field via ``jax.make_array_from_process_local_data`` with device prefetch
+(:class:`~smallbig_jax.data.device_iterator.DeviceIterator`). Global batch ``k`` holds exactly the stream positions
+``[k*G, (k+1)*G)`` whatever the number of hosts. Sources come from the data config through ``sources.make_source``.
 
 Clips stay uint8 on the host and are normalised (ImageNet mean/std) on the devices: 4x less to copy and no host
 float work. Batches are ``{"clip": [N, T, H, W, 3] dtype, "label": int32 [N]}``.
@@ -37,7 +38,7 @@ training resumes at the saved global stream position, which every layout maps to
 
 Use::
 
-  cfg = default_data_config()              # or smallbig_jax.data.synthetic.data_config("data/synthetic")
+  cfg = default_data_config()              # smallbig_jax.data.config; or synthetic.data_config("data/synthetic")
   cfg.format, cfg.arrayrecord_dir = "arrayrecord", "data/k400"
   train = make_train_loader(cfg, global_batch_size=64, seed=1, num_classes=400, mesh=mesh)   # infinite
   batch = next(train)                      # {"clip": f32 [64, 8, 224, 224, 3], "label": i32 [64]}, sharded
@@ -54,71 +55,21 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
-import queue
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from absl import flags
+from jax.sharding import Mesh
 
 from smallbig_jax.data import sampling, sources, transforms
-from smallbig_jax.data.lists import DataError
+from smallbig_jax.data.device_iterator import DeviceIterator, batch_spec
+from smallbig_jax.errors import DataError
 
 log = logging.getLogger(__name__)
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """Every data option and its default (Kinetics-style dense 8x8, 224 crops). Fields:
-
-    * ``format``: 'frames' (frame folders), 'video' (files decoded by PyAV) or 'arrayrecord' (prepared TFDS).
-    * ``root``, ``train_list``, ``val_list``: list files and the folder their names are relative to
-      (frames/video). ``frame_template`` (1-based), ``kinetics_ids`` (folders named by the 11-char YouTube ID).
-    * ``arrayrecord_dir``, ``train_split``, ``val_split``: the prepared dataset and its split names.
-    * ``num_frames`` (T), ``stride``, ``sampling`` ('dense' Kinetics / 'segment' Something-Something).
-    * ``crop_size``, ``scale_size`` (eval short side), ``train_short_side`` (0: as stored; 320 mimics the
-      official rawframes_320), ``scales``, ``max_distort``, ``flip`` (off for Something-Something).
-    * ``num_clips``, ``num_crops`` (1 or 3): eval views per video.
-    * ``bad_input`` ('error'|'resample'), ``max_resample``, ``eval_bad_input`` ('error'|'exclude').
-    * ``worker_count``, ``worker_buffer_size`` (grain worker processes and batches queued per worker),
-      ``reader_threads``, ``reader_buffer`` (threads computing batches in each process, batches they may hold),
-      ``device_prefetch`` (global batches on the devices ahead), ``dtype``, ``decode_threads`` (PyAV threads).
-    """
-    c = ml_collections.ConfigDict()
-    c.format = "arrayrecord"
-    c.root = ""
-    c.train_list = ""
-    c.val_list = ""
-    c.frame_template = "img_{:05d}.jpg"
-    c.kinetics_ids = False
-    c.arrayrecord_dir = ""
-    c.train_split = "train"
-    c.val_split = "val"
-    c.num_frames = 8
-    c.stride = 8
-    c.sampling = "dense"
-    c.crop_size = 224
-    c.scale_size = 256
-    c.train_short_side = 0
-    c.scales = (1.0, 0.875, 0.75, 0.66)
-    c.max_distort = 1
-    c.flip = True
-    c.num_clips = 1
-    c.num_crops = 1
-    c.bad_input = "error"
-    c.max_resample = 10
-    c.eval_bad_input = "error"
-    c.worker_count = 0
-    c.worker_buffer_size = 2
-    c.reader_threads = 2
-    c.reader_buffer = 2
-    c.device_prefetch = 2
-    c.dtype = "float32"
-    c.decode_threads = False
-    return c
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
@@ -145,12 +96,6 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
         )
     if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
         raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
-
-
-def _open_source(cfg, split: str, num_classes: int):
-    if cfg.format == "arrayrecord":
-        return sources.ArrayRecordSource(cfg.arrayrecord_dir, cfg[f"{split}_split"], num_classes=num_classes)
-    return sources.make_source(cfg, split, num_classes)
 
 
 def _min_decode_side(cfg) -> int:
@@ -308,8 +253,6 @@ def _with_workers(ds: grain.MapDataset, cfg) -> grain.IterDataset:
     of video batches (77 MB each at 64 x 8 x 224^2) in memory."""
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.reader_threads, prefetch_buffer_size=cfg.reader_buffer))
     if cfg.worker_count > 0:
-        from absl import flags
-
         if not flags.FLAGS.is_parsed():  # grain workers read absl flags; parse them for the user.
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(
@@ -334,7 +277,7 @@ def train_dataset(
     every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
     ``ShardByJaxProcess``. Labels must be in ``[0, num_classes)``."""
     check_config(cfg)
-    source = source if source is not None else _open_source(cfg, "train", num_classes)
+    source = source if source is not None else sources.make_source(cfg, "train", num_classes)
     shard = _shard_options(shard_options)
     example = TrainExample(source, cfg, seed)
     ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat(None)
@@ -349,9 +292,9 @@ def eval_dataset(
     *,
     global_batch_size: int,
     num_classes: int,
+    pad_to: int = 1,
     shard_options: grain.sharding.ShardOptions | None = None,
     source=None,
-    pad_to: int = 1,
 ) -> grain.IterDataset:
     """This host's evaluation batches: every view once over all hosts, ``global_batch_size`` views per global
     batch, each batch padded with masked views to a multiple of ``pad_to`` (the devices it is sharded over) and
@@ -362,7 +305,7 @@ def eval_dataset(
 def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pad_to):
     """:func:`eval_dataset` and its :class:`EvalExample`."""
     check_config(cfg)
-    source = source if source is not None else _open_source(cfg, "val", num_classes)
+    source = source if source is not None else sources.make_source(cfg, "val", num_classes)
     shard = _shard_options(shard_options)
     example = EvalExample(source, cfg)
     padded_batch = -(-global_batch_size // pad_to) * pad_to
@@ -378,196 +321,17 @@ def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pa
     return _with_workers(ds, cfg), example
 
 
-def _batch_spec(mesh: Mesh, batch_axis) -> PartitionSpec:
-    return PartitionSpec(batch_axis if batch_axis is not None else mesh.axis_names)
-
-
-class DeviceIterator:
-    """Host batches -> global ``jax.Array`` batches on ``mesh`` (batch dim sharded), prefetched by a thread.
-
-    ``clip`` is normalised on the devices into ``dtype``. ``bad_index``/``broken`` bookkeeping stays on the host:
-    resampled videos are counted per epoch (``bad_inputs``, by name) and the count logged when an epoch ends."""
-
-    def __init__(
-        self,
-        host_ds: grain.IterDataset,
-        source,
-        *,
-        mesh: Mesh,
-        global_batch_size: int,
-        prefetch: int = 2,
-        dtype: str = "float32",
-        batch_axis=None,
-        epoch_size: int | None = None,
-        restart: Callable[[int], grain.IterDataset] | None = None,
-        layout: dict[str, int] | None = None,
-        explain: Callable[[int], str] | None = None,
-    ):
-        self._ds, self._source, self._mesh = host_ds, source, mesh
-        self._restart = restart  # Stream position -> this host's dataset from there (training only).
-        self._layout = dict(layout or {}, global_batch_size=global_batch_size, start_position=0)
-        self.position = 0  # Global stream position of the next batch's first example.
-        self._it = iter(host_ds)
-        self._state = self._it.get_state()
-        self._sharding = NamedSharding(mesh, _batch_spec(mesh, batch_axis))
-        self._global_batch, self._epoch_size, self._prefetch = global_batch_size, epoch_size, max(1, prefetch)
-        out = NamedSharding(mesh, PartitionSpec(*self._sharding.spec, None, None, None, None))
-        self._normalize = jax.jit(lambda x: transforms.normalize(x, jnp.dtype(dtype)), out_shardings=out)
-        self._queue: queue.Queue | None = None
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self.steps = 0
-        self.bad_inputs: dict[int, collections.Counter] = collections.defaultdict(collections.Counter)
-        # Evaluation: broken videos left out (eval_bad_input='exclude') on this host, name -> reason.
-        self.excluded: dict[str, str] = {}
-        self._explain = explain  # Video index -> why it could not be evaluated.
-
-    def _to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        out = {}
-        for k, x in batch.items():
-            if k in ("bad_index",):
-                continue
-            arr = jax.make_array_from_process_local_data(self._sharding, np.asarray(x))
-            out[k] = self._normalize(arr) if k == "clip" else arr
-        return out
-
-    def _produce(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    batch = next(self._it)
-                except StopIteration:
-                    self._put(None)
-                    return
-                broken = batch["video_index"][batch["broken"]] if "broken" in batch else None
-                self._put((self._it.get_state(), (batch.get("bad_index"), broken), self._to_global(batch)))
-        except BaseException as err:  # Hand every failure to the consumer: never hang.
-            self._put(err)
-
-    def _put(self, item) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def _start(self) -> None:
-        self._stop.clear()
-        self._queue = queue.Queue(self._prefetch)
-        self._thread = threading.Thread(target=self._produce, daemon=True)
-        self._thread.start()
-
-    def _stop_thread(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join()
-            self._thread = None
-
-    def _reset_iterator(self) -> None:
-        """A fresh grain iterator at ``self._state`` (the old one's worker processes are shut down)."""
-        self._it.close()
-        self._it = iter(self._ds)
-        self._it.set_state(self._state)
-
-    def close(self) -> None:
-        """Stops the prefetch thread and grain's workers; prefetched batches are dropped, the state is kept, and
-        iterating again resumes right after the last batch returned."""
-        self._stop_thread()
-        self._reset_iterator()
-
-    @property
-    def source(self):
-        """The random-access source the batches are read from (``len``, ``source[i]["name"]``)."""
-        return self._source
-
-    @property
-    def num_videos(self) -> int:
-        return len(self._source)
-
-    def __iter__(self) -> Iterator[dict[str, jax.Array]]:
-        return self
-
-    def __next__(self) -> dict[str, jax.Array]:
-        if self._thread is None:
-            self._start()
-        item = self._queue.get()
-        if item is None:
-            self._thread = None
-            if self.excluded:
-                log.warning(
-                    "evaluation: %d unreadable videos excluded on this host: %s",
-                    len(self.excluded),
-                    "; ".join(f"{name}: {why}" for name, why in sorted(self.excluded.items())),
-                )
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._thread = None
-            raise item
-        state, bad, batch = item
-        self._state = state
-        self._account(bad)
-        self.steps += 1
-        self.position += self._global_batch
-        return batch
-
-    def _account(self, bad: tuple[np.ndarray | None, np.ndarray | None]) -> None:
-        """Counts resampled videos (logged when the stream crosses into the next epoch) and excluded ones."""
-        bad, broken = bad
-        for v in [] if broken is None else sorted(set(int(v) for v in broken)):
-            name = self._source.name(v)
-            if name not in self.excluded:
-                self.excluded[name] = self._explain(v) if self._explain else ""
-        if self._epoch_size is None:
-            return
-        epoch = self.position // self._epoch_size
-        for v in [] if bad is None else bad[bad >= 0]:
-            self.bad_inputs[epoch][self._source.name(int(v))] += 1
-        next_epoch = (self.position + self._global_batch) // self._epoch_size
-        if next_epoch > epoch and self.bad_inputs.get(epoch):
-            names = self.bad_inputs[epoch]
-            log.warning("epoch %d on this host: %d unreadable videos, %d replacements (each video is logged with its "
-                        "reason the first time it fails)", epoch, len(names), sum(names.values()))
-
-    def get_state(self) -> dict[str, Any]:
-        """State after the last batch returned (JSON-serialisable; save it next to the model): grain's iterator
-        state, the step, the global stream position, and the layout (hosts, workers, batch) grain's state is for."""
-        return {"grain": self._state, "steps": self.steps, "position": self.position, "layout": dict(self._layout)}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Resumes at ``state``: the next batch is the one that followed it.
-
-        With the layout the state was saved under, grain's own state is restored. With another number of hosts or
-        workers (or another global batch size), training restarts the stream at the saved global position, so the
-        examples that follow are still exactly those that would have come next (grouped into the new batches)."""
-        self._stop_thread()
-        self.steps, self.position = int(state["steps"]), int(state.get("position", 0))
-        if state.get("layout") in (None, self._layout) or self._restart is None:
-            self._state = state["grain"]
-            self._reset_iterator()
-            return
-        self._it.close()
-        self._ds = self._restart(self.position)
-        self._layout["start_position"] = self.position
-        self._it = iter(self._ds)
-        self._state = self._it.get_state()
-
-
-def _mesh(mesh: Mesh | None) -> Mesh:
-    return mesh if mesh is not None else Mesh(np.array(jax.devices()), ("data",))
-
-
 def make_train_loader(
     data_config: ml_collections.ConfigDict,
     *,
     global_batch_size: int,
     seed: int,
     num_classes: int,
-    mesh: Mesh | None = None,
+    mesh: Mesh,
     batch_axis=None,
 ) -> DeviceIterator:
     """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
-    source = _open_source(data_config, "train", num_classes)
+    source = sources.make_source(data_config, "train", num_classes)
     make = lambda start: train_dataset(
         data_config,
         global_batch_size=global_batch_size,
@@ -580,7 +344,7 @@ def make_train_loader(
     return DeviceIterator(
         make(0),
         source,
-        mesh=_mesh(mesh),
+        mesh=mesh,
         global_batch_size=global_batch_size,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
@@ -596,17 +360,16 @@ def make_eval_loader(
     *,
     global_batch_size: int,
     num_classes: int,
-    mesh: Mesh | None = None,
+    mesh: Mesh,
     batch_axis=None,
 ) -> DeviceIterator:
     """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``.
 
     ``global_batch_size`` views per batch whatever the device count: each batch is padded with masked views to a
     multiple of the devices it is sharded over (4 views on 3 devices: batches of 6 with 2 masked)."""
-    mesh = _mesh(mesh)
-    spec = _batch_spec(mesh, batch_axis)[0]
+    spec = batch_spec(mesh, batch_axis)[0]
     shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec)]))
-    source = _open_source(data_config, "val", num_classes)
+    source = sources.make_source(data_config, "val", num_classes)
     ds, example = _eval_dataset(data_config, global_batch_size, num_classes, None, source, shards)
     return DeviceIterator(
         ds,

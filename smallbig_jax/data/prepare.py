@@ -1,8 +1,16 @@
-"""Turns a frame-folder or video list into TFDS examples (one per video), in parallel, listing failures.
+"""Writes a frame-folder or video dataset as ArrayRecord shards through the project's TFDS builder, in parallel,
+listing failures.
 
-Used by :class:`~smallbig_jax.data.tfds_builder.SmallBigVideo` during ``download_and_prepare``; the split spec
-comes from the ``manifest.json`` that ``scripts/prepare_dataset.py`` writes. A video that cannot be read is
-written to the split's ``failed`` file (list line and reason) and skipped instead of stopping the build.
+The builder, `SmallBigVideo` (``small_big_video/jpeg`` and ``small_big_video/video``), stores one record per video:
+``name`` (bytes), ``label``, ``num_frames``, and either ``frames`` (the JPEG-encoded frames, config ``jpeg``) or
+``video`` (the encoded video file's bytes, config ``video``). ``tfds.features.Video`` and ``Image`` would need
+TensorFlow, so frames are stored as object (bytes) tensors and decoded by the source (only the frames a clip needs).
+
+`prepare_dataset` (``scripts/prepare_dataset.py``) writes ``manifest.json`` (each split's list file, input format and
+options) into the manual dir and calls ``download_and_prepare``; the builder turns each listed video into a record
+(`generate_examples`). A video that cannot be read is written to the split's ``failed`` file (list line and reason)
+and skipped instead of stopping the build. Readers need only the data dir (`sources.open_split`), or
+``tfds.data_source("small_big_video/jpeg", data_dir=...)`` with this module imported.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import io
+import json
 import multiprocessing
 import os
 import sys
@@ -17,25 +26,67 @@ from typing import Any, Iterator
 
 import av
 import numpy as np
+import tensorflow_datasets as tfds
+from array_record.python import array_record_module
 from PIL import Image
+from tensorflow_datasets.core import file_adapters
+from tensorflow_datasets.core.utils import tqdm_utils
+from tqdm import tqdm
 
 from smallbig_jax.data import sources
-from smallbig_jax.data.lists import DataError
+from smallbig_jax.errors import DataError
+
+MANIFEST = "manifest.json"
+_CITATION = """@inproceedings{li2020smallbignet,
+  title={SmallBigNet: Integrating Core and Contextual Views for Video Classification},
+  author={Li, Xianhang and Wang, Yali and Zhou, Zhipeng and Qiao, Yu},
+  booktitle={CVPR},
+  note={arXiv:2006.14582},
+  year={2020}
+}"""
+
+
+class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
+    """Videos with labels for SmallBigNet, as JPEG frames or encoded video bytes per record."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "First release."}
+    BUILDER_CONFIGS = [
+        tfds.core.BuilderConfig(name="jpeg", description="JPEG-encoded frames per video."),
+        tfds.core.BuilderConfig(name="video", description="The encoded video file (mp4, webm...) per video."),
+    ]
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Run scripts/prepare_dataset.py, which writes manifest.json here."
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        obj = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.object_)
+        return self.dataset_info_from_configs(
+            features=tfds.features.FeaturesDict(
+                {
+                    "name": obj(()),
+                    "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "num_frames": tfds.features.Tensor(shape=(), dtype=np.int64),
+                    "frames": obj((None,)),
+                    "video": obj(()),
+                }
+            ),
+            supervised_keys=None,
+            homepage="https://github.com/xhl-video/SmallBigNet",
+            citation=_CITATION,
+            disable_shuffling=True,  # Records keep the list order (minus unreadable videos).
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
+        with open(os.path.join(dl_manager.manual_dir, MANIFEST)) as f:
+            manifest = json.load(f)
+        return {split: self._generate_examples(spec) for split, spec in manifest["splits"].items()}
+
+    def _generate_examples(self, spec: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield from generate_examples(spec, self.builder_config.name)
 
 
 def _source(spec: dict[str, Any]):
     """The split's source; reading its list checks every line and label against ``spec['num_classes']``."""
-    if spec["format"] == "frames":
-        return sources.FrameFolderSource(
-            spec["list"],
-            spec["root"],
-            spec.get("template", "img_{:05d}.jpg"),
-            spec.get("kinetics_ids", False),
-            num_classes=spec["num_classes"],
-        )
-    if spec["format"] == "video":
-        return sources.VideoFileSource(spec["list"], spec.get("root", ""), num_classes=spec["num_classes"])
-    raise ValueError(f"unknown input format {spec['format']!r}")
+    return sources.make_source(spec["data"], spec["split"], spec["num_classes"])
 
 
 def _encode_jpeg(frame: np.ndarray, quality: int, short_side: int | None) -> bytes:
@@ -103,8 +154,6 @@ def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, 
     source = _source(spec)
     n, failed = len(source), []
     workers = int(spec.get("workers") or os.cpu_count() or 1)
-    from tqdm import tqdm
-
     # A process pool that fails loudly (BrokenProcessPool) if a worker dies, where multiprocessing.Pool would
     # respawn workers forever. "spawn": safe whatever threads the parent (tfds, JAX) has started.
     ctx = multiprocessing.get_context("spawn")
@@ -150,22 +199,22 @@ def prepare_dataset(
     each line and label checked against ``num_classes``, raising :class:`DataError` at the first bad one) before
     anything is written. An existing build is an error unless ``overwrite`` (TFDS would silently keep the old
     one)."""
-    import json
-    import tensorflow_datasets as tfds
-    from smallbig_jax.data import tfds_builder
-
     existing = os.path.join(out, "small_big_video", config)
     if os.path.exists(existing) and not overwrite:
         raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
     spec = {
         name: {
             "split": name,
-            "format": input_format,
             "num_classes": num_classes,
-            "list": os.path.abspath(lst),
-            "root": os.path.abspath(root),
-            "template": template,
-            "kinetics_ids": kinetics_ids,
+            # The fields of a data config that `sources.make_source` reads for this split.
+            "data": {
+                "format": input_format,
+                f"{name}_list": os.path.abspath(lst),
+                "root": os.path.abspath(root),
+                "frame_template": template,
+                "kinetics_ids": kinetics_ids,
+                "decode_threads": False,
+            },
             "short_side": short_side,
             "quality": quality,
             "workers": workers,
@@ -178,9 +227,9 @@ def prepare_dataset(
         _source(split_spec)
     manual = os.path.join(out, "manual")
     os.makedirs(manual, exist_ok=True)
-    with open(os.path.join(manual, tfds_builder.MANIFEST), "w") as f:
+    with open(os.path.join(manual, MANIFEST), "w") as f:
         json.dump({"splits": spec}, f, indent=1)
-    builder = tfds_builder.SmallBigVideo(config=config, data_dir=out, file_format="array_record")
+    builder = SmallBigVideo(config=config, data_dir=out, file_format="array_record")
     with _uncompressed_array_record(), _tfds_quiet():
         modes = tfds.download.GenerateMode
         mode = modes.FORCE_REDOWNLOAD if overwrite else modes.REUSE_DATASET_IF_EXISTS
@@ -199,8 +248,6 @@ def prepare_dataset(
 def _tfds_quiet():
     """TFDS prints "Downloading and preparing dataset Unknown size ..." and its own progress bars to stdout (nothing
     is downloaded here); the project's progress bar and counts say what happens instead."""
-    from tensorflow_datasets.core.utils import tqdm_utils
-
     was_active = tqdm_utils._active
     tqdm_utils.display_progress_bar(False)
     try:
@@ -218,9 +265,6 @@ def _uncompressed_array_record():
     JPEG or video bytes (zstd gains ~0%), and a clip reads a whole video's record, so decompressing it cost 4-5x
     more than reading it (25 ms against 5 ms for a 300-frame Kinetics-like video). Readers need no change: the
     shard header says how it is stored."""
-    from array_record.python import array_record_module
-    from tensorflow_datasets.core import file_adapters
-
     adapter = file_adapters.ArrayRecordFileAdapter
     original = adapter.__dict__["write_examples"]
 

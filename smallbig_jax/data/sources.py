@@ -19,12 +19,14 @@ import os
 from typing import Any, Callable
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
+import tensorflow_datasets as tfds
+from av.video.reformatter import VideoReformatter
 from PIL import Image
+from tensorflow_datasets.proto import tf_example_pb2
 
 from smallbig_jax.data import lists
-from smallbig_jax.data.lists import DataError
+from smallbig_jax.errors import DataError
 
 Choose = Callable[[int], np.ndarray]
 
@@ -276,9 +278,7 @@ class ArrayRecordSource:
 
     def _open(self):
         if self._source is None:
-            from smallbig_jax.data import tfds_builder  # Deferred: tfds import is slow.
-
-            self._source = tfds_builder.open_split(self.data_dir, self.split)
+            self._source = open_split(self.data_dir, self.split)
         return self._source
 
     def __getstate__(self) -> dict[str, Any]:
@@ -292,8 +292,6 @@ class ArrayRecordSource:
         last = self._last  # One read: grain's reader threads share this source.
         if last is not None and last[0] == i:
             return last[1]
-        from tensorflow_datasets.proto import tf_example_pb2
-
         try:
             raw = self._open().data_source[i]
             f = tf_example_pb2.Example.FromString(raw).features.feature
@@ -348,25 +346,43 @@ class ArrayRecordSource:
         return frames, indices
 
 
-def _str(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
+def open_split(data_dir: str, split: str):
+    """A TFDS random-access source over one split of a dataset prepared by ``scripts/prepare_dataset.py``, from its
+    directory alone (the builder class is not needed to read it).
+
+    ``data_dir`` is the version folder (``.../small_big_video/jpeg/1.0.0``) or any parent that holds exactly
+    one such folder."""
+    builder = tfds.builder_from_directory(_find_version_dir(data_dir))
+    return builder.as_data_source(split=split)
 
 
-def make_source(data_config, split: str, num_classes: int):
-    """The source that ``data_config`` names for ``split`` ('train' or 'val'), its labels in ``[0, num_classes)``."""
-    fmt = data_config.format
+def _find_version_dir(data_dir: str) -> str:
+    if os.path.exists(os.path.join(data_dir, "dataset_info.json")):
+        return data_dir
+    found = [root for root, _, files in os.walk(data_dir) if "dataset_info.json" in files]
+    if len(found) != 1:
+        raise FileNotFoundError(f"expected one prepared dataset (dataset_info.json) under {data_dir}, found {found}")
+    return found[0]
+
+
+def make_source(data_config: Any, split: str, num_classes: int):
+    """The source that a data config (a ConfigDict or a dict with its fields) names for ``split``, its labels in
+    ``[0, num_classes)``: the list file ``<split>_list`` (formats 'frames' and 'video', read and checked here) or the
+    ArrayRecord split ``<split>_split`` of ``arrayrecord_dir``. The one place a format becomes a source: training,
+    evaluation, dataset preparation and ``scripts/check_dataset.py`` all open theirs here."""
+    fmt = data_config["format"]
     if fmt == "frames":
         return FrameFolderSource(
             data_config[f"{split}_list"],
-            data_config.root,
-            data_config.frame_template,
-            data_config.kinetics_ids,
+            data_config["root"],
+            data_config["frame_template"],
+            data_config["kinetics_ids"],
             num_classes=num_classes,
         )
     if fmt == "video":
         return VideoFileSource(
-            data_config[f"{split}_list"], data_config.root, data_config.decode_threads, num_classes=num_classes
+            data_config[f"{split}_list"], data_config["root"], data_config["decode_threads"], num_classes=num_classes
         )
     if fmt == "arrayrecord":
-        return ArrayRecordSource(data_config.arrayrecord_dir, split, num_classes=num_classes)
+        return ArrayRecordSource(data_config["arrayrecord_dir"], data_config[f"{split}_split"], num_classes=num_classes)
     raise ValueError(f"unknown data format {fmt!r}; expected 'frames', 'video' or 'arrayrecord'")

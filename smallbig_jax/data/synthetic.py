@@ -6,6 +6,9 @@ SmallBigNet cannot tell a clip from its reversal (docs/model.md#consequences-wor
 model with temporal average pooling stays near chance, a model that relates frames (SmallBig's big views) does not.
 Shape (square, disc, cross), bright colour, size, position, speed, phase and amplitude of the moving shape, and the
 dark background's colour and 1-3 static clutter rectangles are random. Everything is deterministic in the seed.
+
+This module draws the clips and says how to read the dataset (`data_config`) without loading PyAV or TFDS, so that
+a config file can use it; `smallbig_jax.data.writers.write_synthetic_dataset` writes the dataset to disk.
 """
 
 from __future__ import annotations
@@ -13,9 +16,10 @@ from __future__ import annotations
 import json
 import os
 
-import av
 import ml_collections
 import numpy as np
+
+from smallbig_jax.data.config import default_data_config
 
 GENERATOR_VERSION = 2  # bumped whenever make_video changes what it draws
 CLASSES = ("still", "horizontal", "vertical", "diagonal", "antidiagonal")
@@ -64,104 +68,12 @@ def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size:
     return video
 
 
-def write_mp4(
-    path: str, video: np.ndarray, fps: int = 16, crf: int = 18, codec: str = "libx264", gop: int | None = None
-) -> None:
-    """Writes ``[T, H, W, 3]`` uint8 as a video with PyAV (every frame kept, constant frame rate): h264 by
-    default; the container follows the file extension (mp4, mkv, avi, webm with ``codec='libvpx-vp9'``...)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with av.open(path, "w") as out:
-        stream = out.add_stream(codec, rate=fps)
-        stream.width, stream.height = video.shape[2], video.shape[1]
-        stream.pix_fmt = "yuv420p"
-        if gop:
-            stream.gop_size = gop  # Key frame interval.
-        if codec == "libx264":
-            stream.options = {"crf": str(crf), "preset": "ultrafast", "threads": "1"}
-        elif codec == "mpeg4":
-            stream.options = {"qscale": "2"}
-        else:
-            stream.options = {"crf": str(crf), "b": "0"}
-        for f in video:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-
-
-def write_frame_folder(folder: str, video: np.ndarray, template: str = "img_{:05d}.jpg", quality: int = 95) -> None:
-    """Writes ``[T, H, W, 3]`` uint8 as JPEG frames ``img_00001.jpg``... (1-based, the official layout)."""
-    from PIL import Image
-
-    os.makedirs(folder, exist_ok=True)
-    for t, f in enumerate(video):
-        Image.fromarray(f).save(os.path.join(folder, template.format(t + 1)), quality=quality)
-
-
-def _write_one(args: tuple[str, int, int, int, int, int, int]) -> None:
-    path, seed, split_id, i, label, num_frames, size = args
-    write_mp4(path, make_video(np.random.default_rng([seed, split_id, i]), label, num_frames, size))
-
-
-def write_dataset(
-    out: str,
-    *,
-    seed: int = 0,
-    num_train: int = 1000,
-    num_val: int = 200,
-    num_frames: int = 16,
-    size: int = 64,
-    workers: int = 2,
+def description(
+    *, seed: int = 0, num_train: int = 1000, num_val: int = 200, num_frames: int = 16, size: int = 64,
     arrayrecord: bool = True,
-) -> dict[str, int]:
-    """Writes ``out/videos/<split>/<i>.mp4``, lists ``out/<split>.txt`` (``<path> <num_frames> <label>``, paths
-    relative to ``out/videos``) and, with ``arrayrecord``, the JPEG-frame ArrayRecord form in ``out/arrayrecord``.
-    Balanced classes (video ``i`` has label ``i % 5``); deterministic in ``seed``. ``out/dataset.json`` (generator
-    version and arguments) is written last, so it marks a complete, current dataset."""
-    import concurrent.futures
-    import multiprocessing
-    from smallbig_jax.data import prepare
-
-    jobs, counts = [], {}
-    for split_id, (split, n) in enumerate((("train", num_train), ("val", num_val))):
-        rows = []
-        for i in range(n):
-            rel = f"{split}/{i:05d}.mp4"
-            label = i % len(CLASSES)
-            jobs.append((os.path.join(out, "videos", rel), seed, split_id, i, label, num_frames, size))
-            rows.append(f"{rel} {num_frames} {label}\n")
-        os.makedirs(os.path.join(out, "videos", split), exist_ok=True)
-        with open(os.path.join(out, f"{split}.txt"), "w") as f:
-            f.writelines(rows)
-        counts[split] = n
-    with open(os.path.join(out, "classes.txt"), "w") as f:
-        f.writelines(c + "\n" for c in CLASSES)
-    if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            list(pool.map(_write_one, jobs, chunksize=16))
-    else:
-        for job in jobs:
-            _write_one(job)
-    if arrayrecord:
-        prepare.prepare_dataset(
-            os.path.join(out, "arrayrecord"),
-            {s: os.path.join(out, f"{s}.txt") for s in ("train", "val")},
-            input_format="video",
-            num_classes=len(CLASSES),
-            root=os.path.join(out, "videos"),
-            config="jpeg",
-            quality=90,
-            workers=workers,
-            progress=False,
-            overwrite=True,
-        )
-    with open(os.path.join(out, "dataset.json"), "w") as f:
-        json.dump(_description(seed, num_train, num_val, num_frames, size, arrayrecord), f)
-    return counts
-
-
-def _description(seed: int, num_train: int, num_val: int, num_frames: int, size: int, arrayrecord: bool) -> dict:
+) -> dict:
+    """What ``dataset.json`` records: the generator version and the arguments a dataset is written with (these, with
+    their defaults, are the arguments of ``writers.write_synthetic_dataset`` and ``is_written``)."""
     return {
         "generator": GENERATOR_VERSION,
         "seed": seed,
@@ -173,28 +85,17 @@ def _description(seed: int, num_train: int, num_val: int, num_frames: int, size:
     }
 
 
-def is_written(
-    out: str,
-    *,
-    seed: int = 0,
-    num_train: int = 1000,
-    num_val: int = 200,
-    num_frames: int = 16,
-    size: int = 64,
-    arrayrecord: bool = True,
-) -> bool:
+def is_written(out: str, **arguments) -> bool:
     """Whether ``out`` holds a complete dataset written by this generator version with these arguments."""
     try:
         with open(os.path.join(out, "dataset.json")) as f:
-            return json.load(f) == _description(seed, num_train, num_val, num_frames, size, arrayrecord)
+            return json.load(f) == description(**arguments)
     except (OSError, ValueError):
         return False
 
 
 def data_config(out: str, fmt: str = "arrayrecord") -> ml_collections.ConfigDict:
     """The data config that reads the synthetic dataset at ``out`` (``fmt``: 'video' or 'arrayrecord')."""
-    from smallbig_jax.data.pipeline import default_data_config
-
     c = default_data_config()
     c.format = fmt
     c.root = os.path.join(out, "videos")

@@ -14,7 +14,6 @@ Names mirror the official state dict (`layer2[0].conv1` is `layer2.0.conv1`); `b
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -30,45 +29,12 @@ from smallbig_jax.models.layers import (
     max_pool_global_t_3x3,
     relu_written_once,
 )
+from smallbig_jax.variants import VARIANTS, BlockKind
 
 Array = jax.Array
 
 STAGE_WIDTHS = (1, 2, 4, 8)  # planes per stage, in units of base_width
 EXPANSION = 4
-
-
-@dataclasses.dataclass(frozen=True)
-class BlockKind:
-    """What a stage's blocks are: official names `Bottleneck3D_000`, `Bottleneck3D_100[_extra]`, `SmallBig_module[_extra]`."""
-
-    big_views: bool = False  # SmallBig: big view on each of the three convs
-    temporal_conv1: bool = False  # slowonly: conv1 is 3x1x1
-    extra: bool = False  # the global-max-pool context gate before the block body
-
-
-PLAIN = BlockKind()
-SMALLBIG = BlockKind(big_views=True)
-SMALLBIG_EXTRA = BlockKind(big_views=True, extra=True)
-SLOW = BlockKind(temporal_conv1=True)
-SLOW_EXTRA = BlockKind(temporal_conv1=True, extra=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    depths: tuple[int, int, int, int]
-    blocks: tuple[BlockKind, BlockKind, BlockKind, BlockKind]
-    official_name: str
-
-
-VARIANTS: dict[str, Variant] = {
-    "res50": Variant((3, 4, 6, 3), (PLAIN,) * 4, "res50"),
-    "slowonly50": Variant((3, 4, 6, 3), (PLAIN, PLAIN, SLOW, SLOW), "slowonly50"),
-    "slowonly50_extra": Variant((3, 4, 6, 3), (PLAIN, PLAIN, SLOW_EXTRA, SLOW_EXTRA), "slowonly50_extra"),
-    "smallbig23": Variant((1, 2, 3, 1), (PLAIN,) + (SMALLBIG,) * 3, "smallbig23_no_extra"),
-    "smallbig50": Variant((3, 4, 6, 3), (PLAIN,) + (SMALLBIG,) * 3, "smallbig50_no_extra"),
-    "smallbig101": Variant((3, 4, 23, 3), (PLAIN,) + (SMALLBIG,) * 3, "smallbig101_no_extra"),
-    "smallbig50_extra": Variant((3, 4, 6, 3), (PLAIN,) + (SMALLBIG_EXTRA,) * 3, "smallbig50_extra"),
-}
 
 
 class Shortcut(nnx.Module):
