@@ -64,7 +64,7 @@ def kernels() -> None:
     )
 
 
-HELPERS = {"_stored", "_cut", "_shift", "_matmul", "_conv1x1_matmul", "conv2d", "_sum_per_group", "_pool_taps",
+HELPERS = {"_stored", "_cut", "_shift", "conv2d", "_sum_per_group", "_pool_taps",
            "_first_maximum", "__call__"}
 
 
@@ -77,8 +77,8 @@ def _op_class(text: str, functions: list[str], path: str, backward: bool) -> str
         return "conv input-grad" if out and out.group(1).startswith("b") else "conv kernel-grad"
     if " dot(" in text:
         if not backward:
-            return "1x1 matmul forward"
-        return "1x1 matmul kernel-grad" if "lhs_contracting_dims={0}" in text else "1x1 matmul input-grad"
+            return "dot forward (1x1 convs, head)"
+        return "dot kernel-grad" if "lhs_contracting_dims={0}" in text else "dot input-grad"
     if "optax" in path or "optim" in path:
         return "optimizer"
     direction = "backward" if backward else "forward"

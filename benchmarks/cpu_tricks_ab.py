@@ -1,6 +1,6 @@
 r"""Same-process A/B of the CPU formulation's tricks: each one switched back to its plain form, steps alternating.
 
-  python benchmarks/cpu_tricks_ab.py --variants base,-matmul_1x1,-stored --steps 5
+  python benchmarks/cpu_tricks_ab.py --variants base,-stored,-bn_backward --steps 5
   python benchmarks/cpu_tricks_ab.py --variants base,opt:xla_cpu_use_onednn=true --mode eval
 
 Every variant is the training run's step (`smallbig_jax.steps`, SmallBig-R50 8x224x224, batch 2, float32, the
@@ -11,7 +11,6 @@ per-round ratio to the first variant (robust to load that drifts between rounds)
 time and page faults. Variants (comma-separated; `-` switches a trick off):
 
   base          the code as it is
-  -matmul_1x1   1x1 convs as `lax.conv_general_dilated` instead of matmuls
   -stored       `layers._stored` is the identity (the block-output ReLU and the pools' kept values are fused into
                 their consumers again)
   -relu_stored  only the block-output ReLU is a plain `jax.nn.relu` (the pools keep `_stored`)
@@ -45,17 +44,12 @@ from jax import lax
 from smallbig_jax import benchmark, steps
 from smallbig_jax.models import layers, smallbig
 
-_VARIANTS = flags.DEFINE_list("variants", ["base", "-matmul_1x1"], "Variants to compare (see the docstring).")
+_VARIANTS = flags.DEFINE_list("variants", ["base", "-stored"], "Variants to compare (see the docstring).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds after one warm-up round.")
 _FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
 _SIZE = flags.DEFINE_integer("size", 224, "Crop size.")
 _WIDTH = flags.DEFINE_integer("base_width", 64, "Base width.")
-
-
-def _plain_conv2d(x, kernel, stride, padding):
-    return lax.conv_general_dilated(x, kernel, (stride, stride), ((padding, padding), (padding, padding)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def _reduce_window_max(x, window, strides, padding):
@@ -82,7 +76,6 @@ def _plain_broadcast_frames(x, frames):
 
 # trick -> [(module, attribute, plain replacement)]
 PATCHES = {
-    "matmul_1x1": [(layers, "conv2d", _plain_conv2d)],
     "stored": [(layers, "_stored", lambda a: a)],
     "relu_stored": [(smallbig, "relu_written_once", jax.nn.relu)],
     "bn_backward": [(layers, "batch_norm_train", layers.batch_norm_train.fun)],
@@ -96,7 +89,7 @@ PATCHES = {
               (smallbig, "broadcast_frames", _plain_broadcast_frames)],
     "conv_options": [(steps, "compiler_options", lambda mesh: None)],
 }
-PLAIN = ("matmul_1x1", "stored", "bn_backward", "bn_2d_sums", "pools", "conv_options")
+PLAIN = ("stored", "bn_backward", "bn_2d_sums", "pools", "conv_options")
 
 
 def _option_value(text: str):
@@ -133,7 +126,7 @@ def patched(replacements):
 
 def main(argv):
     del argv
-    layers.set_conv_impl("matmul")
+    layers.set_conv_impl("cpu")
     config = benchmark.benchmark_config("smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value,
                                         base_width=_WIDTH.value)
     config.batch_size = 2
