@@ -6,7 +6,7 @@ For every distinct conv of SmallBig-R50 at 8x224x224, batch 2 (frames folded int
 forward and the forward+backward (gradients of input and kernel) of:
   ynnpack  lax.conv_general_dilated compiled with XLA:CPU's defaults (convolutions go to YNNPACK)
   xla      the same compiled with `layers.compiler_options("cpu")` (convolutions stay with XLA's own Eigen conv)
-  model    `layers.conv2d` in the CPU formulation, compiled like the model (1x1 convs: a plain matmul; kxk: as xla)
+  extra    `xla` compiled with `--extra_options` added (XLA:CPU options to try), if given
   torch    torch.nn.functional.conv2d, channels_last, same shapes (oneDNN)
 Rows alternate between formulations step by step, so machine load hits all of them alike. Results are printed as
 a table; the whole-model effect of a formulation is measured with scripts/benchmark.py --compare-torch.
@@ -30,6 +30,9 @@ _NT = flags.DEFINE_integer("frames_x_batch", 16, "N*T of the folded batch.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per formulation.")
 _ONLY = flags.DEFINE_list("only", [], "Names of shapes to run (default all).")
 _BWD = flags.DEFINE_boolean("backward", True, "Also time forward+backward.")
+_EXTRA = flags.DEFINE_string(
+    "extra_options", "", "XLA:CPU compile options 'key=value;key=value' added to the model's: times a fifth "
+    "formulation, 'extra' (the model's conv2d compiled with them), e.g. xla_cpu_use_onednn=true.")
 
 # name: (H_in, C_in, C_out, k, stride) at 224 input; count = how many times the model runs it (big views included).
 SHAPES = {
@@ -70,11 +73,12 @@ def main(argv):
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    layers.set_conv_impl("matmul")
     options = layers.compiler_options("cpu")
     nt = _NT.value
     rng = np.random.default_rng(0)
-    names = ("ynnpack", "xla", "model", "torch")
+    names = ("ynnpack", "xla") + (("extra",) if _EXTRA.value else ()) + ("torch",)
+    extra = {k: {"true": True, "false": False}.get(v.lower(), v)
+             for k, v in (item.split("=", 1) for item in _EXTRA.value.split(";") if item)}
     print(f"{'shape':12} {'x':>4} {'mode':4} " + " ".join(f"{k:>8}" for k in names) + "  (ms)")
     for name, (h, cin, cout, k, stride, count) in SHAPES.items():
         if _ONLY.value and name not in _ONLY.value:
@@ -85,7 +89,9 @@ def main(argv):
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).contiguous(memory_format=torch.channels_last)
         wt = torch.from_numpy(w.transpose(3, 2, 0, 1).copy()).contiguous(memory_format=torch.channels_last)
-        forms = {"ynnpack": (conv2d, None), "xla": (conv2d, options), "model": (layers.conv2d, options)}
+        forms = {"ynnpack": (conv2d, None), "xla": (conv2d, options)}
+        if extra:
+            forms["extra"] = (conv2d, {**options, **extra})
         fwd = {key: jax.jit(lambda x, w, f=f: f(x, w, stride, pad), compiler_options=o) for key, (f, o) in forms.items()}
         ref = np.asarray(fwd["ynnpack"](xj, wj))
         err = max(float(np.abs(np.asarray(fwd[key](xj, wj)) - ref).max() / np.abs(ref).max()) for key in forms)

@@ -2,15 +2,15 @@
 
 XLA:CPU allocates a step's temporaries afresh at every execution (6 GB for the SmallBig-R50 train step at batch 2).
 glibc serves blocks that large with `mmap` and unmaps them when they are freed, so every step faults its 6 GB back
-in page by page: 1.5 million page faults and 3.4 s of kernel time per 9 s step on 2 cores. With glibc told to serve
+in page by page, and the kernel time spent zeroing fresh pages is a large part of the step. With glibc told to serve
 everything from one heap (`mmap_max=0`, `arena_max=1`) and never to shrink it (`trim_threshold`), the second and
-later steps reuse the same pages: no faults, train step 9.1 s -> 7.0 s (BENCHMARKS.md). The cost is that the
-process keeps its peak memory until it exits, which a training or benchmark process does anyway.
+later steps reuse the same pages and do not fault (gain measured in BENCHMARKS.md). The cost is that the process
+keeps its peak memory until it exits, which a training or benchmark process does anyway.
 
 glibc reads these settings only when a process starts (`GLIBC_TUNABLES`; `mallopt` cannot set a trim threshold
 above 2 GB), so `keep_freed_host_memory` restarts the process once with them set. It does so only where JAX will
 compute on the CPU: with accelerators the temporaries live in device memory, and the settings would only cost the
-input pipeline, which runs 13% slower under them (synthetic dataset, 2 cores; BENCHMARKS.md).
+input pipeline, which runs slower under them (BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -23,22 +23,16 @@ Dtype = Any
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
 
 
-def _matmul(a: Array, b: Array) -> Array:
-    """a @ b accumulated in at least float32 (XLA:CPU would accumulate a bfloat16 dot in bfloat16), in a's dtype."""
-    return jnp.matmul(a, b, preferred_element_type=jnp.promote_types(a.dtype, jnp.float32)).astype(a.dtype)
-
-
-# How a frame-folded 2D conv is computed. "xla": `lax.conv_general_dilated` and its autodiff for every conv (cuDNN on
-# GPU, the MXU conv emitter on TPU: best there). "matmul": the same for kxk convs, but 1x1 convs as plain matmuls,
-# and the CPU-only layouts of the elementwise passes below (`_stored`). "auto" (default): "matmul" on CPU, "xla"
+# The formulation of the elementwise passes. "xla": plain ops, fused as XLA likes (GPU and TPU). "cpu": values that
+# XLA:CPU would recompute in every consumer are kept in memory (`_stored`). "auto" (default): "cpu" on CPU, "xla"
 # elsewhere. Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is
 # traced. On CPU, compile the model's programs with `compiler_options` as well.
-CONV_IMPLS = ("auto", "xla", "matmul")
+CONV_IMPLS = ("auto", "xla", "cpu")
 _conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
 
 
 def set_conv_impl(impl: str) -> None:
-    """Selects the conv formulation ("auto", "xla" or "matmul") for functions traced from now on."""
+    """Selects the formulation ("auto", "xla" or "cpu") for functions traced from now on."""
     global _conv_impl
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r}; expected one of {CONV_IMPLS}")
@@ -46,18 +40,17 @@ def set_conv_impl(impl: str) -> None:
 
 
 def conv_impl() -> str:
-    """The formulation in effect: "xla" or "matmul" ("auto" resolved by the default backend)."""
+    """The formulation in effect: "xla" or "cpu" ("auto" resolved by the default backend)."""
     if _conv_impl not in CONV_IMPLS:
         raise ValueError(f"SMALLBIG_CONV_IMPL={_conv_impl!r}; expected one of {CONV_IMPLS}")
     if _conv_impl == "auto":
-        return "matmul" if jax.default_backend() == "cpu" else "xla"
+        return "cpu" if jax.default_backend() == "cpu" else "xla"
     return _conv_impl
 
 
-# XLA:CPU hands convolutions to YNNPACK by default. Its 3x3 conv at 56 px runs at about half the speed of XLA's own
-# (Eigen) conv, and Eigen's conv gradients beat the hand-written ones this file had (BENCHMARKS.md, round 5: train
-# step 12% faster and temporaries 4.6 -> 3.4 GB in an A/B; PyTorch/JAX train 0.96 -> 1.12-1.15 in
-# scripts/benchmark.py on a loaded machine, 0.86 idle). Dots and reductions stay with YNNPACK, where they are fastest.
+# XLA:CPU hands convolutions to YNNPACK by default, whose convs are slower on this model's shapes than XLA's own
+# (Eigen) conv, forward and gradients alike; dots and reductions stay with YNNPACK, where they are fastest. The gain
+# is measured in BENCHMARKS.md ("CPU tricks, re-measured").
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 }
@@ -68,17 +61,8 @@ def compiler_options(platform: str) -> dict[str, str] | None:
     return dict(_CPU_COMPILER_OPTIONS) if platform == "cpu" else None
 
 
-def _conv1x1_matmul(x: Array, kernel: Array, stride: int) -> Array:
-    if stride > 1:
-        x = x[:, ::stride, ::stride]
-    n, h, w, c = x.shape
-    return _matmul(x.reshape(n * h * w, c), kernel[0, 0]).reshape(n, h, w, kernel.shape[-1])
-
-
 def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-    """2D conv, NHWC input, HWIO kernel, symmetric zero padding, in the formulation `conv_impl()` selects."""
-    if conv_impl() == "matmul" and kernel.shape[0] == kernel.shape[1] == 1 and padding == 0:
-        return _conv1x1_matmul(x, kernel, stride)
+    """2D conv, NHWC input, HWIO kernel, symmetric zero padding."""
     return lax.conv_general_dilated(
         x,
         kernel,
@@ -93,10 +77,10 @@ def relu_written_once(x: Array) -> Array:
 
     XLA:CPU otherwise fuses the cheap elementwise chain `relu(bn3(conv3) + residual + big_bn3(...))` into every
     consumer, and since the residual is itself such a chain, each block recomputes all earlier blocks' BatchNorms
-    of its stage (eval forward of SmallBig-R50: 3.2 s -> 1.9 s; BENCHMARKS.md). The ReLU is therefore passed through
-    `_stored`. Other backends get a plain ReLU; so does the "xla" formulation.
+    of its stage. The ReLU is therefore passed through `_stored`. Other backends get a plain ReLU; so does the "xla"
+    formulation.
     """
-    return _relu_stored(x) if conv_impl() == "matmul" else jax.nn.relu(x)
+    return _relu_stored(x) if conv_impl() == "cpu" else jax.nn.relu(x)
 
 
 @jax.custom_vjp
@@ -237,7 +221,7 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tup
 
 def _sum_per_group(a: Array) -> Array:
     """`[groups, elements, C]` -> `[groups, 1, C]` sums. One group is summed as a 2D `[elements, C]` array: XLA:CPU's
-    (YNNPACK's) fused multiply-and-sum over the middle axis of `[1, elements, C]` is ~25x slower (BENCHMARKS.md)."""
+    (YNNPACK's) fused multiply-and-sum over the middle axis of `[1, elements, C]` is much slower."""
     groups, _, c = a.shape
     if groups == 1:
         return jnp.sum(a.reshape(-1, c), axis=0).reshape(1, 1, c)
@@ -293,7 +277,7 @@ def _shift(a: Array, axis: int, by: int) -> Array:
 
 
 def _stored(a: Array) -> Array:
-    """`a` unchanged, computed where it stands and kept in memory, on XLA:CPU (the "matmul" formulation).
+    """`a` unchanged, computed where it stands and kept in memory, on XLA:CPU (the "cpu" formulation).
 
     XLA:CPU fuses cheap elementwise producers into each of their consumers, recomputing them (and re-reading their
     inputs) as often as there are consumers. A reduction is never fused into its consumers, so `a` is passed
@@ -301,7 +285,7 @@ def _stored(a: Array) -> Array:
     that compute `a` (a float max or sum would go to YNNPACK, which runs it as separate, slower passes).
     `optimization_barrier` would say this directly, but XLA:CPU drops barriers before fusion.
     """
-    if conv_impl() != "matmul":
+    if conv_impl() != "cpu":
         return a
     floating = jnp.issubdtype(a.dtype, jnp.floating)
     bits = lax.bitcast_convert_type(a, jnp.dtype(f"uint{8 * a.dtype.itemsize}")) if floating else a

@@ -1,0 +1,175 @@
+r"""Same-process A/B of the CPU formulation's tricks: each one switched back to its plain form, steps alternating.
+
+  python benchmarks/cpu_tricks_ab.py --variants base,-stored,-bn_backward --steps 5
+  python benchmarks/cpu_tricks_ab.py --variants base,opt:xla_cpu_use_onednn=true --mode eval
+
+Every variant is the training run's step (`smallbig_jax.steps`, SmallBig-R50 8x224x224, batch 2, float32, the
+official recipe, as scripts/benchmark.py without --config), traced with some of `models/layers.py`'s CPU tricks
+replaced by the plain form a reader would write; all variants are compiled first, then run in turn (base, A, B,
+base, A, B, ...), so machine load hits them alike. Prints, per variant, the median step time, the median of its
+per-round ratio to the first variant (robust to load that drifts between rounds), XLA's temporaries, the compile
+time and page faults. Variants (comma-separated; `-` switches a trick off):
+
+  base          the code as it is
+  -stored       `layers._stored` is the identity (the block-output ReLU and the pools' kept values are fused into
+                their consumers again)
+  -relu_stored  only the block-output ReLU is a plain `jax.nn.relu` (the pools keep `_stored`)
+  -bn_backward  BatchNorm's backward by autodiff of its forward instead of the hand-written one
+  -bn_2d_sums   BatchNorm's sums over the middle axis of `[1, elements, C]` instead of a 2D `[elements, C]` view
+  -pool_backward  the pools' forward as it is, their backward by autodiff (no tap indices)
+  -pools        every max-pool as `lax.reduce_window` (its backward: select-and-scatter), frames broadcast by
+                `jnp.broadcast_to`
+  -conv_options  no compiler options: XLA:CPU's defaults give convolutions to YNNPACK
+  plain         all of the above off: the model as written in models/smallbig.py with `lax` ops only
+  opt:K=V[;K=V] base compiled with these XLA:CPU options added (e.g. opt:xla_cpu_use_onednn=true)
+The glibc settings (`smallbig_jax/host_memory.py`) act on the process, so they are compared across processes:
+`SMALLBIG_KEEP_HOST_MEMORY=0 python benchmarks/cpu_step_profile.py` against the same without it.
+"""
+
+from smallbig_jax.host_memory import keep_freed_host_memory
+
+keep_freed_host_memory()
+
+import contextlib
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from jax import lax
+
+from smallbig_jax import benchmark, steps
+from smallbig_jax.models import layers, smallbig
+
+_VARIANTS = flags.DEFINE_list("variants", ["base", "-stored"], "Variants to compare (see the docstring).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds after one warm-up round.")
+_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
+_SIZE = flags.DEFINE_integer("size", 224, "Crop size.")
+_WIDTH = flags.DEFINE_integer("base_width", 64, "Base width.")
+
+
+def _reduce_window_max(x, window, strides, padding):
+    return lax.reduce_window(x, -jnp.inf, lax.max, window, strides, padding)
+
+
+def _plain_max_pool_1d(x, axis, window=3, stride=1, padding=1):
+    dims, strides, pads = [1] * x.ndim, [1] * x.ndim, [(0, 0)] * x.ndim
+    dims[axis], strides[axis], pads[axis] = window, stride, (padding, padding)
+    return _reduce_window_max(x, dims, strides, pads)
+
+
+def _plain_pool_3x3x3(x):
+    return _reduce_window_max(x, (1, 3, 3, 3, 1), (1,) * 5, ((0, 0), (1, 1), (1, 1), (1, 1), (0, 0)))
+
+
+def _plain_pool_global_t_3x3(x):
+    return _reduce_window_max(x, (1, x.shape[1], 3, 3, 1), (1,) * 5, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _plain_broadcast_frames(x, frames):
+    return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
+
+
+# trick -> [(module, attribute, plain replacement)]
+PATCHES = {
+    "stored": [(layers, "_stored", lambda a: a)],
+    "relu_stored": [(smallbig, "relu_written_once", jax.nn.relu)],
+    "bn_backward": [(layers, "batch_norm_train", layers.batch_norm_train.fun)],
+    "bn_2d_sums": [(layers, "_sum_per_group", lambda a: jnp.sum(a, axis=1, keepdims=True))],
+    "pool_backward": [(layers, "_max_pool_3_tap", layers._max_pool_3_tap.fun),
+                      (layers, "_max_pool_1d", layers._max_pool_1d.fun),
+                      (layers, "_max_over_frames", layers._max_over_frames.fun),
+                      (smallbig, "broadcast_frames", layers.broadcast_frames.fun)],
+    "pools": [(smallbig, "max_pool_1d", _plain_max_pool_1d), (smallbig, "max_pool_3x3x3", _plain_pool_3x3x3),
+              (smallbig, "max_pool_global_t_3x3", _plain_pool_global_t_3x3),
+              (smallbig, "broadcast_frames", _plain_broadcast_frames)],
+    "conv_options": [(steps, "compiler_options", lambda mesh: None)],
+}
+PLAIN = ("stored", "bn_backward", "bn_2d_sums", "pools", "conv_options")
+
+
+def _option_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return int(text) if text.isdigit() else text
+
+
+def patches_of(variant: str) -> list:
+    if variant == "base":
+        return []
+    if variant == "plain":
+        return [p for name in PLAIN for p in PATCHES[name]]
+    if variant.startswith("-") and variant[1:] in PATCHES:
+        return PATCHES[variant[1:]]
+    if variant.startswith("opt:"):
+        extra = dict(item.split("=", 1) for item in variant[4:].split(";"))
+        options = {**layers.compiler_options("cpu"), **{k: _option_value(v) for k, v in extra.items()}}
+        return [(steps, "compiler_options", lambda mesh: options)]
+    raise app.UsageError(f"unknown variant {variant!r}")
+
+
+@contextlib.contextmanager
+def patched(replacements):
+    saved = [(module, name, getattr(module, name)) for module, name, _ in replacements]
+    try:
+        for module, name, value in replacements:
+            setattr(module, name, value)
+        yield
+    finally:
+        for module, name, value in reversed(saved):
+            setattr(module, name, value)
+
+
+def main(argv):
+    del argv
+    layers.set_conv_impl("cpu")
+    config = benchmark.benchmark_config("smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value,
+                                        base_width=_WIDTH.value)
+    config.batch_size = 2
+    mesh = benchmark.make_mesh(1)
+    setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
+    rng = np.random.default_rng(0)
+    clips = rng.standard_normal((2, _FRAMES.value, _SIZE.value, _SIZE.value, 3), dtype=np.float32)
+    batch = jax.device_put({"clip": clips, "label": np.array([0, 1], np.int32)}, steps.sharding.batch_sharding(mesh))
+    runs = {}
+    for variant in _VARIANTS.value:
+        with patched(patches_of(variant)):
+            state = jax.tree.map(jnp.copy, setup.state)
+            if _MODE.value == "train":
+                jitted = steps.make_train_step(setup.graphdef, setup.tx, config, mesh, setup.state_shardings,
+                                               setup.lr_schedule)
+                runs[variant] = benchmark.JaxStep(jitted, (state, batch), feeds_state=True)
+            else:
+                jitted = jax.jit(steps.eval_step_fn(setup.eval_graphdef),
+                                 compiler_options=steps.compiler_options(mesh))
+                runs[variant] = benchmark.JaxStep(jitted, (state["params"], state["batch_stats"], batch["clip"]),
+                                                  feeds_state=False)
+        print(f"{variant}: compiled in {runs[variant].compile_s:.1f} s, XLA temporaries "
+              f"{runs[variant].memory.get('xla_temp_gb', float('nan')):.2f} GB", flush=True)
+    del setup
+    times = {v: [] for v in runs}
+    faults = {v: [] for v in runs}
+    for i in range(_STEPS.value + 1):
+        for variant, step in runs.items():
+            before, start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+            step()
+            if i:
+                times[variant].append(time.perf_counter() - start)
+                faults[variant].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        print(f"round {i}: " + ", ".join(f"{v} {t[-1]:.2f} s" for v, t in times.items() if i), flush=True)
+    first = _VARIANTS.value[0]
+    print(f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}; {_MODE.value} step, "
+          f"{_STEPS.value} rounds; ratio = variant / {first} per round, median (> 1: the variant is slower)")
+    for variant in runs:
+        ratio = statistics.median(a / b for a, b in zip(times[variant], times[first]))
+        print(f"{variant:28} median {statistics.median(times[variant]):6.2f} s  min {min(times[variant]):6.2f} s  "
+              f"ratio {ratio:5.3f}  temporaries {runs[variant].memory.get('xla_temp_gb', float('nan')):5.2f} GB  "
+              f"compile {runs[variant].compile_s:5.1f} s  faults {statistics.median(faults[variant]):.0f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
