@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml
 
-.PHONY: setup run test summary benchmark benchmark-torch clean
+.PHONY: setup run lint format test summary benchmark benchmark-torch clean
 
 $(STAMP): $(SOURCES)
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -21,7 +21,16 @@ run: $(STAMP)
 # Two pytest workers: most of the suite is single-threaded XLA compilation, so two run side by side on 2 cores.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)
+# Style first (a second or two): ruff's lint rules and formatting, configured in pyproject.toml.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: lint
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 summary: $(STAMP)

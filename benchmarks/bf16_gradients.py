@@ -63,9 +63,11 @@ def torch_gradients(model, clips, labels, bf16: bool) -> dict[str, np.ndarray]:
 
 
 def report(name: str, got: dict, want: dict) -> None:
-    per_leaf = sorted(((np.linalg.norm(got[k] - want[k]) / (np.linalg.norm(want[k]) + 1e-30), k) for k in want))
-    print(f"{name:<28} {relative_difference(got, want):9.4g}   worst: "
-          + ", ".join(f"{k} {r:.2f}" for r, k in per_leaf[:-4:-1]))
+    per_leaf = sorted((np.linalg.norm(got[k] - want[k]) / (np.linalg.norm(want[k]) + 1e-30), k) for k in want)
+    print(
+        f"{name:<28} {relative_difference(got, want):9.4g}   worst: "
+        + ", ".join(f"{k} {r:.2f}" for r, k in per_leaf[:-4:-1])
+    )
 
 
 def main(_):

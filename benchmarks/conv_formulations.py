@@ -31,8 +31,11 @@ _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per formulation.")
 _ONLY = flags.DEFINE_list("only", [], "Names of shapes to run (default all).")
 _BWD = flags.DEFINE_boolean("backward", True, "Also time forward+backward.")
 _EXTRA = flags.DEFINE_string(
-    "extra_options", "", "XLA:CPU compile options 'key=value;key=value' added to the model's: times a fifth "
-    "formulation, 'extra' (the model's conv2d compiled with them), e.g. xla_cpu_use_onednn=true.")
+    "extra_options",
+    "",
+    "XLA:CPU compile options 'key=value;key=value' added to the model's: times a fifth "
+    "formulation, 'extra' (the model's conv2d compiled with them), e.g. xla_cpu_use_onednn=true.",
+)
 
 # name: (H_in, C_in, C_out, k, stride) at 224 input; count = how many times the model runs it (big views included).
 SHAPES = {
@@ -54,7 +57,9 @@ SHAPES = {
 
 
 def conv2d(x, w, stride, pad):
-    return lax.conv_general_dilated(x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return lax.conv_general_dilated(
+        x, w, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def timeit(fns, steps):
@@ -77,8 +82,10 @@ def main(argv):
     nt = _NT.value
     rng = np.random.default_rng(0)
     names = ("ynnpack", "xla") + (("extra",) if _EXTRA.value else ()) + ("torch",)
-    extra = {k: {"true": True, "false": False}.get(v.lower(), v)
-             for k, v in (item.split("=", 1) for item in _EXTRA.value.split(";") if item)}
+    extra = {
+        k: {"true": True, "false": False}.get(v.lower(), v)
+        for k, v in (item.split("=", 1) for item in _EXTRA.value.split(";") if item)
+    }
     print(f"{'shape':12} {'x':>4} {'mode':4} " + " ".join(f"{k:>8}" for k in names) + "  (ms)")
     for name, (h, cin, cout, k, stride, count) in SHAPES.items():
         if _ONLY.value and name not in _ONLY.value:
@@ -92,7 +99,9 @@ def main(argv):
         forms = {"ynnpack": (conv2d, None), "xla": (conv2d, options)}
         if extra:
             forms["extra"] = (conv2d, {**options, **extra})
-        fwd = {key: jax.jit(lambda x, w, f=f: f(x, w, stride, pad), compiler_options=o) for key, (f, o) in forms.items()}
+        fwd = {
+            key: jax.jit(lambda x, w, f=f: f(x, w, stride, pad), compiler_options=o) for key, (f, o) in forms.items()
+        }
         ref = np.asarray(fwd["ynnpack"](xj, wj))
         err = max(float(np.abs(np.asarray(fwd[key](xj, wj)) - ref).max() / np.abs(ref).max()) for key in forms)
         with torch.inference_mode():
@@ -105,13 +114,18 @@ def main(argv):
 
         steps = {key: (lambda f=f: f(xj, wj).block_until_ready()) for key, f in fwd.items()}
         r = timeit({**steps, "torch": torch_fwd}, _STEPS.value)
-        print(f"{name:12} {count:>4} fwd  " + " ".join(f"{r[k]:>8.2f}" for k in names)
-              + f"  rel.err {err:.1e} / torch {terr:.1e}", flush=True)
+        print(
+            f"{name:12} {count:>4} fwd  "
+            + " ".join(f"{r[k]:>8.2f}" for k in names)
+            + f"  rel.err {err:.1e} / torch {terr:.1e}",
+            flush=True,
+        )
         if not _BWD.value:
             continue
         bwd = {
-            key: jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w, stride, pad) ** 2) * 0.5, argnums=(0, 1)),
-                         compiler_options=o)
+            key: jax.jit(
+                jax.grad(lambda x, w, f=f: jnp.sum(f(x, w, stride, pad) ** 2) * 0.5, argnums=(0, 1)), compiler_options=o
+            )
             for key, (f, o) in forms.items()
         }
         xg = xt.clone().requires_grad_(True)

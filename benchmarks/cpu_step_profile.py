@@ -64,8 +64,7 @@ def kernels() -> None:
     )
 
 
-HELPERS = {"_stored", "_cut", "_shift", "conv2d", "_sum_per_group", "_pool_taps",
-           "_first_maximum", "__call__"}
+HELPERS = {"_stored", "_cut", "_shift", "conv2d", "_sum_per_group", "_pool_taps", "_first_maximum", "__call__"}
 
 
 def _op_class(text: str, functions: list[str], path: str, backward: bool) -> str:
@@ -141,8 +140,10 @@ def time_per_line(dump_path: str, durations: dict[str, int], limit: int, step_s:
         by_class[_op_class(line + body, names, where if where == "optax" else path, backward)] += durations[name]
         by_line[(where, "backward" if backward else "forward", op.split("/")[-1])] += durations[name]
     total = sum(by_class.values())
-    print(f"XLA thread time {total / 1e9:.2f} s for a {step_s:.2f} s step; by op class (thread s, share, share of "
-          f"the step in s):")
+    print(
+        f"XLA thread time {total / 1e9:.2f} s for a {step_s:.2f} s step; by op class (thread s, share, share of "
+        f"the step in s):"
+    )
     for cls, ns in sorted(by_class.items(), key=lambda kv: -kv[1]):
         print(f"  {cls:28} {ns / 1e9:6.2f} s  {ns / total:6.1%}  {ns / total * step_s:6.2f} s")
     print("by source line:")
@@ -242,7 +243,9 @@ def main(argv):
                     durations[event.name] += event.duration_ns
         module = "jit_train_step" if _MODE.value == "train" else "jit_eval_step"
         time_per_line(
-            sorted(glob.glob(f"{dump_dir}/*{module}.cpu_after_optimizations.txt"))[-1], durations, _BY_LINE.value,
+            sorted(glob.glob(f"{dump_dir}/*{module}.cpu_after_optimizations.txt"))[-1],
+            durations,
+            _BY_LINE.value,
             statistics.median(times),
         )
     if torch_steps is not None:

@@ -80,13 +80,18 @@ PATCHES = {
     "relu_stored": [(smallbig, "relu_written_once", jax.nn.relu)],
     "bn_backward": [(layers, "batch_norm_train", layers.batch_norm_train.fun)],
     "bn_2d_sums": [(layers, "_sum_per_group", lambda a: jnp.sum(a, axis=1, keepdims=True))],
-    "pool_backward": [(layers, "_max_pool_3_tap", layers._max_pool_3_tap.fun),
-                      (layers, "_max_pool_1d", layers._max_pool_1d.fun),
-                      (layers, "_max_over_frames", layers._max_over_frames.fun),
-                      (smallbig, "broadcast_frames", layers.broadcast_frames.fun)],
-    "pools": [(smallbig, "max_pool_1d", _plain_max_pool_1d), (smallbig, "max_pool_3x3x3", _plain_pool_3x3x3),
-              (smallbig, "max_pool_global_t_3x3", _plain_pool_global_t_3x3),
-              (smallbig, "broadcast_frames", _plain_broadcast_frames)],
+    "pool_backward": [
+        (layers, "_max_pool_3_tap", layers._max_pool_3_tap.fun),
+        (layers, "_max_pool_1d", layers._max_pool_1d.fun),
+        (layers, "_max_over_frames", layers._max_over_frames.fun),
+        (smallbig, "broadcast_frames", layers.broadcast_frames.fun),
+    ],
+    "pools": [
+        (smallbig, "max_pool_1d", _plain_max_pool_1d),
+        (smallbig, "max_pool_3x3x3", _plain_pool_3x3x3),
+        (smallbig, "max_pool_global_t_3x3", _plain_pool_global_t_3x3),
+        (smallbig, "broadcast_frames", _plain_broadcast_frames),
+    ],
     "conv_options": [(steps, "compiler_options", lambda mesh: None)],
 }
 PLAIN = ("stored", "bn_backward", "bn_2d_sums", "pools", "conv_options")
@@ -127,8 +132,9 @@ def patched(replacements):
 def main(argv):
     del argv
     layers.set_conv_impl("cpu")
-    config = benchmark.benchmark_config("smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value,
-                                        base_width=_WIDTH.value)
+    config = benchmark.benchmark_config(
+        "smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value, base_width=_WIDTH.value
+    )
     config.batch_size = 2
     mesh = benchmark.make_mesh(1)
     setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
@@ -140,16 +146,20 @@ def main(argv):
         with patched(patches_of(variant)):
             state = jax.tree.map(jnp.copy, setup.state)
             if _MODE.value == "train":
-                jitted = steps.make_train_step(setup.graphdef, setup.tx, config, mesh, setup.state_shardings,
-                                               setup.lr_schedule)
+                jitted = steps.make_train_step(
+                    setup.graphdef, setup.tx, config, mesh, setup.state_shardings, setup.lr_schedule
+                )
                 runs[variant] = benchmark.JaxStep(jitted, (state, batch), feeds_state=True)
             else:
-                jitted = jax.jit(steps.eval_step_fn(setup.eval_graphdef),
-                                 compiler_options=steps.compiler_options(mesh))
-                runs[variant] = benchmark.JaxStep(jitted, (state["params"], state["batch_stats"], batch["clip"]),
-                                                  feeds_state=False)
-        print(f"{variant}: compiled in {runs[variant].compile_s:.1f} s, XLA temporaries "
-              f"{runs[variant].memory.get('xla_temp_gb', float('nan')):.2f} GB", flush=True)
+                jitted = jax.jit(steps.eval_step_fn(setup.eval_graphdef), compiler_options=steps.compiler_options(mesh))
+                runs[variant] = benchmark.JaxStep(
+                    jitted, (state["params"], state["batch_stats"], batch["clip"]), feeds_state=False
+                )
+        print(
+            f"{variant}: compiled in {runs[variant].compile_s:.1f} s, XLA temporaries "
+            f"{runs[variant].memory.get('xla_temp_gb', float('nan')):.2f} GB",
+            flush=True,
+        )
     del setup
     times = {v: [] for v in runs}
     faults = {v: [] for v in runs}
@@ -162,13 +172,17 @@ def main(argv):
                 faults[variant].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         print(f"round {i}: " + ", ".join(f"{v} {t[-1]:.2f} s" for v, t in times.items() if i), flush=True)
     first = _VARIANTS.value[0]
-    print(f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}; {_MODE.value} step, "
-          f"{_STEPS.value} rounds; ratio = variant / {first} per round, median (> 1: the variant is slower)")
+    print(
+        f"load average {' '.join(f'{x:.2f}' for x in __import__('os').getloadavg())}; {_MODE.value} step, "
+        f"{_STEPS.value} rounds; ratio = variant / {first} per round, median (> 1: the variant is slower)"
+    )
     for variant in runs:
         ratio = statistics.median(a / b for a, b in zip(times[variant], times[first]))
-        print(f"{variant:28} median {statistics.median(times[variant]):6.2f} s  min {min(times[variant]):6.2f} s  "
-              f"ratio {ratio:5.3f}  temporaries {runs[variant].memory.get('xla_temp_gb', float('nan')):5.2f} GB  "
-              f"compile {runs[variant].compile_s:5.1f} s  faults {statistics.median(faults[variant]):.0f}")
+        print(
+            f"{variant:28} median {statistics.median(times[variant]):6.2f} s  min {min(times[variant]):6.2f} s  "
+            f"ratio {ratio:5.3f}  temporaries {runs[variant].memory.get('xla_temp_gb', float('nan')):5.2f} GB  "
+            f"compile {runs[variant].compile_s:5.1f} s  faults {statistics.median(faults[variant]):.0f}"
+        )
 
 
 if __name__ == "__main__":

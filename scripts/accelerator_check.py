@@ -23,15 +23,22 @@ from absl import app, flags
 
 from smallbig_jax import cli
 
-_CONFIG = flags.DEFINE_string("config", "configs/kinetics400_smallbig50_8x8.py:bf16",
-                              "Config (file.py[:arg]) whose model, recipe and BatchNorm mode are checked.")
+_CONFIG = flags.DEFINE_string(
+    "config",
+    "configs/kinetics400_smallbig50_8x8.py:bf16",
+    "Config (file.py[:arg]) whose model, recipe and BatchNorm mode are checked.",
+)
 _TINY = flags.DEFINE_boolean("tiny", False, "A tiny SmallBig-23 at 2x64x64, 2 clips per device: the CI run.")
 _CONVERTED = flags.DEFINE_string("converted", "", "Converted checkpoint (dir or .pth) for the numerics checks.")
 _CLIPS = flags.DEFINE_list("clips_per_device", ["8", "16", "32"], "Per-device batches of the speed sweep.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per size after warm-up.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps per size after compilation.")
-_DATA = flags.DEFINE_string("data_config", None, "Config whose config.data the input pipeline reads (default: "
-                            "synthetic mp4s, 64 frames of 256x256, written to a temporary folder).")
+_DATA = flags.DEFINE_string(
+    "data_config",
+    None,
+    "Config whose config.data the input pipeline reads (default: "
+    "synthetic mp4s, 64 frames of 256x256, written to a temporary folder).",
+)
 _WORKERS = flags.DEFINE_integer("input_workers", None, "Input worker processes (default: every host core).")
 _PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU (default: benchmark.PEAK_TFLOPS).")
 _RESULTS = flags.DEFINE_string("results", "benchmarks/accelerator_checks.jsonl", "JSON-lines file appended to.")
@@ -65,17 +72,32 @@ def main(argv):
     else:
         config = load_config(_CONFIG.value)
         clips, steps, warmup = [int(c) for c in _CLIPS.value], _STEPS.value, _WARMUP.value
-        synthetic = dict(num_videos=16, num_frames=64, size=256, frames=config.data.num_frames,
-                         stride=config.data.stride, crop=config.data.crop_size)
+        synthetic = dict(
+            num_videos=16,
+            num_frames=64,
+            size=256,
+            frames=config.data.num_frames,
+            stride=config.data.stride,
+            crop=config.data.crop_size,
+        )
         workers, input_batches = _WORKERS.value, 10
     numerics_config = None
     if _CONVERTED.value:
         numerics_config = type(config)(config.to_dict())
         numerics_config.init_from = _CONVERTED.value
     data_config = load_config(_DATA.value).data if _DATA.value else None
-    record = check.run(config, clips_per_device=clips, steps_=steps, warmup=warmup, numerics_config=numerics_config,
-                       data_config=data_config, input_batches=input_batches, input_workers=workers,
-                       synthetic=synthetic, peak_tflops=_PEAK.value)
+    record = check.run(
+        config,
+        clips_per_device=clips,
+        steps_=steps,
+        warmup=warmup,
+        numerics_config=numerics_config,
+        data_config=data_config,
+        input_batches=input_batches,
+        input_workers=workers,
+        synthetic=synthetic,
+        peak_tflops=_PEAK.value,
+    )
     record["command"] = " ".join(["python", *sys.argv])
     table = check.markdown(record)
     print(table)

@@ -50,8 +50,10 @@ _PEAK = flags.DEFINE_float("peak_tflops", None, "Peak TFLOP/s per device for MFU
 _INPUT = flags.DEFINE_boolean("input_pipeline", True, "Also time the input pipeline alone (with --config).")
 _CHECKPOINT = flags.DEFINE_boolean("checkpoint", True, "Also time an Orbax save/restore of the train state.")
 _E2E = flags.DEFINE_boolean(
-    "end_to_end", False, "Also run the config's real training loader feeding the train step (needs --config with a "
-    "dataset): clips/s end to end and whether the step waits for data."
+    "end_to_end",
+    False,
+    "Also run the config's real training loader feeding the train step (needs --config with a "
+    "dataset): clips/s end to end and whether the step waits for data.",
 )
 _OUT = flags.DEFINE_string("results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.")
 
@@ -73,8 +75,14 @@ def main(argv):
     else:
         if _E2E.value:
             raise app.UsageError("--end_to_end needs --config (the dataset to load)")
-        config = benchmark_config(_VARIANT.value, num_classes=_CLASSES.value, frames=_FRAMES.value, size=_SIZE.value,
-                                  base_width=_WIDTH.value, dtype=_DTYPE.value or "float32")
+        config = benchmark_config(
+            _VARIANT.value,
+            num_classes=_CLASSES.value,
+            frames=_FRAMES.value,
+            size=_SIZE.value,
+            base_width=_WIDTH.value,
+            dtype=_DTYPE.value or "float32",
+        )
     record = benchmark_model(
         config,
         batch_per_device=_BATCH.value,

@@ -108,6 +108,7 @@ def zstd_copy(root: str) -> str:
     """A copy of the jpeg dataset whose shard is rewritten with ArrayRecord's default zstd compression."""
     import glob
     import shutil
+
     from array_record.python import array_record_module
 
     shutil.copytree(f"{root}/ar_jpeg", f"{root}/ar_zstd")

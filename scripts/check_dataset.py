@@ -20,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from smallbig_jax.data import check, sources  # noqa: E402
 from smallbig_jax import cli  # noqa: E402
+from smallbig_jax.data import check, sources  # noqa: E402
 from smallbig_jax.data.lists import DataError  # noqa: E402
 
 
@@ -40,9 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     # The fields of a data config that name the list (frames, video) or the ArrayRecord split to check.
-    data = {"format": a.format, "root": a.root, "frame_template": a.template, "kinetics_ids": a.kinetics_ids,
-            "decode_threads": False, "arrayrecord_dir": a.arrayrecord_dir, f"{a.split}_list": a.list,
-            f"{a.split}_split": a.split}
+    data = {
+        "format": a.format,
+        "root": a.root,
+        "frame_template": a.template,
+        "kinetics_ids": a.kinetics_ids,
+        "decode_threads": False,
+        "arrayrecord_dir": a.arrayrecord_dir,
+        f"{a.split}_list": a.list,
+        f"{a.split}_split": a.split,
+    }
     try:
         source = sources.make_source(data, a.split, a.num_classes)
     except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.

@@ -13,7 +13,8 @@ torchvision ImageNet ResNet-50/101 (.pth) -> SmallBig initial weights (inflated 
 
 Converted JAX checkpoint directory -> PyTorch state dict with the official module names:
 
-    python scripts/convert_pytorch.py --export --input converted/sb50_k400 --output sb50_k400_export.pth [--official-format]
+    python scripts/convert_pytorch.py --export --input converted/sb50_k400 \
+        --output sb50_k400_export.pth [--official-format]
 
 Loading a .pth never executes code from it (torch.load weights_only=True). On any problem the script prints every
 reason, writes nothing and exits with status 2.
@@ -27,6 +28,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from smallbig_jax import cli  # noqa: E402
 from smallbig_jax.convert import (  # noqa: E402
     CheckpointFormatError,
     ConversionError,
@@ -37,7 +39,6 @@ from smallbig_jax.convert import (  # noqa: E402
     save_pth,
 )
 from smallbig_jax.models import VARIANTS, count_params  # noqa: E402
-from smallbig_jax import cli  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,8 +70,10 @@ def main(argv=None) -> int:
                 raise FileExistsError(f"{args.output} exists; pass --overwrite to replace it")
             model = load_converted_model(args.input)
             report = save_pth(model, args.output, official_format=args.official_format)
-            print(f"exported {report['variant']} ({report['official_name']}), {report['num_classes']} classes, "
-                  f"base width {report['base_width']}: {report['keys']} keys -> {args.output} ({report['format']})")
+            print(
+                f"exported {report['variant']} ({report['official_name']}), {report['num_classes']} classes, "
+                f"base width {report['base_width']}: {report['keys']} keys -> {args.output} ({report['format']})"
+            )
             return 0
         if args.imagenet:
             model, report = inflate_imagenet_pth(
@@ -81,23 +84,34 @@ def main(argv=None) -> int:
                 seed=args.seed,
                 allow_partial=args.allow_partial,
             )
-            print(f"ImageNet source: {report['source_arch']}; target {report['variant']} ({report['official_name']}), "
-                  f"{report['num_classes']} classes, base width {report['base_width']}")
-            print(f"  {report['tensors_from_imagenet']} tensors from ImageNet ({', '.join(report['temporal_inflation'])}), "
-                  f"{report['tensors_at_init']} at init (classifier, big-view BNs, extra gate"
-                  + (", missing in file" if report["missing_left_at_init"] else "") + ")")
+            print(
+                f"ImageNet source: {report['source_arch']}; target {report['variant']} ({report['official_name']}), "
+                f"{report['num_classes']} classes, base width {report['base_width']}"
+            )
+            print(
+                f"  {report['tensors_from_imagenet']} tensors from ImageNet "
+                f"({', '.join(report['temporal_inflation'])}), "
+                f"{report['tensors_at_init']} at init (classifier, big-view BNs, extra gate"
+                + (", missing in file" if report["missing_left_at_init"] else "")
+                + ")"
+            )
         else:
             model, report = convert_pth(args.input, args.variant, args.num_classes, args.base_width)
             for note in report["notes"]:
                 print(f"  {note}")
             c = report["container"]
-            print(f"read {c['wrapper']}" + (f", stripped prefix {c['prefix_stripped']!r}" if c["prefix_stripped"] else "")
-                  + f", dtypes {', '.join(c['dtypes'])}; {report['tensors_converted']} tensors converted, "
-                  f"{report['ignored_num_batches_tracked']} num_batches_tracked ignored")
+            print(
+                f"read {c['wrapper']}"
+                + (f", stripped prefix {c['prefix_stripped']!r}" if c["prefix_stripped"] else "")
+                + f", dtypes {', '.join(c['dtypes'])}; {report['tensors_converted']} tensors converted, "
+                f"{report['ignored_num_batches_tracked']} num_batches_tracked ignored"
+            )
         report["params"] = count_params(model)
         out = save_converted(args.output, model, report, overwrite=args.overwrite)
-        print(f"wrote {out}: {report['variant']} ({report['official_name']}), {report['num_classes']} classes, "
-              f"{report['params']:,} params")
+        print(
+            f"wrote {out}: {report['variant']} ({report['official_name']}), {report['num_classes']} classes, "
+            f"{report['params']:,} params"
+        )
         return 0
     except (ConversionError, CheckpointFormatError, FileExistsError) as e:
         if cli.debug_requested():

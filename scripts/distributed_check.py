@@ -28,7 +28,8 @@ def main(argv):
     import jax
     from flax import nnx
     from jax.experimental import multihost_utils
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from smallbig_jax.models import build_model
     from smallbig_jax.sharding import make_mesh

@@ -18,8 +18,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from smallbig_jax.data import synthetic, writers  # noqa: E402
 from smallbig_jax import cli  # noqa: E402
+from smallbig_jax.data import synthetic, writers  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,11 @@ def main(argv):
         size = _SIZE.value if flags.FLAGS["size"].present else config.data.crop_size
     else:
         config = official_recipe(
-            variant=_VARIANT.value, num_classes=_NUM_CLASSES.value, num_frames=_FRAMES.value, dataset="-", sampling="dense"
+            variant=_VARIANT.value,
+            num_classes=_NUM_CLASSES.value,
+            num_frames=_FRAMES.value,
+            dataset="-",
+            sampling="dense",
         )
         config.model.base_width = _BASE_WIDTH.value
         frames, size = _FRAMES.value, _SIZE.value

@@ -20,8 +20,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from smallbig_jax.data import prepare  # noqa: E402
 from smallbig_jax import cli  # noqa: E402
+from smallbig_jax.data import prepare  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
-
 from smallbig_jax.train import train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/.", lock_config=True)
@@ -36,8 +35,10 @@ def main(argv):
     print(json.dumps(result))
     if "top1" in result:
         views = _CONFIG.value.data.num_clips * _CONFIG.value.data.num_crops
-        print(f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
-              f"{views} views")
+        print(
+            f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
+            f"{views} views"
+        )
     print(f"checkpoints: {workdir}/checkpoints   TensorBoard: {workdir}/tensorboard   log: {workdir}/metrics.jsonl")
     predictions = f"   predictions: {workdir}/predictions_test.jsonl" if "top1" in result else ""  # final_eval
     print(f"curves: {workdir}/curves.png{predictions}")

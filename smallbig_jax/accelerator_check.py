@@ -32,13 +32,15 @@ import os
 import platform
 import tempfile
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from smallbig_jax import benchmark as bm, sharding, steps
+from smallbig_jax import benchmark as bm
+from smallbig_jax import sharding, steps
 from smallbig_jax.data import synthetic, writers
 from smallbig_jax.models import layers
 
@@ -58,8 +60,10 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def _relative_l2(a: Any, b: Any) -> float:
     """||a - b|| / ||b|| over all leaves of two pytrees of arrays."""
-    diff = sum(float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    diff = sum(
+        float(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
     norm = sum(float(np.sum(np.asarray(y, np.float64) ** 2)) for y in jax.tree.leaves(b))
     return math.sqrt(diff / norm) if norm else math.sqrt(diff)
 
@@ -97,9 +101,11 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
         "device": f"{mesh.size} x {mesh.devices.flat[0].device_kind}, the training run's jitted step",
         "reference": "host CPU, 1 device, plain jit at -O0" if same_backend else "host CPU, 1 device, plain jit",
         "batch": [n, t, size, size, 3],
-        "bounds": {"logits_f32_vs_cpu": f"max|diff| <= {LOGITS_F32_BOUND} x max(1, max|logit|)",
-                   "logits_bf16_vs_f32": f"relative L2 <= {LOGITS_BF16_BOUND}",
-                   "update_f32_vs_cpu": f"relative L2 <= {UPDATE_F32_BOUND}"},
+        "bounds": {
+            "logits_f32_vs_cpu": f"max|diff| <= {LOGITS_F32_BOUND} x max(1, max|logit|)",
+            "logits_bf16_vs_f32": f"relative L2 <= {LOGITS_BF16_BOUND}",
+            "update_f32_vs_cpu": f"relative L2 <= {UPDATE_F32_BOUND}",
+        },
     }
     with jax.default_matmul_precision("highest"):
         setup = steps.train_setup(config, mesh, bm.STEPS_PER_EPOCH)
@@ -108,8 +114,11 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
         ref_logits = _reference(steps.eval_step_fn(setup.eval_graphdef), (params, stats, clips), cpu, same_backend)
         scale = max(1.0, float(np.abs(ref_logits).max()))
         diff = float(np.abs(logits - ref_logits).max())
-        out["logits_f32_vs_cpu"] = {"max_abs_diff": diff, "max_abs_logit": float(np.abs(ref_logits).max()),
-                                    "passed": diff <= LOGITS_F32_BOUND * scale}
+        out["logits_f32_vs_cpu"] = {
+            "max_abs_diff": diff,
+            "max_abs_logit": float(np.abs(ref_logits).max()),
+            "passed": diff <= LOGITS_F32_BOUND * scale,
+        }
 
     # bfloat16 at the default precision, as training runs it.
     bf16 = ml_collections.ConfigDict(config.to_dict())
@@ -125,24 +134,39 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
         new_params, loss = jax.device_get((new_state["params"], metrics["loss"]))
         ref_state, ref_metrics = _reference(
             steps.train_step_fn(setup.graphdef, setup.tx, config, setup.lr_schedule),
-            (host_state, {"clip": clips, "label": labels}), cpu, same_backend)
+            (host_state, {"clip": clips, "label": labels}),
+            cpu,
+            same_backend,
+        )
         update = jax.tree.map(np.subtract, new_params, host_state["params"])
         ref_update = jax.tree.map(np.subtract, ref_state["params"], host_state["params"])
         rel = _relative_l2(update, ref_update)
-        out["update_f32_vs_cpu"] = {"relative_l2": rel, "loss": float(loss), "reference_loss": float(ref_metrics["loss"]),
-                                    "passed": rel <= UPDATE_F32_BOUND}
+        out["update_f32_vs_cpu"] = {
+            "relative_l2": rel,
+            "loss": float(loss),
+            "reference_loss": float(ref_metrics["loss"]),
+            "passed": rel <= UPDATE_F32_BOUND,
+        }
     out["passed"] = all(out[k]["passed"] for k in ("logits_f32_vs_cpu", "logits_bf16_vs_f32", "update_f32_vs_cpu"))
     return out
 
 
-def _timed(jstep: bm.JaxStep, clips_per_device: int, steps_: int, warmup: int, peak: float | None,
-           devices: Sequence[jax.Device]) -> dict[str, Any]:
+def _timed(
+    jstep: bm.JaxStep,
+    clips_per_device: int,
+    steps_: int,
+    warmup: int,
+    peak: float | None,
+    devices: Sequence[jax.Device],
+) -> dict[str, Any]:
     times, _ = bm.time_interleaved({"step": jstep}, steps=steps_, warmup=warmup)
     median, p10, p90 = bm.summarize(times["step"])
     return {
         "clips_per_device": clips_per_device,
         "compile_s": jstep.compile_s,
-        "step_ms_median": median, "step_ms_p10": p10, "step_ms_p90": p90,
+        "step_ms_median": median,
+        "step_ms_p10": p10,
+        "step_ms_p90": p90,
         "clips_per_s_per_device": clips_per_device / (median / 1e3),
         "gflops_per_step_per_device": jstep.flops / 1e9,
         "mfu": bm.mfu(jstep.flops, median / 1e3, peak),
@@ -151,8 +175,16 @@ def _timed(jstep: bm.JaxStep, clips_per_device: int, steps_: int, warmup: int, p
     }
 
 
-def speed(config: ml_collections.ConfigDict, mesh, clips_per_device: Sequence[int], *, steps_: int, warmup: int,
-          peak_tflops: float | None = None, setup_fn=None) -> dict[str, Any]:
+def speed(
+    config: ml_collections.ConfigDict,
+    mesh,
+    clips_per_device: Sequence[int],
+    *,
+    steps_: int,
+    warmup: int,
+    peak_tflops: float | None = None,
+    setup_fn=None,
+) -> dict[str, Any]:
     """Train step and eval forward of `config` at each per-device batch, one train state per size (the eval forward
     runs first: it does not donate the state); an out-of-memory compile or run is recorded
     ({"clips_per_device": c, "oom": "..."}) and ends that mode's sweep."""
@@ -193,20 +225,36 @@ def speed(config: ml_collections.ConfigDict, mesh, clips_per_device: Sequence[in
     return {"peak_tflops_per_device": peak, **results}
 
 
-def synthetic_data_config(out: str, *, num_videos: int, num_frames: int, size: int, frames: int, stride: int,
-                          crop: int) -> ml_collections.ConfigDict:
+def synthetic_data_config(
+    out: str, *, num_videos: int, num_frames: int, size: int, frames: int, stride: int, crop: int
+) -> ml_collections.ConfigDict:
     """Writes `num_videos` synthetic mp4s (`num_frames` frames of size x size) and returns a data config reading
     them with the training transforms at `frames` x `crop`."""
-    writers.write_synthetic_dataset(out, num_train=num_videos, num_val=1, num_frames=num_frames, size=size,
-                                    workers=max(1, min(8, os.cpu_count() or 1)), arrayrecord=False)
+    writers.write_synthetic_dataset(
+        out,
+        num_train=num_videos,
+        num_val=1,
+        num_frames=num_frames,
+        size=size,
+        workers=max(1, min(8, os.cpu_count() or 1)),
+        arrayrecord=False,
+    )
     data = synthetic.data_config(out, fmt="video")
     data.num_frames, data.stride, data.crop_size = frames, stride, crop
     data.scale_size = data.train_short_side = size
     return data
 
 
-def input_pipeline(data_config: ml_collections.ConfigDict, *, num_classes: int, batch_size: int, workers: int,
-                   batches: int, warmup: int, step_clips_per_s_per_host: float | None) -> dict[str, Any]:
+def input_pipeline(
+    data_config: ml_collections.ConfigDict,
+    *,
+    num_classes: int,
+    batch_size: int,
+    workers: int,
+    batches: int,
+    warmup: int,
+    step_clips_per_s_per_host: float | None,
+) -> dict[str, Any]:
     """The training pipeline's clips/s with `workers` grain worker processes (0: in the main process, one core),
     and the cores it would take to feed `step_clips_per_s_per_host`."""
     config = ml_collections.ConfigDict(
@@ -226,10 +274,19 @@ def input_pipeline(data_config: ml_collections.ConfigDict, *, num_classes: int, 
     return r
 
 
-def run(config: ml_collections.ConfigDict, *, clips_per_device: Sequence[int], steps_: int, warmup: int,
-        numerics_config: ml_collections.ConfigDict | None = None, data_config: ml_collections.ConfigDict | None = None,
-        input_batches: int = 10, input_workers: int | None = None, synthetic: dict | None = None,
-        peak_tflops: float | None = None) -> dict[str, Any]:
+def run(
+    config: ml_collections.ConfigDict,
+    *,
+    clips_per_device: Sequence[int],
+    steps_: int,
+    warmup: int,
+    numerics_config: ml_collections.ConfigDict | None = None,
+    data_config: ml_collections.ConfigDict | None = None,
+    input_batches: int = 10,
+    input_workers: int | None = None,
+    synthetic: dict | None = None,
+    peak_tflops: float | None = None,
+) -> dict[str, Any]:
     """Numerics, speed and input of `config` on this host's devices; one JSON-ready record."""
     started = time.perf_counter()
     devices = jax.local_devices()
@@ -237,13 +294,23 @@ def run(config: ml_collections.ConfigDict, *, clips_per_device: Sequence[int], s
     device = devices[0]
     record: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "device_kind": device.device_kind, "platform": device.platform, "local_device_count": len(devices),
-        "host_cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
-        "load_average": list(os.getloadavg()), "versions": bm._versions(False),
+        "device_kind": device.device_kind,
+        "platform": device.platform,
+        "local_device_count": len(devices),
+        "host_cores": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "load_average": list(os.getloadavg()),
+        "versions": bm._versions(False),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "model": {"variant": config.model.variant, "base_width": config.model.base_width,
-                  "num_classes": config.model.num_classes, "frames": config.data.num_frames,
-                  "size": config.data.crop_size, "dtype": config.model.dtype, "batchnorm": config.batchnorm},
+        "model": {
+            "variant": config.model.variant,
+            "base_width": config.model.base_width,
+            "num_classes": config.model.num_classes,
+            "frames": config.data.num_frames,
+            "size": config.data.crop_size,
+            "dtype": config.model.dtype,
+            "batchnorm": config.batchnorm,
+        },
     }
     t0 = time.perf_counter()
     # On an accelerator one device (the CPU reference of a bigger batch would take minutes); on a CPU every device,
@@ -266,9 +333,14 @@ def run(config: ml_collections.ConfigDict, *, clips_per_device: Sequence[int], s
             record["input_data"] = data_config.get("train_list") or data_config.get("arrayrecord_dir")
         workers = (os.cpu_count() or 1) if input_workers is None else input_workers
         record["input_pipeline"] = input_pipeline(
-            data_config, num_classes=config.model.num_classes, batch_size=max(clips_per_device) * len(devices),
-            workers=workers, batches=input_batches, warmup=1,
-            step_clips_per_s_per_host=best * len(devices) if best else None)
+            data_config,
+            num_classes=config.model.num_classes,
+            batch_size=max(clips_per_device) * len(devices),
+            workers=workers,
+            batches=input_batches,
+            warmup=1,
+            step_clips_per_s_per_host=best * len(devices) if best else None,
+        )
     record["input_pipeline"]["seconds"] = time.perf_counter() - t0
     record["seconds"] = time.perf_counter() - started
     record["passed"] = record["numerics"]["passed"]
@@ -294,7 +366,8 @@ def markdown(record: dict[str, Any]) -> str:
         lines.append(f"Numerics: skipped ({num['skipped']})")
     else:
         lines += [
-            f"Numerics ({num['weights']}; device: {num['device']}; reference: {num['reference']}; batch {num['batch']}):",
+            f"Numerics ({num['weights']}; device: {num['device']}; reference: {num['reference']}; "
+            f"batch {num['batch']}):",
             "",
             "| check | value | bound | result |",
             "|---|---|---|---|",
@@ -320,16 +393,24 @@ def markdown(record: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {r['clips_per_device']} | {r['compile_s']:.1f} | {r['step_ms_median']:.1f} | "
                 f"{r['clips_per_s_per_device']:.2f} | {r['gflops_per_step_per_device']:.1f} | "
-                f"{_fmt(r['mfu'], '.1%', 'no peak known')} | {_fmt(r['peak_device_memory_gb'], '.2f', 'not reported')} |"
+                f"{_fmt(r['mfu'], '.1%', 'no peak known')} | "
+                f"{_fmt(r['peak_device_memory_gb'], '.2f', 'not reported')} |"
             )
     ip = record["input_pipeline"]
     if "skipped" in ip:
         lines.append(f"\nInput pipeline: {ip['skipped']}")
     else:
-        need = (f"; feeding the fastest train step ({ip['step_clips_per_s_per_host']:.1f} clips/s on this host) takes "
-                f"{ip['cores_needed']} cores of {ip['host_cores']}"
-                + (" (INPUT-BOUND)" if ip["input_bound"] else "")) if ip.get("cores_needed") else ""
-        lines.append(f"\nInput pipeline ({record['input_data']}): {ip['clips_per_s']:.1f} clips/s with "
-                     f"{ip['cores_used']} cores ({ip['clips_per_s_per_core']:.2f} per core){need}.")
+        need = (
+            (
+                f"; feeding the fastest train step ({ip['step_clips_per_s_per_host']:.1f} clips/s on this host) takes "
+                f"{ip['cores_needed']} cores of {ip['host_cores']}" + (" (INPUT-BOUND)" if ip["input_bound"] else "")
+            )
+            if ip.get("cores_needed")
+            else ""
+        )
+        lines.append(
+            f"\nInput pipeline ({record['input_data']}): {ip['clips_per_s']:.1f} clips/s with "
+            f"{ip['cores_used']} cores ({ip['clips_per_s_per_core']:.2f} per core){need}."
+        )
     lines.append(f"\nNumerics {'passed' if record['passed'] else 'FAILED'}.")
     return "\n".join(lines)

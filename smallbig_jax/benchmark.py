@@ -34,7 +34,8 @@ import platform
 import resource
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import flax
 import jax
@@ -45,7 +46,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from smallbig_jax import checkpointing, sharding, steps as step_builder
+from smallbig_jax import checkpointing, sharding
+from smallbig_jax import steps as step_builder
 from smallbig_jax.config import official_recipe
 from smallbig_jax.convert import export_state_dict
 from smallbig_jax.data import pipeline
@@ -219,20 +221,34 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 STEPS_PER_EPOCH = 1000
 
 
-def benchmark_config(variant: str = "smallbig50", *, num_classes: int = 400, frames: int = 8, size: int = 224,
-                     base_width: int = 64, dtype: str = "float32") -> ml_collections.ConfigDict:
+def benchmark_config(
+    variant: str = "smallbig50",
+    *,
+    num_classes: int = 400,
+    frames: int = 8,
+    size: int = 224,
+    base_width: int = 64,
+    dtype: str = "float32",
+) -> ml_collections.ConfigDict:
     """The official recipe (`config.official_recipe`: SGD momentum, weight decay on every parameter, per-device
     BatchNorm) for a model, when no config file is given."""
-    config = official_recipe(variant=variant, num_classes=num_classes, num_frames=frames, dataset="benchmark",
-                             sampling="dense")
+    config = official_recipe(
+        variant=variant, num_classes=num_classes, num_frames=frames, dataset="benchmark", sampling="dense"
+    )
     config.model.base_width = base_width
     config.model.dtype = dtype
     config.data.crop_size = size
     return config
 
 
-def jax_steps(setup: step_builder.TrainSetup, mesh: Mesh, clips: np.ndarray, labels: np.ndarray, *,
-              modes: Sequence[str] = ("eval", "train")) -> dict[str, JaxStep]:
+def jax_steps(
+    setup: step_builder.TrainSetup,
+    mesh: Mesh,
+    clips: np.ndarray,
+    labels: np.ndarray,
+    *,
+    modes: Sequence[str] = ("eval", "train"),
+) -> dict[str, JaxStep]:
     """The evaluation forward and the training step of `setup` (`steps.train_setup`, what training runs), compiled
     for this batch, split over `mesh`'s 'data' axis."""
     batch = jax.device_put({"clip": clips, "label": labels}, sharding.batch_sharding(mesh))
@@ -245,15 +261,28 @@ def jax_steps(setup: step_builder.TrainSetup, mesh: Mesh, clips: np.ndarray, lab
     return out
 
 
-def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.ConfigDict, mesh: Mesh, *, steps: int,
-               warmup: int, input_bound_share: float = 0.1) -> dict[str, Any]:
+def end_to_end(
+    compiled_step: Callable,
+    state: Any,
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    *,
+    steps: int,
+    warmup: int,
+    input_bound_share: float = 0.1,
+) -> dict[str, Any]:
     """The config's training loader (`pipeline.make_train_loader`, as in training) feeding the train step.
 
     Each step is blocked on, so the time spent in `next(loader)` is time the device waited for data (the loader's
     workers and device prefetch keep running meanwhile). Input-bound: over `input_bound_share` of the time waiting.
     """
-    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                        num_classes=config.model.num_classes, mesh=mesh)
+    loader = pipeline.make_train_loader(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        num_classes=config.model.num_classes,
+        mesh=mesh,
+    )
     waits, totals = [], []
     try:
         for i in range(warmup + steps):
@@ -272,7 +301,9 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
     return {
         "clips_per_s": config.batch_size * len(totals) / sum(totals),
         "clips_per_s_per_device": config.batch_size * len(totals) / sum(totals) / mesh.size,
-        "step_ms_median": median, "step_ms_p10": p10, "step_ms_p90": p90,
+        "step_ms_median": median,
+        "step_ms_p10": p10,
+        "step_ms_p90": p90,
         "data_wait_ms_median": summarize(waits)[0],
         "data_wait_share": share,
         "input_bound": share > input_bound_share,
@@ -283,8 +314,10 @@ def end_to_end(compiled_step: Callable, state: Any, config: ml_collections.Confi
 def checkpoint_cost(params: Any, stats: Any, mesh: Mesh) -> dict[str, float]:
     """Save and restore times and size of a train state with these weights through `smallbig_jax.checkpointing`."""
     # Momentum as after training, not the all-zero arrays of step 0, which would compress away and flatter the size.
-    opt_state = jax.tree.map(lambda z: jax.random.normal(jax.random.key(0), z.shape, z.dtype) * 1e-3,
-                             optax.sgd(0.01, momentum=0.9).init(params))
+    opt_state = jax.tree.map(
+        lambda z: jax.random.normal(jax.random.key(0), z.shape, z.dtype) * 1e-3,
+        optax.sgd(0.01, momentum=0.9).init(params),
+    )
     state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "opt_state": opt_state}
     state = jax.block_until_ready(jax.device_put(state, sharding.replicated(mesh)))
     config = ml_collections.ConfigDict({"model": {"variant": "benchmark"}})
@@ -312,7 +345,9 @@ def checkpoint_cost(params: Any, stats: Any, mesh: Mesh) -> dict[str, float]:
 class TorchSteps:
     """The PyTorch reference model with the JAX model's weights, channels-last (oneDNN's fast path on CPU)."""
 
-    def __init__(self, jax_model, clips: np.ndarray, labels: np.ndarray, *, lr: float = 0.01, threads: int | None = None):
+    def __init__(
+        self, jax_model, clips: np.ndarray, labels: np.ndarray, *, lr: float = 0.01, threads: int | None = None
+    ):
         import torch  # optional: only for --compare-torch
 
         from smallbig_jax.torch_reference import TorchSmallBigNet
@@ -353,8 +388,9 @@ def input_pipeline_throughput(config, *, batches: int = 20, warmup: int = 2) -> 
     where = "arrayrecord_dir" if config.data.format == "arrayrecord" else "train_list"
     if not config.data[where]:
         return {"skipped": f"config.data names no dataset (config.data.{where} is empty)"}
-    host_batches = pipeline.train_dataset(config.data, global_batch_size=config.batch_size, seed=0,
-                                          num_classes=config.model.num_classes)
+    host_batches = pipeline.train_dataset(
+        config.data, global_batch_size=config.batch_size, seed=0, num_classes=config.model.num_classes
+    )
     return time_iterator(host_batches, batches=batches, warmup=warmup)
 
 
@@ -497,8 +533,12 @@ def benchmark_model(
         "base_width": config.model.base_width,
         "num_classes": num_classes,
         # How the step was built (steps.train_setup), as in training.
-        "step_config": {"batchnorm": config.batchnorm, "grad_accum_steps": config.grad_accum_steps,
-                        "ema_decay": config.ema_decay, "params_sharding": config.params_sharding},
+        "step_config": {
+            "batchnorm": config.batchnorm,
+            "grad_accum_steps": config.grad_accum_steps,
+            "ema_decay": config.ema_decay,
+            "params_sharding": config.params_sharding,
+        },
         "input_per_device": [batch_per_device, frames, size, size, 3],
         "global_batch": batch,
         "mesh": {"data": n_dev},
@@ -507,7 +547,9 @@ def benchmark_model(
         "warmup": warmup,
         "peak_tflops_per_device": peak,
         "peak_note": None if peak else f"no peak FLOP/s known for {device.device_kind!r}; MFU not computed",
-        "timings": [dataclasses.asdict(t) | {"achieved_gflops_per_device": t.achieved_gflops_per_device} for t in timings],
+        "timings": [
+            dataclasses.asdict(t) | {"achieved_gflops_per_device": t.achieved_gflops_per_device} for t in timings
+        ],
         "torch_speedup_ratio": ratios,  # torch median / JAX median: > 1 means JAX is faster
         "parity": parity,
         "device_peak_memory_gb": device_peak_memory_gb(list(mesh.devices.flat)),
@@ -538,7 +580,8 @@ def format_results(record: dict[str, Any]) -> str:
     lines = [
         f"{record['variant']} (width {record['base_width']}) [{n},{t},{h},{w},3] per device x {record['device_count']} "
         f"{record['device_kind']} ({record['platform']}), {record['dtype']}, global batch {record['global_batch']}",
-        "versions " + ", ".join(f"{k} {v}" for k, v in record["versions"].items())
+        "versions "
+        + ", ".join(f"{k} {v}" for k, v in record["versions"].items())
         + f"; load average {record['load_average'][0]:.2f}"
         + f"; GLIBC_TUNABLES {record.get('glibc_tunables') or 'unset (glibc defaults)'}",
         f"{'':13} {'':6} {'compile s':>9} {'median ms':>10} {'p10 ms':>9} {'p90 ms':>9} {'clips/s':>8} "
@@ -558,7 +601,10 @@ def format_results(record: dict[str, Any]) -> str:
         lines.append(f"{name}: PyTorch median / JAX median = {ratio:.2f} ({'JAX' if ratio >= 1 else 'PyTorch'} faster)")
     if record["parity"]:
         p = record["parity"]
-        lines.append(f"eval logits max |JAX - PyTorch| = {p['eval_logits_max_abs_diff']:.2e} (max |logit| {p['eval_logits_max_abs']:.2f})")
+        lines.append(
+            f"eval logits max |JAX - PyTorch| = {p['eval_logits_max_abs_diff']:.2e} "
+            f"(max |logit| {p['eval_logits_max_abs']:.2f})"
+        )
     if record["peak_note"]:
         lines.append(record["peak_note"])
     mem = [f"peak host RSS {record['peak_host_rss_gb']:.2f} GB"]
@@ -570,17 +616,22 @@ def format_results(record: dict[str, Any]) -> str:
     lines.append("; ".join(mem))
     if "checkpoint" in record:
         c = record["checkpoint"]
-        lines.append(f"checkpoint (params, BN statistics, SGD momentum): {c['megabytes']:.1f} MB; save blocks the loop "
-                     f"{c['save_blocking_s']:.2f} s, written after {c['save_total_s']:.2f} s; restore {c['restore_s']:.2f} s")
+        lines.append(
+            f"checkpoint (params, BN statistics, SGD momentum): {c['megabytes']:.1f} MB; save blocks the loop "
+            f"{c['save_blocking_s']:.2f} s, written after {c['save_total_s']:.2f} s; restore {c['restore_s']:.2f} s"
+        )
     if "input_pipeline" in record:
         ip = record["input_pipeline"]
         lines.append(
-            f"input pipeline: {ip['skipped']}" if "skipped" in ip else f"input pipeline: {ip['clips_per_s']:.1f} clips/s"
+            f"input pipeline: {ip['skipped']}"
+            if "skipped" in ip
+            else f"input pipeline: {ip['clips_per_s']:.1f} clips/s"
         )
     if "end_to_end" in record:
         e = record["end_to_end"]
         lines.append(
-            f"end to end (loader + train step): {e['clips_per_s']:.2f} clips/s, median step {e['step_ms_median']:.1f} ms "
+            f"end to end (loader + train step): {e['clips_per_s']:.2f} clips/s, "
+            f"median step {e['step_ms_median']:.1f} ms "
             f"of which waiting for data {e['data_wait_ms_median']:.1f} ms ({e['data_wait_share']:.0%} of the time): "
             + ("INPUT-BOUND" if e["input_bound"] else "not input-bound")
         )

@@ -68,8 +68,11 @@ def _files(folder: epath.Path) -> list[epath.Path]:
 
 def write_manifest(step_dir: epath.Path) -> None:
     """`<step_dir>/checksums.json`: size and sha256 of every file below `step_dir` (written atomically)."""
-    files = {str(p.relative_to(step_dir)): {"size": p.stat().length, "sha256": _sha256(p)} for p in _files(step_dir)
-             if p.name != REWRITTEN_AT_COMMIT}
+    files = {
+        str(p.relative_to(step_dir)): {"size": p.stat().length, "sha256": _sha256(p)}
+        for p in _files(step_dir)
+        if p.name != REWRITTEN_AT_COMMIT
+    }
     tmp = step_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=0))
     tmp.rename(step_dir / MANIFEST)
@@ -119,8 +122,9 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
     # Written before checkpoints had manifests: restored unverified rather than refused.
     legacy = bool(steps) and not any((root / str(s) / MANIFEST).exists() for s in steps)
     if legacy:
-        log.warning("the checkpoints in %s have no %s (written by an older version): restored unverified", root,
-                    MANIFEST)
+        log.warning(
+            "the checkpoints in %s have no %s (written by an older version): restored unverified", root, MANIFEST
+        )
 
     def problem_of(s: int) -> str | None:
         problem = verify(root / str(s))
@@ -146,8 +150,10 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
         log.warning("checkpoint step %d in %s is damaged: %s; skipping it", candidate, root, problem)
     else:
         if damaged:
-            raise CheckpointError(f"no intact checkpoint in {root}; nothing was changed:\n  "
-                                  + "\n  ".join(f"step {s}: {p}" for s, p in damaged))
+            raise CheckpointError(
+                f"no intact checkpoint in {root}; nothing was changed:\n  "
+                + "\n  ".join(f"step {s}: {p}" for s, p in damaged)
+            )
         return None
     if damaged and set_aside:
         _sync("smallbig_checkpoints_verified")  # every process has read them before process 0 moves them
@@ -160,8 +166,9 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
                     target, n = aside / f"{bad}.{n}", n + 1
                 (root / str(bad)).rename(target)
         _sync("smallbig_set_aside_damaged_checkpoints")
-        log.warning("moved damaged checkpoint(s) %s to %s", ", ".join(str(s) for s, _ in damaged),
-                    root.parent / DAMAGED_DIR)
+        log.warning(
+            "moved damaged checkpoint(s) %s to %s", ", ".join(str(s) for s, _ in damaged), root.parent / DAMAGED_DIR
+        )
     if damaged or interrupted:
         log.warning("restoring checkpoint step %d, the newest intact one", candidate)
     return candidate
@@ -199,14 +206,17 @@ class Manager(ocp.CheckpointManager):
         return saved
 
 
-def make_manager(workdir: str, *, keep: int = 2, save_every: int = 0, async_save: bool = True,
-                 read_only: bool = False) -> ocp.CheckpointManager:
+def make_manager(
+    workdir: str, *, keep: int = 2, save_every: int = 0, async_save: bool = True, read_only: bool = False
+) -> ocp.CheckpointManager:
     """A manager for `<workdir>/checkpoints`: last `keep` checkpoints plus the best by `BEST_METRIC`.
     `read_only` (evaluation) creates and cleans up nothing (orbax's own `read_only` option logs warnings)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
             ocp.checkpoint_managers.LatestN(keep),
-            ocp.checkpoint_managers.BestN(get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False),
+            ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
+            ),
         ]
     )
     options = ocp.CheckpointManagerOptions(
@@ -256,8 +266,9 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
 
 def restore_run_info(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict]:
     """(the config, the data iterator state) saved with checkpoint `step`, as plain JSON."""
-    restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore(),
-                                                             data=ocp.args.JsonRestore()))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(config=ocp.args.JsonRestore(), data=ocp.args.JsonRestore())
+    )
     return dict(restored.config or {}), dict(restored.data or {})
 
 
@@ -267,8 +278,10 @@ def best_step(manager: ocp.CheckpointManager) -> int:
     scored = {s: m for s, m in scored.items() if m is not None}
     if not scored:
         steps = ", ".join(map(str, manager.all_steps())) or "none"
-        raise CheckpointError(f"--best: no checkpoint in {manager.directory} has evaluation metrics (steps: {steps}); "
-                              "they are recorded when validation runs during training (config.eval_every_epochs)")
+        raise CheckpointError(
+            f"--best: no checkpoint in {manager.directory} has evaluation metrics (steps: {steps}); "
+            "they are recorded when validation runs during training (config.eval_every_epochs)"
+        )
     return max(scored, key=lambda s: (scored[s], s))
 
 

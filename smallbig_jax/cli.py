@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import flags
 

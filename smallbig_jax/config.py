@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -141,8 +142,10 @@ def one_of(*choices: Any) -> Rule:
 
 BOOLEAN = Rule(lambda v: isinstance(v, bool), "True or False")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
-SCALES = Rule(lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(s) and 0 < s <= 1 for s in v),
-              "a non-empty list of numbers in (0, 1]")
+SCALES = Rule(
+    lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(s) and 0 < s <= 1 for s in v),
+    "a non-empty list of numbers in (0, 1]",
+)
 
 # Every field of the recipe (`official_recipe`) and of the data config (`default_data_config`): add a row with each
 # new field. `check_config` refuses a field that has no row, which catches misspelt fields in config files.
@@ -181,14 +184,18 @@ RULES: dict[str, Rule] = {
     "eval_average": one_of("softmax", "logits"),
     "final_eval": BOOLEAN,
     "compilation_cache": Rule(lambda v: isinstance(v, str), "'user', 'workdir', '' (off) or a folder"),
-    "xla_gpu_flags": Rule(lambda v: isinstance(v, str) and all(f.startswith("--xla_") for f in v.split()),
-                          "space-separated --xla_... flags or ''"),
+    "xla_gpu_flags": Rule(
+        lambda v: isinstance(v, str) and all(f.startswith("--xla_") for f in v.split()),
+        "space-separated --xla_... flags or ''",
+    ),
     "profile_steps": integer(0),
     "data.format": one_of("frames", "video", "arrayrecord"),
     "data.root": TEXT,
     "data.train_list": TEXT,
     "data.val_list": TEXT,
-    "data.frame_template": Rule(lambda v: isinstance(v, str) and "{" in v, "a str.format template such as 'img_{:05d}.jpg'"),
+    "data.frame_template": Rule(
+        lambda v: isinstance(v, str) and "{" in v, "a str.format template such as 'img_{:05d}.jpg'"
+    ),
     "data.kinetics_ids": BOOLEAN,
     "data.arrayrecord_dir": TEXT,
     "data.train_split": TEXT,
@@ -218,15 +225,26 @@ RULES: dict[str, Rule] = {
 
 # Rules between fields: (fields named in the message, valid(config), what is expected).
 CROSS_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
-    (("batch_size", "grad_accum_steps"), lambda c: c.batch_size % c.grad_accum_steps == 0,
-     "batch_size divisible by grad_accum_steps"),
-    (("data.scale_size", "data.crop_size"), lambda c: c.data.scale_size >= c.data.crop_size,
-     "data.scale_size >= data.crop_size (evaluation crops are cut from the resized frames)"),
-    (("data.sampling", "data.num_clips"), lambda c: c.data.sampling != "segment" or c.data.num_clips in (1, 2),
-     "data.num_clips 1 or 2 with segment sampling"),
-    (("data.format", "data.train_list", "data.val_list"),
-     lambda c: c.data.format == "arrayrecord" or bool(c.data.train_list or c.data.val_list),
-     "data.train_list or data.val_list set when data.format is 'frames' or 'video'"),
+    (
+        ("batch_size", "grad_accum_steps"),
+        lambda c: c.batch_size % c.grad_accum_steps == 0,
+        "batch_size divisible by grad_accum_steps",
+    ),
+    (
+        ("data.scale_size", "data.crop_size"),
+        lambda c: c.data.scale_size >= c.data.crop_size,
+        "data.scale_size >= data.crop_size (evaluation crops are cut from the resized frames)",
+    ),
+    (
+        ("data.sampling", "data.num_clips"),
+        lambda c: c.data.sampling != "segment" or c.data.num_clips in (1, 2),
+        "data.num_clips 1 or 2 with segment sampling",
+    ),
+    (
+        ("data.format", "data.train_list", "data.val_list"),
+        lambda c: c.data.format == "arrayrecord" or bool(c.data.train_list or c.data.val_list),
+        "data.train_list or data.val_list set when data.format is 'frames' or 'video'",
+    ),
 ]
 
 
@@ -247,18 +265,29 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     """Raises `ConfigError` naming every field whose value is outside `RULES` (or that has no rule), before
     anything reads data or compiles."""
     values = flatten(config)
-    problems = [f"config.{field}={values[field]!r}: expected {rule.expected}"
-                for field, rule in RULES.items() if field in values and not rule.valid(values[field])]
-    problems += [f"config.{field}: missing (expected {rule.expected})" for field, rule in RULES.items()
-                 if field not in values]
-    problems += [f"config.{field}={values[field]!r}: not a field of the recipe (misspelt?)"
-                 for field in values if field not in RULES]
+    problems = [
+        f"config.{field}={values[field]!r}: expected {rule.expected}"
+        for field, rule in RULES.items()
+        if field in values and not rule.valid(values[field])
+    ]
+    problems += [
+        f"config.{field}: missing (expected {rule.expected})" for field, rule in RULES.items() if field not in values
+    ]
+    problems += [
+        f"config.{field}={values[field]!r}: not a field of the recipe (misspelt?)"
+        for field in values
+        if field not in RULES
+    ]
     if not problems:  # cross-field rules assume each field is valid on its own
-        problems += [", ".join(f"config.{f}={values[f]!r}" for f in fields) + f": expected {expected}"
-                     for fields, valid, expected in CROSS_RULES if not valid(config)]
+        problems += [
+            ", ".join(f"config.{f}={values[f]!r}" for f in fields) + f": expected {expected}"
+            for fields, valid, expected in CROSS_RULES
+            if not valid(config)
+        ]
     if problems:
-        raise ConfigError("invalid config: " + problems[0] if len(problems) == 1
-                          else "invalid config:\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            "invalid config: " + problems[0] if len(problems) == 1 else "invalid config:\n  " + "\n  ".join(problems)
+        )
 
 
 # --- What a resume accepts --------------------------------------------------------------------------------------
@@ -269,9 +298,23 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # of the old size, and the schedule with them). `num_epochs` and `grad_accum_steps` may change (`train.py` says how
 # it continues); every other field (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
 REFUSED_ON_RESUME = (
-    "seed", "model.", "optimizer.", "schedule.", "label_smoothing", "grad_clip_norm", "ema_decay", "batchnorm",
-    "batch_size", "data.num_frames", "data.stride", "data.sampling", "data.crop_size", "data.train_short_side",
-    "data.scales", "data.max_distort", "data.flip",
+    "seed",
+    "model.",
+    "optimizer.",
+    "schedule.",
+    "label_smoothing",
+    "grad_clip_norm",
+    "ema_decay",
+    "batchnorm",
+    "batch_size",
+    "data.num_frames",
+    "data.stride",
+    "data.sampling",
+    "data.crop_size",
+    "data.train_short_side",
+    "data.scales",
+    "data.max_distort",
+    "data.flip",
 )
 
 

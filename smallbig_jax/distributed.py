@@ -27,7 +27,8 @@ Returns a small dict describing the outcome (also useful in logs): initialised o
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 

@@ -38,6 +38,12 @@ class CheckpointFormatError(ValueError):
 
 # What the entry points report as `error: <message>` (exit status 2). FloatingPointError: the training loss diverged.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, CheckpointError, DataError, ConversionError, CheckpointFormatError, FileNotFoundError,
-    FileExistsError, FloatingPointError,
+    ConfigError,
+    CheckpointError,
+    DataError,
+    ConversionError,
+    CheckpointFormatError,
+    FileNotFoundError,
+    FileExistsError,
+    FloatingPointError,
 )

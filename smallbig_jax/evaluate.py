@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import jax
 import numpy as np
@@ -44,8 +45,14 @@ class VideoScores:
         self.labels = np.full(num_videos, -1, np.int64)
         self.broken = np.zeros(num_videos, bool)
 
-    def add(self, logits: np.ndarray, labels: np.ndarray, video_index: np.ndarray, mask: np.ndarray,
-            broken: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        logits: np.ndarray,
+        labels: np.ndarray,
+        video_index: np.ndarray,
+        mask: np.ndarray,
+        broken: np.ndarray | None = None,
+    ) -> None:
         scores = logits.astype(np.float64)
         if self.average == "softmax":
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
@@ -76,9 +83,14 @@ class VideoScores:
             "excluded_videos": int(self.broken.sum()),
             "missing_videos": int((~seen & ~self.broken).sum()),
             "predictions": [
-                {"video": int(v), "label": int(l), "top5": t.tolist(), "score": float(s[t[0]]),
-                 "top5_scores": s[t].tolist()}
-                for v, l, t, s in zip(np.flatnonzero(seen), labels, top5, scores)
+                {
+                    "video": int(v),
+                    "label": int(label),
+                    "top5": t.tolist(),
+                    "score": float(s[t[0]]),
+                    "top5_scores": s[t].tolist(),
+                }
+                for v, label, t, s in zip(np.flatnonzero(seen), labels, top5, scores)
             ],
         }
 
@@ -103,15 +115,23 @@ def evaluate(
     return scores.result()
 
 
-def evaluate_dataset(config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any,
-                     mesh) -> dict[str, Any]:
+def evaluate_dataset(
+    config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any, mesh
+) -> dict[str, Any]:
     """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
-    loader = pipeline.make_eval_loader(data_config, global_batch_size=config.eval_batch_size,
-                                       num_classes=config.model.num_classes, mesh=mesh)
+    loader = pipeline.make_eval_loader(
+        data_config, global_batch_size=config.eval_batch_size, num_classes=config.model.num_classes, mesh=mesh
+    )
     try:
-        result = evaluate(make_eval_step(eval_graphdef, mesh), params, batch_stats, loader,
-                          num_videos=loader.num_videos, num_classes=config.model.num_classes,
-                          average=config.eval_average)
+        result = evaluate(
+            make_eval_step(eval_graphdef, mesh),
+            params,
+            batch_stats,
+            loader,
+            num_videos=loader.num_videos,
+            num_classes=config.model.num_classes,
+            average=config.eval_average,
+        )
     finally:
         loader.close()
     result["names"] = {p["video"]: loader.source[p["video"]]["name"] for p in result["predictions"]}
@@ -132,8 +152,9 @@ def write_predictions(path: str, result: dict[str, Any]) -> None:
     os.replace(path + ".tmp", path)
 
 
-def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | None = None,
-                        step: int | None = None, best: bool = False) -> dict[str, Any]:
+def evaluate_checkpoint(
+    config, *, workdir: str | None = None, converted: str | None = None, step: int | None = None, best: bool = False
+) -> dict[str, Any]:
     """Full multi-view evaluation (`config.data`'s clips x crops) of a training checkpoint in `workdir` (latest,
     `step`, or the best by (top1 + top5) / 2) or of a converted PyTorch checkpoint directory."""
     check_config(config)
@@ -142,8 +163,10 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
     if converted is not None:
         model = load_converted_model(converted)
         if (model.variant, model.num_classes) != (config.model.variant, config.model.num_classes):
-            raise ConfigError(f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
-                              f"{config.model.variant} with {config.model.num_classes}")
+            raise ConfigError(
+                f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
+                f"{config.model.variant} with {config.model.num_classes}"
+            )
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))
     else:
@@ -156,8 +179,10 @@ def evaluate_checkpoint(config, *, workdir: str | None = None, converted: str | 
             shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
             changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
             if changed:
-                raise ConfigError(f"checkpoint step {step} was trained with another model; set these fields as "
-                                  "it was trained:\n  " + "\n  ".join(changed))
+                raise ConfigError(
+                    f"checkpoint step {step} was trained with another model; set these fields as "
+                    "it was trained:\n  " + "\n  ".join(changed)
+                )
             abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
             state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
         finally:

@@ -32,7 +32,9 @@ class MetricWriter:
         if not self.enabled:
             return
         values = [summary_pb2.Summary.Value(tag=f"{split}/{k}", simple_value=float(v)) for k, v in scalars.items()]
-        self._events.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values)))
+        self._events.add_event(
+            event_pb2.Event(wall_time=time.time(), step=step, summary=summary_pb2.Summary(value=values))
+        )
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, "split": split, **{k: float(v) for k, v in scalars.items()}}) + "\n")
 

@@ -68,8 +68,9 @@ def configure(config: ml_collections.ConfigDict, workdir: str | None) -> dict[st
     if jax.config.jax_compilation_cache_dir:
         applied["compilation_cache"] = jax.config.jax_compilation_cache_dir
         if folder and folder != jax.config.jax_compilation_cache_dir:
-            log.debug("compilation cache: keeping %s (set before the run) over %s", applied["compilation_cache"],
-                     folder)
+            log.debug(
+                "compilation cache: keeping %s (set before the run) over %s", applied["compilation_cache"], folder
+            )
     elif folder:
         jax.config.update("jax_compilation_cache_dir", folder)
         applied["compilation_cache"] = folder

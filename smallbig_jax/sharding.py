@@ -8,11 +8,13 @@ the forward and backward; worth it for SmallBig-R101 and up on accelerators with
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 DATA = "data"
 FSDP_MIN_SIZE = 2**18  # arrays smaller than this stay replicated: gathering them costs more than it saves

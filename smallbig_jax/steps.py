@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +26,6 @@ from smallbig_jax.config import DTYPES
 from smallbig_jax.convert import init_from
 from smallbig_jax.models import VARIANTS, SmallBigNet, build_model, layers, set_batchnorm_groups
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
-
 
 # --- The model and the train state of a config ------------------------------------------------------------------
 
@@ -68,8 +68,12 @@ def _initial_state(config: ml_collections.ConfigDict, mesh, tx: optax.GradientTr
     if load and config.init_from:
         init_from(model, config.init_from)
     _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-    state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": batch_stats,
-             "opt_state": tx.init(params)}
+    state = {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "batch_stats": batch_stats,
+        "opt_state": tx.init(params),
+    }
     if config.ema_decay:
         state["ema_params"] = params
     return state
@@ -110,8 +114,12 @@ def compiler_options(mesh) -> dict[str, str] | None:
     return layers.compiler_options(mesh.devices.flat[0].platform)
 
 
-def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                  lr_schedule: optax.Schedule) -> Callable:
+def train_step_fn(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    lr_schedule: optax.Schedule,
+) -> Callable:
     """The pure step `(state, batch) -> (state, metrics)`, not jitted (`make_train_step` jits it on a mesh; the
     accelerator check also runs it on the host CPU as the reference).
 
@@ -154,8 +162,12 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, conf
             grads = jax.tree.map(lambda g: g / k, grads)
             loss = loss / k
         updates, opt_state = tx.update(grads, state["opt_state"], params)
-        new_state = {"step": state["step"] + 1, "params": optax.apply_updates(params, updates),
-                     "batch_stats": batch_stats, "opt_state": opt_state}
+        new_state = {
+            "step": state["step"] + 1,
+            "params": optax.apply_updates(params, updates),
+            "batch_stats": batch_stats,
+            "opt_state": opt_state,
+        }
         if ema_decay:
             new_state["ema_params"] = optax.incremental_update(new_state["params"], state["ema_params"], 1 - ema_decay)
         metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": lr_schedule(state["step"])}
@@ -164,8 +176,14 @@ def train_step_fn(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, conf
     return train_step
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, config: ml_collections.ConfigDict,
-                    mesh, state_shardings: Any, lr_schedule: optax.Schedule) -> Callable:
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    config: ml_collections.ConfigDict,
+    mesh,
+    state_shardings: Any,
+    lr_schedule: optax.Schedule,
+) -> Callable:
     """The jitted step `(state, batch) -> (state, metrics)` on `mesh`: state in its shardings and donated, batch
     split over the 'data' axis, metrics replicated."""
     return jax.jit(
@@ -190,8 +208,9 @@ def eval_step_fn(graphdef: nnx.GraphDef) -> Callable:
 def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
     """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device; one per
     (model, mesh), so that the validations during training compile once."""
-    return jax.jit(eval_step_fn(graphdef), out_shardings=sharding.replicated(mesh),
-                   compiler_options=compiler_options(mesh))
+    return jax.jit(
+        eval_step_fn(graphdef), out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh)
+    )
 
 
 @dataclasses.dataclass
@@ -215,6 +234,13 @@ def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int) -
     lr_schedule = learning_rate_schedule(config, steps_per_epoch)
     graphdef, state, shardings = create_train_state(config, mesh, tx)
     eval_graphdef = model_graphdefs(config, mesh)[1]
-    return TrainSetup(graphdef, eval_graphdef, tx, lr_schedule, state, shardings,
-                      make_train_step(graphdef, tx, config, mesh, shardings, lr_schedule),
-                      make_eval_step(eval_graphdef, mesh))
+    return TrainSetup(
+        graphdef,
+        eval_graphdef,
+        tx,
+        lr_schedule,
+        state,
+        shardings,
+        make_train_step(graphdef, tx, config, mesh, shardings, lr_schedule),
+        make_eval_step(eval_graphdef, mesh),
+    )

@@ -13,7 +13,8 @@ Two compute figures, each labelled for what it is:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -46,9 +47,12 @@ class ModelSummary:
         lines += [f"    {part:<17} {count:>14,}" for part, count in self.params_by_part.items()]
         lines.append("  output shapes (per batch of N)")
         lines += [f"    {name:<17} {list(shape)}" for name, shape in self.stage_shapes.items()]
-        lines.append(f"  GMACs per clip      {self.macs / 1e9:>14.2f}   (conv + linear multiply-adds, padded taps counted)")
         lines.append(
-            f"  XLA GFLOPs per clip {self.xla_flops / 1e9:>14.2f}   (XLA cost analysis: all ops, padded taps not counted)"
+            f"  GMACs per clip      {self.macs / 1e9:>14.2f}   (conv + linear multiply-adds, padded taps counted)"
+        )
+        lines.append(
+            f"  XLA GFLOPs per clip {self.xla_flops / 1e9:>14.2f}   "
+            "(XLA cost analysis: all ops, padded taps not counted)"
         )
         return "\n".join(lines)
 
@@ -95,7 +99,9 @@ def summarize(model: SmallBigNet, frames: int = 8, size: int = 224, batch: int =
         return m.stages(clips)
 
     shapes = jax.eval_shape(forward, state, clips)
-    stage_shapes = {k: tuple(shapes[k].shape) for k in ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "logits")}
+    stage_shapes = {
+        k: tuple(shapes[k].shape) for k in ("stem", "layer1", "layer2", "layer3", "layer4", "pool", "logits")
+    }
     logits = lambda state, clips: forward(state, clips)["logits"]  # noqa: E731
     macs = count_macs(jax.make_jaxpr(logits)(state, clips).jaxpr)
     xla_flops = jax.jit(logits).lower(state, clips).cost_analysis()["flops"]

@@ -28,7 +28,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from smallbig_jax import checkpointing, evaluate as evaluation, runtime, sharding, steps
+from smallbig_jax import checkpointing, runtime, sharding, steps
+from smallbig_jax import evaluate as evaluation
 from smallbig_jax.config import ConfigError, check_config, resume_changes
 from smallbig_jax.data import pipeline
 from smallbig_jax.metrics import MetricWriter, plot_curves
@@ -78,8 +79,14 @@ def validation_config(data_config: ml_collections.ConfigDict) -> ml_collections.
     return c
 
 
-def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_state: dict, start: int,
-                 num_videos: int, total_steps: int) -> None:
+def check_resume(
+    config: ml_collections.ConfigDict,
+    saved_config: dict,
+    data_state: dict,
+    start: int,
+    num_videos: int,
+    total_steps: int,
+) -> None:
     """Refuses (`ConfigError`, every refused field as `old -> new` in one message) a resume from checkpoint `start`
     under a config the checkpoint cannot continue with, and logs the changes it accepts and what they do."""
     refused, accepted = resume_changes(saved_config, config)
@@ -87,18 +94,29 @@ def check_resume(config: ml_collections.ConfigDict, saved_config: dict, data_sta
     if saved_videos is not None and saved_videos != num_videos:
         refused.append(f"training set size: {saved_videos} -> {num_videos} videos (epochs would start at other steps)")
     if start > total_steps and not refused:  # otherwise a consequence of the refused changes
-        refused.append(f"num_epochs: the checkpoint is at step {start}, past the last step ({total_steps}) of "
-                       f"{config.num_epochs} epochs")
+        refused.append(
+            f"num_epochs: the checkpoint is at step {start}, past the last step ({total_steps}) of "
+            f"{config.num_epochs} epochs"
+        )
     if refused:
-        raise ConfigError(f"cannot resume from checkpoint step {start} with this config; these fields must keep "
-                          "their saved values (or train in a new workdir):\n  " + "\n  ".join(refused))
+        raise ConfigError(
+            f"cannot resume from checkpoint step {start} with this config; these fields must keep "
+            "their saved values (or train in a new workdir):\n  " + "\n  ".join(refused)
+        )
     if accepted:
         log.info("config changes since checkpoint step %d: %s", start, "; ".join(accepted))
     old_epochs = saved_config.get("num_epochs", config.num_epochs)
     if old_epochs != config.num_epochs:
-        log.warning("num_epochs %s -> %s: continuing from step %d (%d samples seen) to step %d; the learning-rate "
-                    "schedule now spans %d epochs", old_epochs, config.num_epochs, start,
-                    data_state.get("position", start * config.batch_size), total_steps, config.num_epochs)
+        log.warning(
+            "num_epochs %s -> %s: continuing from step %d (%d samples seen) to step %d; the learning-rate "
+            "schedule now spans %d epochs",
+            old_epochs,
+            config.num_epochs,
+            start,
+            data_state.get("position", start * config.batch_size),
+            total_steps,
+            config.num_epochs,
+        )
 
 
 @dataclasses.dataclass
@@ -127,10 +145,17 @@ class Run:
     def evaluate(self, data_config: ml_collections.ConfigDict, split_name: str) -> dict[str, Any]:
         """The current (or EMA) weights on the validation split with `data_config`'s views."""
         params = self.state.get("ema_params", self.state["params"])
-        result = evaluation.evaluate_dataset(self.config, data_config, self.setup.eval_graphdef, params,
-                                             self.state["batch_stats"], self.mesh)
-        log.info("%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)", split_name, result["top1"],
-                 result["top5"], result["videos"], data_config.num_clips * data_config.num_crops)
+        result = evaluation.evaluate_dataset(
+            self.config, data_config, self.setup.eval_graphdef, params, self.state["batch_stats"], self.mesh
+        )
+        log.info(
+            "%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)",
+            split_name,
+            result["top1"],
+            result["top5"],
+            result["videos"],
+            data_config.num_clips * data_config.num_crops,
+        )
         return result
 
 
@@ -144,8 +169,13 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if config.batch_size % mesh.size:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {mesh.size} devices")
     start = checkpointing.find_intact(workdir, set_aside=True)
-    loader = pipeline.make_train_loader(config.data, global_batch_size=config.batch_size, seed=config.seed,
-                                        num_classes=config.model.num_classes, mesh=mesh)
+    loader = pipeline.make_train_loader(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        num_classes=config.model.num_classes,
+        mesh=mesh,
+    )
     steps_per_epoch = max(loader.num_videos // config.batch_size, 1)
     total_steps = config.num_epochs * steps_per_epoch
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
@@ -165,8 +195,9 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         loader.close()
         raise
     start = start or 0
-    return Run(config, workdir, mesh, loader, manager, setup, state, start, steps_per_epoch, total_steps,
-               saved_step=start)
+    return Run(
+        config, workdir, mesh, loader, manager, setup, state, start, steps_per_epoch, total_steps, saved_step=start
+    )
 
 
 class TrainLog:
@@ -190,17 +221,26 @@ class TrainLog:
         bad = _first_nonfinite(history)
         if bad is not None:
             before = [s for s in run.manager.all_steps() if s < bad]
-            raise FloatingPointError(f"the training loss became {history[bad - history[0][0]][1]['loss']} at step "
-                                     f"{bad}; stopping (newest checkpoint before it: step "
-                                     f"{max(before) if before else 'none'})")
+            raise FloatingPointError(
+                f"the training loss became {history[bad - history[0][0]][1]['loss']} at step "
+                f"{bad}; stopping (newest checkpoint before it: step "
+                f"{max(before) if before else 'none'})"
+            )
         now = time.perf_counter()
         devices = run.mesh.size
         rate = (step - self.since_step) * config.batch_size / (now - self.since)
         mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
         self.writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
-        log.info("step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s", step, run.total_steps,
-                 mean["loss"], mean["accuracy"], mean["learning_rate"], rate / devices,
-                 _format_eta((run.total_steps - step) * config.batch_size / rate))
+        log.info(
+            "step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s",
+            step,
+            run.total_steps,
+            mean["loss"],
+            mean["accuracy"],
+            mean["learning_rate"],
+            rate / devices,
+            _format_eta((run.total_steps - step) * config.batch_size / rate),
+        )
         self.history, self.since, self.since_step = [], now, step
 
     def pause_clock(self) -> None:
@@ -214,8 +254,7 @@ def train_steps(run: Run, writer: MetricWriter, result: dict[str, Any]) -> bool:
     stopped early because every process agreed on a SIGTERM (after checkpointing that step)."""
     config = run.config
     train_log = TrainLog(run, writer)
-    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(run.workdir, "tensorboard"),
-                                    run.start)
+    profiler = runtime.StepProfiler(config.get("profile_steps", 0), os.path.join(run.workdir, "tensorboard"), run.start)
     preemption = Preemption()
     started = time.perf_counter()
     try:
@@ -253,8 +292,11 @@ def finish(run: Run, writer: MetricWriter, result: dict[str, Any]) -> None:
     started = time.perf_counter()
     run.save(run.total_steps, force=True)
     run.manager.wait_until_finished()
-    result.update(steps=run.total_steps, final_save_seconds=round(time.perf_counter() - started, 2),
-                  checkpoint_megabytes=round(checkpointing.size_bytes(run.manager, run.total_steps) / 2**20, 2))
+    result.update(
+        steps=run.total_steps,
+        final_save_seconds=round(time.perf_counter() - started, 2),
+        checkpoint_megabytes=round(checkpointing.size_bytes(run.manager, run.total_steps) / 2**20, 2),
+    )
     if run.config.final_eval:
         final = run.evaluate(run.config.data, "test")
         writer.write(run.total_steps, "test", {k: final[k] for k in ("top1", "top5")})
@@ -267,9 +309,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """Trains `config` in `workdir` (resuming from its newest intact checkpoint if any) and returns the final
     metrics. Config values, the checkpoint and the resume compatibility are all checked before anything compiles."""
     run = open_run(config, workdir)
-    log.info("%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
-             run.total_steps, config.num_epochs, run.steps_per_epoch, config.batch_size, run.mesh.size,
-             jax.process_count(), config.batchnorm)
+    log.info(
+        "%d steps (%d epochs x %d), global batch %d on %d devices (%d processes), BatchNorm %s",
+        run.total_steps,
+        config.num_epochs,
+        run.steps_per_epoch,
+        config.batch_size,
+        run.mesh.size,
+        jax.process_count(),
+        config.batchnorm,
+    )
     # first_step_seconds: time to the first step's result, which compilation dominates.
     result: dict[str, Any] = {"steps": run.start, "total_steps": run.total_steps, "first_step_seconds": None}
     with contextlib.ExitStack() as cleanup:  # closed in reverse order: the checkpoint writes first, the curves last

@@ -12,7 +12,8 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class BlockKind:
-    """What a stage's blocks are: official names `Bottleneck3D_000`, `Bottleneck3D_100[_extra]`, `SmallBig_module[_extra]`."""
+    """What a stage's blocks are; official names `Bottleneck3D_000`, `Bottleneck3D_100[_extra]`,
+    `SmallBig_module[_extra]`."""
 
     big_views: bool = False  # SmallBig: big view on each of the three convs
     temporal_conv1: bool = False  # slowonly: conv1 is 3x1x1

@@ -26,11 +26,15 @@ def pytest_configure(config):
         cache_dir = config.workerinput["jax_cache_dir"]
     else:
         cache_dir = config.jax_cache_dir = tempfile.mkdtemp(prefix="smallbig_jax_cache_")
-    os.environ.update({
-        "JAX_COMPILATION_CACHE_DIR": cache_dir,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",  # the heavy programs only
-        "JAX_COMPILATION_CACHE_MAX_SIZE": str(8 << 30),  # any limit turns on the cache's file lock (parallel writers)
-    })
+    os.environ.update(
+        {
+            "JAX_COMPILATION_CACHE_DIR": cache_dir,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1",  # the heavy programs only
+            "JAX_COMPILATION_CACHE_MAX_SIZE": str(
+                8 << 30
+            ),  # any limit turns on the cache's file lock (parallel writers)
+        }
+    )
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest without xdist must not reject it

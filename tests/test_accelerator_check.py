@@ -19,15 +19,31 @@ def test_tiny_check_on_two_cpu_devices(tmp_path):
     results, table = tmp_path / "checks.jsonl", tmp_path / "check.md"
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, os.path.join(ROOT, "scripts", "accelerator_check.py"), "--tiny", "--peak_tflops", "1.0",
-           "--results", str(results), "--markdown", str(table)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "scripts", "accelerator_check.py"),
+        "--tiny",
+        "--peak_tflops",
+        "1.0",
+        "--results",
+        str(results),
+        "--markdown",
+        str(table),
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (line,) = results.read_text().splitlines()
     rec = json.loads(line)
     assert rec["platform"] == "cpu" and rec["local_device_count"] == 2 and rec["passed"]
-    assert rec["model"] == {"variant": "smallbig23", "base_width": 4, "num_classes": 5, "frames": 2, "size": 64,
-                            "dtype": "bfloat16", "batchnorm": "per_device"}
+    assert rec["model"] == {
+        "variant": "smallbig23",
+        "base_width": 4,
+        "num_classes": 5,
+        "frames": 2,
+        "size": 64,
+        "dtype": "bfloat16",
+        "batchnorm": "per_device",
+    }
     num = rec["numerics"]
     assert num["batch"] == [4, 2, 64, 64, 3] and num["device"].startswith("2 x ")  # sharded over both devices
     f32 = num["logits_f32_vs_cpu"]

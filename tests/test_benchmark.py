@@ -121,7 +121,8 @@ def test_per_device_flops_match_single_device_program():
         "c=bm.benchmark_config('smallbig23', base_width=4, num_classes=5, frames=2, size=32);"
         "kw=dict(batch_per_device=1, steps=1, warmup=0, modes=('eval',));"
         "a=bm.benchmark_model(c, num_devices=1, **kw); b=bm.benchmark_model(c, num_devices=2, **kw);"
-        "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'], b['timings'][0]['gflops_per_step_per_device']]))"
+        "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'],"
+        " b['timings'][0]['gflops_per_step_per_device']]))"
     )
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")

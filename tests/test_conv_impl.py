@@ -30,7 +30,9 @@ def test_cpu_compiler_options_give_convolutions_to_xla_and_keep_dots_in_ynnpack(
         return y.reshape(-1, 64) @ w[0, 0]
 
     hlo = jax.jit(conv_then_dot, compiler_options=layers.compiler_options("cpu")).lower(x, w).compile().as_text()
-    ynn_bodies = [hlo.split(f"%{name} ")[1].split("\n}")[0] for name in re.findall(r"calls=%([\w.-]+).*__ynn_fusion", hlo)]
+    ynn_bodies = [
+        hlo.split(f"%{name} ")[1].split("\n}")[0] for name in re.findall(r"calls=%([\w.-]+).*__ynn_fusion", hlo)
+    ]
     assert "convolution(" in hlo and not any("convolution(" in body for body in ynn_bodies), hlo
     assert any(" dot(" in body for body in ynn_bodies), hlo
     assert layers.compiler_options("gpu") is None and layers.compiler_options("tpu") is None

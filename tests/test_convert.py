@@ -169,8 +169,14 @@ def test_nnx_paths_cover_the_model_once():
     assert sorted(s.nnx_path for s in table) == sorted(tuple(p) for p, _ in nnx.to_flat_state(nnx.state(model)))
     assert len({s.torch_key for s in table}) == len(table)
     names = {s.torch_key for s in table}
-    for key in ("layer2.0.big4_1.weight", "layer2.0.big4_2.0.weight", "layer2.0.big4_2.1.running_var",
-                "layer3.1.big3.1.weight", "layer4.0.downsample.0.weight", "fc.bias"):
+    for key in (
+        "layer2.0.big4_1.weight",
+        "layer2.0.big4_2.0.weight",
+        "layer2.0.big4_2.1.running_var",
+        "layer3.1.big3.1.weight",
+        "layer4.0.downsample.0.weight",
+        "fc.bias",
+    ):
         assert key in names
 
 
@@ -408,7 +414,9 @@ def test_script_converts_and_checkpoint_loads_ready_model(torch, ref, tmp_path, 
     from smallbig_jax.convert import load_converted_model
 
     tmodel = torch_model(torch, ref, "smallbig50", 9, 8, 8)
-    torch.save({"epoch": 1, "state_dict": {"module." + k: v for k, v in tmodel.state_dict().items()}}, tmp_path / "ck.pth")
+    torch.save(
+        {"epoch": 1, "state_dict": {"module." + k: v for k, v in tmodel.state_dict().items()}}, tmp_path / "ck.pth"
+    )
     out = tmp_path / "converted"
     assert _run_script("--input", tmp_path / "ck.pth", "--output", out) == 0
     printed = capsys.readouterr().out
@@ -509,12 +517,14 @@ def test_export_files_and_parity_back_in_torch(torch, ref, tmp_path, capsys):
     model.eval()
     save_converted(tmp_path / "jax", model, {"note": "trained in JAX"})
     assert _run_script("--export", "--input", tmp_path / "jax", "--output", tmp_path / "bare.pth") == 0
-    assert _run_script("--export", "--official-format", "--input", tmp_path / "jax", "--output", tmp_path / "off.pth") == 0
+    assert (
+        _run_script("--export", "--official-format", "--input", tmp_path / "jax", "--output", tmp_path / "off.pth") == 0
+    )
     assert "exported smallbig50_extra" in capsys.readouterr().out
     bare = torch.load(tmp_path / "bare.pth", weights_only=True)
     official = torch.load(tmp_path / "off.pth", weights_only=True)
     assert all(k.startswith("module.") for k in official["state_dict"])
-    assert list(bare) == [k[len("module."):] for k in official["state_dict"]]
+    assert list(bare) == [k[len("module.") :] for k in official["state_dict"]]
     assert list(bare) == list(keymap.torch_state_dict_shapes("smallbig50_extra", 5, 8))
 
     tmodel = ref.TorchSmallBigNet("smallbig50_extra", 5, 8, base_width=8).eval()
@@ -525,7 +535,7 @@ def test_export_files_and_parity_back_in_torch(torch, ref, tmp_path, capsys):
         t_stages = tmodel.stages(x)
     first, report = first_differing_stage(jmodel.stages(jnp.asarray(x.permute(0, 2, 3, 4, 1).numpy())), t_stages)
     assert first is None, report
-    back, _ = state_dict_to_model({k[len("module."):]: v for k, v in official["state_dict"].items()})
+    back, _ = state_dict_to_model({k[len("module.") :]: v for k, v in official["state_dict"].items()})
     a, b = flat_arrays(jmodel), flat_arrays(back)
     assert all(np.array_equal(a[k], b[k]) for k in a)
     save_pth(jmodel, tmp_path / "api.pth")
@@ -536,7 +546,8 @@ def test_export_files_and_parity_back_in_torch(torch, ref, tmp_path, capsys):
 
 
 def tiny_torchvision_resnet(torch, depths, width, num_classes=1000, seed=0):
-    """A 2D bottleneck ResNet with torchvision's module names (conv1, bn1, layerL.i.{conv,bn}{1,2,3}, downsample.{0,1}, fc)."""
+    """A 2D bottleneck ResNet with torchvision's module names (conv1, bn1, layerL.i.{conv,bn}{1,2,3},
+    downsample.{0,1}, fc)."""
     nn = torch.nn
 
     class Bottleneck(nn.Module):
@@ -551,7 +562,9 @@ def tiny_torchvision_resnet(torch, depths, width, num_classes=1000, seed=0):
             self.relu = nn.ReLU()
             self.downsample = None
             if stride != 1 or inplanes != planes * 4:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4))
+                self.downsample = nn.Sequential(
+                    nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False), nn.BatchNorm2d(planes * 4)
+                )
 
         def forward(self, x):
             idt = x if self.downsample is None else self.downsample(x)
@@ -589,7 +602,11 @@ def tiny_torchvision_resnet(torch, depths, width, num_classes=1000, seed=0):
         for name, mod in net.named_modules():
             if isinstance(mod, nn.BatchNorm2d):
                 c = mod.num_features
-                mod.weight.copy_(torch.randn(c, generator=g) * 0.4 if name.endswith(("bn3", "downsample.1")) else torch.rand(c, generator=g) * 0.5 + 0.5)
+                mod.weight.copy_(
+                    torch.randn(c, generator=g) * 0.4
+                    if name.endswith(("bn3", "downsample.1"))
+                    else torch.rand(c, generator=g) * 0.5 + 0.5
+                )
                 mod.bias.copy_(torch.randn(c, generator=g) * 0.1)
                 mod.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
                 mod.running_var.copy_(torch.rand(c, generator=g) + 0.5)

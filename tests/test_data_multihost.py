@@ -10,8 +10,8 @@ import sys
 import textwrap
 
 import numpy as np
-
 from conftest import SBDATA_VIDEOS
+
 from smallbig_jax.data import lists, pipeline, transforms
 from smallbig_jax.data.config import default_data_config
 

@@ -8,12 +8,12 @@ import grain
 import jax
 import numpy as np
 import pytest
-
 from conftest import SBDATA_VIDEOS
+
 from smallbig_jax.data import lists, pipeline, sources, transforms
 from smallbig_jax.data.config import default_data_config
-from smallbig_jax.sharding import make_mesh
 from smallbig_jax.data.lists import DataError
+from smallbig_jax.sharding import make_mesh
 
 
 @pytest.fixture()

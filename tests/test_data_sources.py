@@ -7,8 +7,8 @@ import shutil
 import av
 import numpy as np
 import pytest
-
 from conftest import SBDATA_FRAMES, SBDATA_VIDEOS, sbdata_frame_ids, sbdata_video
+
 from smallbig_jax.data import check, lists, prepare, sources, writers
 from smallbig_jax.data.lists import DataError
 
@@ -129,6 +129,7 @@ def test_arrayrecord_jpeg_records(sbdata_arrayrecord):
     frames, _ = src.load(5, lambda n: IDX)
     np.testing.assert_array_equal(sbdata_frame_ids(frames), IDX)
     import glob
+
     from array_record.python import array_record_module
 
     (shard,) = glob.glob(f"{out}/jpeg/**/*.array_record-*", recursive=True)
@@ -144,6 +145,7 @@ def test_arrayrecord_video_records_and_failed_list(sbdata_arrayrecord):
     failed = open(f"{out}/video/failed_train.txt").read()
     assert "with_bad.txt:2" in failed and "missing.mp4" in failed
     import tensorflow_datasets as tfds
+
     from smallbig_jax.data import prepare  # noqa: F401  (registers the builder for tfds.data_source)
 
     ds = tfds.data_source("small_big_video/video", data_dir=f"{out}/video", split="train")
@@ -183,8 +185,11 @@ def test_truncated_video(sbdata_dir, tmp_path):
 def test_video_with_fewer_frames_than_claimed(sbdata_dir, tmp_path):
     (tmp_path / "l.txt").write_text("vid00.mp4 30 0\n")
     src = sources.VideoFileSource(str(tmp_path / "l.txt"), f"{sbdata_dir}/videos", num_classes=12)
-    with pytest.raises(DataError, match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: 2 of the 4 frames "
-                       r"wanted could not be decoded \(frames 20, 29;"):
+    with pytest.raises(
+        DataError,
+        match=r"l\.txt:1: .*vid00\.mp4 is shorter than its 30 frames: 2 of the 4 frames "
+        r"wanted could not be decoded \(frames 20, 29;",
+    ):
         src.load(0, lambda n: np.array([0, 10, 20, 29]))
 
 

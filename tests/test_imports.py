@@ -26,13 +26,33 @@ ALLOWED = {
     f"{PACKAGE}.config": (f"{PACKAGE}.data.config", f"{PACKAGE}.variants", f"{PACKAGE}.errors"),
     f"{PACKAGE}.sharding": (),
     f"{PACKAGE}.optim": (),
-    f"{PACKAGE}.steps": (f"{PACKAGE}.models", f"{PACKAGE}.convert", f"{PACKAGE}.config", f"{PACKAGE}.sharding",
-                         f"{PACKAGE}.optim"),
+    f"{PACKAGE}.steps": (
+        f"{PACKAGE}.models",
+        f"{PACKAGE}.convert",
+        f"{PACKAGE}.config",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.optim",
+    ),
     f"{PACKAGE}.checkpointing": (f"{PACKAGE}.errors",),
-    f"{PACKAGE}.evaluate": (f"{PACKAGE}.steps", f"{PACKAGE}.data", f"{PACKAGE}.checkpointing", f"{PACKAGE}.convert",
-                            f"{PACKAGE}.config", f"{PACKAGE}.sharding", f"{PACKAGE}.optim"),
-    f"{PACKAGE}.train": (f"{PACKAGE}.steps", f"{PACKAGE}.data", f"{PACKAGE}.checkpointing", f"{PACKAGE}.evaluate",
-                         f"{PACKAGE}.config", f"{PACKAGE}.sharding", f"{PACKAGE}.runtime", f"{PACKAGE}.metrics"),
+    f"{PACKAGE}.evaluate": (
+        f"{PACKAGE}.steps",
+        f"{PACKAGE}.data",
+        f"{PACKAGE}.checkpointing",
+        f"{PACKAGE}.convert",
+        f"{PACKAGE}.config",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.optim",
+    ),
+    f"{PACKAGE}.train": (
+        f"{PACKAGE}.steps",
+        f"{PACKAGE}.data",
+        f"{PACKAGE}.checkpointing",
+        f"{PACKAGE}.evaluate",
+        f"{PACKAGE}.config",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.runtime",
+        f"{PACKAGE}.metrics",
+    ),
     f"{PACKAGE}.cli": (f"{PACKAGE}.errors",),
     f"{PACKAGE}.runtime": (),
     f"{PACKAGE}.metrics": (),
@@ -41,10 +61,22 @@ ALLOWED = {
     f"{PACKAGE}.torch_reference": (),
     f"{PACKAGE}.summary": (f"{PACKAGE}.models",),
     # The tools time and check what training builds; they never import the training loop itself.
-    f"{PACKAGE}.benchmark": (f"{PACKAGE}.steps", f"{PACKAGE}.data", f"{PACKAGE}.checkpointing", f"{PACKAGE}.convert",
-                             f"{PACKAGE}.config", f"{PACKAGE}.sharding", f"{PACKAGE}.torch_reference"),
-    f"{PACKAGE}.accelerator_check": (f"{PACKAGE}.benchmark", f"{PACKAGE}.steps", f"{PACKAGE}.data",
-                                     f"{PACKAGE}.sharding", f"{PACKAGE}.models"),
+    f"{PACKAGE}.benchmark": (
+        f"{PACKAGE}.steps",
+        f"{PACKAGE}.data",
+        f"{PACKAGE}.checkpointing",
+        f"{PACKAGE}.convert",
+        f"{PACKAGE}.config",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.torch_reference",
+    ),
+    f"{PACKAGE}.accelerator_check": (
+        f"{PACKAGE}.benchmark",
+        f"{PACKAGE}.steps",
+        f"{PACKAGE}.data",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.models",
+    ),
 }
 
 
@@ -69,8 +101,9 @@ def _imports(path: str, modules: dict[str, str]) -> tuple[set[str], list[str]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             # `from pkg import sub` imports the submodule pkg.sub where there is one.
-            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                     for a in node.names]
+            names = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module for a in node.names
+            ]
         else:
             continue
         package.update(n for n in names if n.split(".")[0] == PACKAGE)
@@ -93,8 +126,10 @@ def _part(module: str) -> str | None:
 
 def test_no_imports_inside_functions_but_optional_dependencies():
     modules = _modules()
-    hidden = {name: [i for i in _imports(path, modules)[1] if not i.split(": ")[1].startswith(OPTIONAL)]
-              for name, path in modules.items()}
+    hidden = {
+        name: [i for i in _imports(path, modules)[1] if not i.split(": ")[1].startswith(OPTIONAL)]
+        for name, path in modules.items()
+    }
     assert {name: found for name, found in hidden.items() if found} == {}
 
 
@@ -104,8 +139,11 @@ def test_each_part_imports_only_the_parts_below_it():
         part = _part(module)
         if part is None:
             continue
-        wrong += [f"{module} -> {m}" for m in sorted(imported)
-                  if _part(m) != part and not m.startswith(ALLOWED[part]) and m != PACKAGE]
+        wrong += [
+            f"{module} -> {m}"
+            for m in sorted(imported)
+            if _part(m) != part and not m.startswith(ALLOWED[part]) and m != PACKAGE
+        ]
     assert wrong == []
     # Nothing of the package imports the training loop: only the entry points do.
     assert [m for m, imported in _graph().items() if f"{PACKAGE}.train" in imported] == []
@@ -121,7 +159,7 @@ def test_no_import_circles():
             if m == module or m not in graph or module.startswith(m + "."):  # a package's own __init__ runs first
                 continue
             if state.get(m) == 1:  # m is on the path: the circle is the path from m back to m
-                return (path + [module])[(path + [module]).index(m):] + [m]
+                return (path + [module])[(path + [module]).index(m) :] + [m]
             if m not in state and (circle := visit(m, path + [module])):
                 return circle
         state[module] = 2
@@ -148,7 +186,13 @@ heavy = ("jax", "flax", "grain", "av", "tensorflow_datasets", "cv2", "orbax.chec
          "smallbig_jax.models", "smallbig_jax.data.pipeline")
 print(json.dumps({{"loaded": [m for m in heavy if m in sys.modules], "cli_loads_jax": cli_loads_jax}}))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={**os.environ, "PYTHONPATH": REPO}, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == {"loaded": [], "cli_loads_jax": False}

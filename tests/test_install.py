@@ -62,4 +62,8 @@ def test_extras_satisfy_what_the_installed_jax_declares():
         for req in declared[extra]:
             name = req.name.replace("_", "-").lower()
             assert name in pins, f"jax[{extra}] needs {req}; pyproject's [{extra}] lacks it"
-            assert not req.specifier or req.specifier.contains(_exact(pins[name]), prereleases=True), (extra, str(req), str(pins[name]))
+            assert not req.specifier or req.specifier.contains(_exact(pins[name]), prereleases=True), (
+                extra,
+                str(req),
+                str(pins[name]),
+            )

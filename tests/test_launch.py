@@ -85,8 +85,22 @@ def test_slurm_dry_run_prints_batch_script(per_host):
 def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     import yaml
 
-    args = ["--image", "us-docker.pkg.dev/p/r/smallbig:1", "--name", "k400", "--nodes", "4", "--namespace", "ml",
-            "--workdir", "gs://bucket/run 1", "--env", "XLA_FLAGS=--xla_a=1 --xla_b", "--service-account", "trainer"]
+    args = [
+        "--image",
+        "us-docker.pkg.dev/p/r/smallbig:1",
+        "--name",
+        "k400",
+        "--nodes",
+        "4",
+        "--namespace",
+        "ml",
+        "--workdir",
+        "gs://bucket/run 1",
+        "--env",
+        "XLA_FLAGS=--xla_a=1 --xla_b",
+        "--service-account",
+        "trainer",
+    ]
     if accelerator == "tpu":
         args += ["--accelerator", "tpu", "--tpu-type", "tpu-v5p-slice", "--tpu-topology", "2x2x4"]
     r = _run("launch_gke.sh", *args, "--dry-run")
@@ -101,22 +115,30 @@ def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     assert pod["subdomain"] == "k400" and pod["serviceAccountName"] == "trainer"
     (container,) = pod["containers"]
     assert container["image"] == "us-docker.pkg.dev/p/r/smallbig:1" and container["workingDir"] == "/app"
-    assert container["command"] == ["bash", "-c", "exec python scripts/train.py --config "
-                                    "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1"]
+    assert container["command"] == [
+        "bash",
+        "-c",
+        "exec python scripts/train.py --config "
+        "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
+    ]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["SMALLBIG_PROCESS_ID"] == {
-        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
     assert env["XLA_FLAGS"] == "--xla_a=1 --xla_b"
     # What jax.distributed.initialize() gets in pod 2: pod 0 through the headless Service, 4 processes, index 2.
     pod_env = {k: v for k, v in env.items() if isinstance(v, str)} | {"SMALLBIG_PROCESS_ID": "2"}
-    assert distributed_settings(env=pod_env) == dict(coordinator_address="k400-0.k400:1234", num_processes=4,
-                                                     process_id=2)
+    assert distributed_settings(env=pod_env) == dict(
+        coordinator_address="k400-0.k400:1234", num_processes=4, process_id=2
+    )
     if accelerator == "gpu":
         assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
     else:
-        assert pod["nodeSelector"] == {"cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
-                                       "cloud.google.com/gke-tpu-topology": "2x2x4"}
+        assert pod["nodeSelector"] == {
+            "cloud.google.com/gke-tpu-accelerator": "tpu-v5p-slice",
+            "cloud.google.com/gke-tpu-topology": "2x2x4",
+        }
         assert container["resources"]["limits"] == {"google.com/tpu": 4}
 
 

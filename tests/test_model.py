@@ -7,8 +7,7 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from smallbig_jax.models import build_model, count_params
-from smallbig_jax.models import layers, smallbig
+from smallbig_jax.models import build_model, count_params, layers, smallbig
 
 OFFICIAL_PARAMS = [
     ("smallbig50", 400, 24_370_640),
@@ -310,7 +309,9 @@ def test_whole_network_equals_its_3d_reference_in_value_and_gradient(monkeypatch
     bias gradient cancels to a few 1e-4 of its terms and would hide a real difference of that size.
     """
     with jax.enable_x64(True):
-        model = build_model("smallbig23", num_classes=5, base_width=8, seed=6, dtype=jnp.float64, param_dtype=jnp.float64)
+        model = build_model(
+            "smallbig23", num_classes=5, base_width=8, seed=6, dtype=jnp.float64, param_dtype=jnp.float64
+        )
         randomize_batchnorms(model, seed=7)
         model.eval()
         graphdef, state = nnx.split(model)

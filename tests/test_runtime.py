@@ -52,8 +52,11 @@ def test_compilation_cache_settings(tmp_path, monkeypatch):
     try:
         jax.config.update("jax_compilation_cache_dir", None)
         applied = runtime.configure(config, str(tmp_path / "run"))
-        assert applied["compilation_cache"] == jax.config.jax_compilation_cache_dir == runtime.compilation_cache_dir(
-            "user", None)
+        assert (
+            applied["compilation_cache"]
+            == jax.config.jax_compilation_cache_dir
+            == runtime.compilation_cache_dir("user", None)
+        )
         jax.config.update("jax_compilation_cache_dir", "/elsewhere")  # set before the run: kept
         config.compilation_cache = "workdir"
         assert runtime.configure(config, str(tmp_path / "run"))["compilation_cache"] == "/elsewhere"
@@ -62,13 +65,16 @@ def test_compilation_cache_settings(tmp_path, monkeypatch):
 
 
 def test_xla_gpu_flags_keep_the_users_own_and_fields_are_checked():
-    merged = runtime.merged_xla_flags("--xla_gpu_enable_latency_hiding_scheduler=false --xla_foo=1",
-                                      runtime.DEFAULT_XLA_GPU_FLAGS + " --xla_bar=2")
+    merged = runtime.merged_xla_flags(
+        "--xla_gpu_enable_latency_hiding_scheduler=false --xla_foo=1", runtime.DEFAULT_XLA_GPU_FLAGS + " --xla_bar=2"
+    )
     assert merged == "--xla_gpu_enable_latency_hiding_scheduler=false --xla_foo=1 --xla_bar=2"
     assert runtime.merged_xla_flags("", runtime.DEFAULT_XLA_GPU_FLAGS) == runtime.DEFAULT_XLA_GPU_FLAGS
     config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
-    for key, bad, message in (("profile_steps", -1, "config.profile_steps=-1"),
-                              ("xla_gpu_flags", "latency_hiding", "config.xla_gpu_flags=")):
+    for key, bad, message in (
+        ("profile_steps", -1, "config.profile_steps=-1"),
+        ("xla_gpu_flags", "latency_hiding", "config.xla_gpu_flags="),
+    ):
         c = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
         c[key] = bad
         with pytest.raises(ConfigError, match=message):

@@ -8,8 +8,8 @@ import importlib.util
 import inspect
 import os
 
-
-from smallbig_jax import benchmark as bm, evaluate, steps, train
+from smallbig_jax import benchmark as bm
+from smallbig_jax import evaluate, steps, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,8 +55,12 @@ def test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_load
     (setup,) = built
     assert timed == [setup.eval_step, setup.train_step]
     assert "ema_params" in setup.state  # the step was built with EMA
-    assert rec["step_config"] == {"batchnorm": "global", "grad_accum_steps": 2, "ema_decay": 0.9,
-                                  "params_sharding": "replicate"}
+    assert rec["step_config"] == {
+        "batchnorm": "global",
+        "grad_accum_steps": 2,
+        "ema_decay": 0.9,
+        "params_sharding": "replicate",
+    }
     assert rec["global_batch"] == 4 and rec["input_per_device"] == [4, 4, 28, 28, 3]
     e = rec["end_to_end"]
     assert e["steps"] == 2 and e["clips_per_s"] > 0 and 0 <= e["data_wait_share"] <= 1

@@ -12,8 +12,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def synthetic_config(arg: str):
-    spec = importlib.util.spec_from_file_location("synthetic_smallbig", os.path.join(REPO, "configs",
-                                                                                     "synthetic_smallbig.py"))
+    spec = importlib.util.spec_from_file_location(
+        "synthetic_smallbig", os.path.join(REPO, "configs", "synthetic_smallbig.py")
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config(arg)
@@ -31,7 +32,8 @@ def test_smallbig_learns_the_motion_and_per_frame_res50_stays_near_chance(datase
 
     Seed 0 with the exact training and evaluation geometry: SmallBig 0.94, res50 0.205. SmallBig's result at this
     size depends much on the seed: with the geometry before, seeds 0-3 gave 0.68, 0.895, 0.58, 0.95 (seeds 0-2 with
-    YNNPACK's convs instead of XLA's: 0.935, 0.735, 0.645), res50 0.255. Hence a threshold far above res50 and chance rather than near SmallBig's best runs.
+    YNNPACK's convs instead of XLA's: 0.935, 0.735, 0.645), res50 0.255. Hence a threshold far above res50
+    and chance rather than near SmallBig's best runs.
     """
     top1 = {}
     for variant in ("smallbig23", "res50"):

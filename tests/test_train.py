@@ -34,8 +34,10 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
 
 def batch(seed=0, n=8, t=4, size=32, classes=5):
     rng = np.random.default_rng(seed)
-    return {"clip": jnp.asarray(rng.normal(size=(n, t, size, size, 3)), jnp.float32),
-            "label": jnp.asarray(rng.integers(0, classes, n), jnp.int32)}
+    return {
+        "clip": jnp.asarray(rng.normal(size=(n, t, size, size, 3)), jnp.float32),
+        "label": jnp.asarray(rng.integers(0, classes, n), jnp.int32),
+    }
 
 
 def test_cosine_schedule_per_epoch_is_constant_within_an_epoch_and_decays_to_zero():
@@ -161,7 +163,8 @@ MULTI_DEVICE = textwrap.dedent(
     on_one = make_stepper(tiny_config(batchnorm="global", **plain), sharding.make_mesh(jax.devices()[:1]))
     parts = [on_one({{k: v[2 * i:2 * i + 2] for k, v in data.items()}}) for i in range(8)]
     def diff(a, b):
-        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+        pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
     manual_params = jax.tree.map(lambda *p: np.mean(p, axis=0), *[p[0]["params"] for p in parts])
     manual_stats = jax.tree.map(lambda *s: np.mean(s, axis=0), *[p[0]["batch_stats"] for p in parts])
     print(json.dumps({{

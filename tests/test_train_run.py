@@ -29,9 +29,13 @@ def dataset(tmp_path_factory):
 
 
 def train_command(dataset, workdir, *extra):
-    return [sys.executable, os.path.join(REPO, "scripts", "train.py"),
-            f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
-            f"--workdir={workdir}", *extra]
+    return [
+        sys.executable,
+        os.path.join(REPO, "scripts", "train.py"),
+        f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
+        f"--workdir={workdir}",
+        *extra,
+    ]
 
 
 def env():
@@ -40,8 +44,9 @@ def env():
 
 
 def run(dataset, workdir, *extra):
-    out = subprocess.run(train_command(dataset, workdir, *extra), env=env(), capture_output=True,
-                         text=True, timeout=600, cwd=REPO)
+    out = subprocess.run(
+        train_command(dataset, workdir, *extra), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -104,12 +109,23 @@ def wait_for(predicate, proc, timeout=300):
 def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, sig):
     ref_workdir, _ = reference_run
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(train_command(dataset, workdir, "--config.final_eval=False"), env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    proc = subprocess.Popen(
+        train_command(dataset, workdir, "--config.final_eval=False"),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         # SIGTERM once the first checkpoint is complete; SIGKILL right after the second save has started.
         target = 2 if sig == signal.SIGTERM else 4
-        wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(losses(workdir), default=0) >= target, proc)
+        wait_for(
+            lambda: (
+                os.path.exists(os.path.join(workdir, "metrics.jsonl")) and max(losses(workdir), default=0) >= target
+            ),
+            proc,
+        )
         proc.send_signal(sig)
         code = proc.wait(timeout=300)
     finally:
@@ -137,22 +153,39 @@ def free_port():
 
 def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, tmp_path):
     """The real multi-host path: two processes joined by jax.distributed on 127.0.0.1, each feeding its shard."""
-    extra = ["--config.batch_size=8", "--config.num_epochs=1", "--config.final_eval=False",
-             "--config.batchnorm=per_device"]
+    extra = [
+        "--config.batch_size=8",
+        "--config.num_epochs=1",
+        "--config.final_eval=False",
+        "--config.batchnorm=per_device",
+    ]
     single = str(tmp_path / "single")
     eight = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    out = subprocess.run(train_command(dataset, single, *extra), env=eight, capture_output=True, text=True,
-                         timeout=600, cwd=REPO)
+    out = subprocess.run(
+        train_command(dataset, single, *extra), env=eight, capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     multi = str(tmp_path / "multi")
     port = free_port()
     procs = []
     for i in range(2):
-        proc_env = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-                    "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}", "SMALLBIG_NUM_PROCESSES": "2",
-                    "SMALLBIG_PROCESS_ID": str(i)}
-        procs.append(subprocess.Popen(train_command(dataset, multi, *extra), env=proc_env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, cwd=REPO))
+        proc_env = {
+            **env(),
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+            "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}",
+            "SMALLBIG_NUM_PROCESSES": "2",
+            "SMALLBIG_PROCESS_ID": str(i),
+        }
+        procs.append(
+            subprocess.Popen(
+                train_command(dataset, multi, *extra),
+                env=proc_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
     finally:

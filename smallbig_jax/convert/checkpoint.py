@@ -18,7 +18,8 @@ import json
 import os
 import shutil
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -111,7 +112,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     with open(config_path) as f:
         config = json.load(f)
     if config.get("format") != FORMAT or config.get("format_version") != FORMAT_VERSION:
-        raise CheckpointFormatError(f"{config_path}: unknown format {config.get('format')!r} v{config.get('format_version')}")
+        raise CheckpointFormatError(
+            f"{config_path}: unknown format {config.get('format')!r} v{config.get('format_version')}"
+        )
     return config
 
 
@@ -123,9 +126,7 @@ def load_converted_state(path: str | os.PathLike) -> tuple[dict[str, Any], dict]
     return config, pure
 
 
-def load_converted_model(
-    path: str | os.PathLike, *, dtype: Any = jnp.float32, train: bool = False
-) -> SmallBigNet:
+def load_converted_model(path: str | os.PathLike, *, dtype: Any = jnp.float32, train: bool = False) -> SmallBigNet:
     """A ready `SmallBigNet` from a converted checkpoint directory: eval mode unless `train=True`.
 
     `dtype` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32. Raises `CheckpointFormatError` when
@@ -140,8 +141,11 @@ def load_converted_model(
     got = dict(_flatten(pure))
     problems = [f"missing {'.'.join(p)} {s}" for p, s in want.items() if p not in got]
     problems += [f"unexpected {'.'.join(p)} {np.shape(v)}" for p, v in got.items() if p not in want]
-    problems += [f"shape of {'.'.join(p)}: expected {want[p]}, found {np.shape(v)}" for p, v in got.items()
-                 if p in want and want[p] != np.shape(v)]
+    problems += [
+        f"shape of {'.'.join(p)}: expected {want[p]}, found {np.shape(v)}"
+        for p, v in got.items()
+        if p in want and want[p] != np.shape(v)
+    ]
     if problems:
         raise CheckpointFormatError(f"{path}: state does not match {config}:\n  " + "\n  ".join(problems))
     arrays = {leaves[key][0]: np.asarray(v) for key, v in got.items()}

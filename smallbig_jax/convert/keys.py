@@ -5,7 +5,8 @@ variant, depth, width and class count instead of being a hand-written list. Rena
 (docs/model.md#state-dict-names-and-layout):
 
     NNX module path            official module          NNX leaf     official tensor
-    big_bn1 / big_bn2 / big_bn3  big1.1 / big2.1 / big3.1  kernel       weight      (conv: THWIO <-> OITHW; fc: [in,out] <-> [out,in])
+    big_bn1 / big_bn2 / big_bn3  big1.1 / big2.1 / big3.1  kernel       weight      (conv: THWIO <-> OITHW;
+                                                                                     fc: [in,out] <-> [out,in])
     downsample.conv / .bn      downsample.0 / .1        scale        weight
     extra.reduce               big4_1                   bias         bias
     extra.expand / extra.bn    big4_2.0 / big4_2.1      mean / var   running_mean / running_var
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from flax import nnx
@@ -122,7 +123,20 @@ def key_table(variant: str, num_classes: int, base_width: int = 64) -> tuple[Key
 # (docs/model.md#state-dict-names-and-layout);
 # the extra gate's big4_1 / big4_2 (absent from the official smallbig50 key list) are placed before downsample;
 # BN tensors: weight, bias, running_mean, running_var (then num_batches_tracked).
-_MODULE_ORDER = ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "big1", "big2", "big3", "big4_1", "big4_2", "downsample"]
+_MODULE_ORDER = [
+    "conv1",
+    "bn1",
+    "conv2",
+    "bn2",
+    "conv3",
+    "bn3",
+    "big1",
+    "big2",
+    "big3",
+    "big4_1",
+    "big4_2",
+    "downsample",
+]
 _TENSOR_ORDER = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
 
 

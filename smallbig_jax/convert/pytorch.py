@@ -14,7 +14,8 @@ import dataclasses
 import logging
 import os
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,9 @@ def warn_nonfinite(arrays: Mapping[str, np.ndarray], source: str) -> list[str]:
     bad = sorted(name for name, a in arrays.items() if not np.isfinite(a).all())
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        log.warning("%s: %d tensors hold NaN or Inf values (%s); the converted model will output NaN", source,
-                    len(bad), shown)
+        log.warning(
+            "%s: %d tensors hold NaN or Inf values (%s); the converted model will output NaN", source, len(bad), shown
+        )
     return bad
 
 
@@ -82,7 +84,9 @@ def load_pth(path: str | os.PathLike) -> Any:
             why = "the file is empty"
         else:
             why = "it is not a PyTorch checkpoint, or it is truncated or corrupt"
-        raise ConversionError(f"{path}: cannot be read as a PyTorch checkpoint: {why}", [f"{type(e).__name__}: {text}"]) from e
+        raise ConversionError(
+            f"{path}: cannot be read as a PyTorch checkpoint: {why}", [f"{type(e).__name__}: {text}"]
+        ) from e
 
 
 def extract_state_dict(obj: Any, source: str = "checkpoint") -> tuple[dict[str, Any], dict[str, Any]]:
@@ -190,7 +194,8 @@ def infer_config(sd: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
         and all((b.big_views, b.temporal_conv1, b.extra) == k for b, k in zip(v.blocks, kinds))
     ]
     desc = ", ".join(
-        f"layer{i + 1}: {d} blocks" + ("".join(f" +{n}" for n, f in zip(("big views", "3x1x1 conv1", "extra gate"), k) if f))
+        f"layer{i + 1}: {d} blocks"
+        + ("".join(f" +{n}" for n, f in zip(("big views", "3x1x1 conv1", "extra gate"), k) if f))
         for i, (d, k) in enumerate(zip(depths, kinds))
     )
     if len(matches) == 1:
@@ -239,13 +244,18 @@ class TensorCheck:
     used: list[str]  # its keys that fit: right shape, floating point
 
     def counts(self) -> str:
-        counts = (f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape "
-                  "mismatches")
+        counts = (
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches"
+        )
         return counts + (f", {len(self.non_float)} non-float tensors" if self.non_float else "")
 
 
-def check_tensors(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], table: tuple[KeySpec, ...],
-                  ignore: tuple[str, ...] = ()) -> TensorCheck:
+def check_tensors(
+    sd: Mapping[str, Any],
+    expected: Mapping[str, tuple[int, ...]],
+    table: tuple[KeySpec, ...],
+    ignore: tuple[str, ...] = (),
+) -> TensorCheck:
     """Every key of `sd` against `expected` (key -> torch shape): missing, unexpected, wrong shape, not floating
     point. A BatchNorm's `num_batches_tracked` (BatchNorms of `table`) and keys starting with `ignore` are passed."""
     bn_modules = {s.bn_module for s in table if s.bn_module}
@@ -258,19 +268,22 @@ def check_tensors(sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]]
         elif _shape(t) != expected[key]:
             check.mismatched.append(f"shape mismatch {key}: expected {_fmt(expected[key])}, found {_fmt(_shape(t))}")
         elif not t.dtype.is_floating_point:
-            check.non_float.append(f"dtype of {key}: expected a floating-point tensor, found "
-                                   f"{str(t.dtype).replace('torch.', '')}")
+            check.non_float.append(
+                f"dtype of {key}: expected a floating-point tensor, found {str(t.dtype).replace('torch.', '')}"
+            )
         else:
             check.used.append(key)
     return check
 
 
-def _key_problems(check: TensorCheck, sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
-                  target: str) -> list[str]:
+def _key_problems(
+    check: TensorCheck, sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], target: str
+) -> list[str]:
     """The missing and unexpected keys of `check` as message lines."""
     missing = [f"missing key {k} (expected shape {_fmt(expected[k])})" for k in check.missing]
-    return missing + [f"unexpected key {k} (shape {_fmt(_shape(sd[k]))}): no place for it in {target}"
-                      for k in check.unexpected]
+    return missing + [
+        f"unexpected key {k} (shape {_fmt(_shape(sd[k]))}): no place for it in {target}" for k in check.unexpected
+    ]
 
 
 def validate_state_dict(
@@ -306,8 +319,9 @@ def set_arrays(model: nnx.Module, arrays: Mapping[tuple, np.ndarray], *, complet
     nnx.update(model, nnx.from_flat_state(flat))
 
 
-def arrays_to_model(arrays: Mapping[tuple, np.ndarray], variant: str, num_classes: int, base_width: int = 64,
-                    dtype: Any = jnp.float32) -> SmallBigNet:
+def arrays_to_model(
+    arrays: Mapping[tuple, np.ndarray], variant: str, num_classes: int, base_width: int = 64, dtype: Any = jnp.float32
+) -> SmallBigNet:
     """A `SmallBigNet` (eval mode, compute `dtype`) whose every state leaf comes from `arrays` (NNX path -> array, JAX
     layout)."""
     model = nnx.eval_shape(lambda: build_model(variant, num_classes, base_width=base_width, dtype=dtype))
@@ -373,10 +387,11 @@ def model_arrays(model: SmallBigNet) -> dict[tuple, np.ndarray]:
     return {tuple(p): np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model))}
 
 
-def export_state_dict(model: SmallBigNet, *, prefix: str = "") -> "collections.OrderedDict[str, Any]":
+def export_state_dict(model: SmallBigNet, *, prefix: str = "") -> collections.OrderedDict[str, Any]:
     """The model's weights as a PyTorch state dict with the official module names, in the official order.
 
-    Loads with `load_state_dict(..., strict=True)` into the official `SmallBigNet` (or `smallbig_jax/torch_reference.py`).
+    Loads with `load_state_dict(..., strict=True)` into the official `SmallBigNet` (or
+    `smallbig_jax/torch_reference.py`).
     Tensors are float32; every BN also gets `num_batches_tracked` = 0 (JAX does not count batches). Pass
     `prefix="module."` for the keys of a DataParallel / DDP-wrapped model.
     """

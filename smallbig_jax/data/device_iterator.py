@@ -16,7 +16,8 @@ import collections
 import logging
 import queue
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grain
 import jax
@@ -117,8 +118,13 @@ class BadInputLog:
         next_epoch = (position + batch_size) // self._epoch_size
         if next_epoch > epoch and self.bad_inputs.get(epoch):
             names = self.bad_inputs[epoch]
-            log.warning("epoch %d on this host: %d unreadable videos, %d replacements (each video is logged with its "
-                        "reason the first time it fails)", epoch, len(names), sum(names.values()))
+            log.warning(
+                "epoch %d on this host: %d unreadable videos, %d replacements (each video is logged with its "
+                "reason the first time it fails)",
+                epoch,
+                len(names),
+                sum(names.values()),
+            )
 
     def log_excluded(self) -> None:
         if self.excluded:

@@ -175,9 +175,7 @@ class EvalExample:
     def _load(self, v: int, clip_i: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """The clip decoded at its stored size and resized as officially, and its crop corners."""
         c = self.cfg
-        choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[
-            clip_i
-        ]
+        choose = lambda n: sampling.eval_indices(n, c["sampling"], c["num_frames"], c["stride"], c["num_clips"])[clip_i]
         frames = transforms.eval_resize(self.source.load(v, choose)[0], c["scale_size"], c["num_crops"])
         _, h, w, _ = frames.shape
         return frames, transforms.eval_crop_corners(h, w, self.size, c["num_crops"])

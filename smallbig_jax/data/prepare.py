@@ -22,7 +22,8 @@ import json
 import multiprocessing
 import os
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import av
 import numpy as np

@@ -16,7 +16,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import av
 import numpy as np

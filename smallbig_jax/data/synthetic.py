@@ -69,7 +69,12 @@ def make_video(rng: np.random.Generator, label: int, num_frames: int = 16, size:
 
 
 def description(
-    *, seed: int = 0, num_train: int = 1000, num_val: int = 200, num_frames: int = 16, size: int = 64,
+    *,
+    seed: int = 0,
+    num_train: int = 1000,
+    num_val: int = 200,
+    num_frames: int = 16,
+    size: int = 64,
     arrayrecord: bool = True,
 ) -> dict:
     """What ``dataset.json`` records: the generator version and the arguments a dataset is written with (these, with

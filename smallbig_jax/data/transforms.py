@@ -15,7 +15,7 @@ runs it on the device, where it is free and the host-to-device copy is 4x smalle
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

@@ -76,8 +76,9 @@ def write_synthetic_dataset(out: str, *, workers: int = 2, **arguments) -> dict[
         for i in range(spec[split]):
             rel = f"{split}/{i:05d}.mp4"
             label = i % len(synthetic.CLASSES)
-            jobs.append((os.path.join(out, "videos", rel), spec["seed"], split_id, i, label, spec["num_frames"],
-                         spec["size"]))
+            jobs.append(
+                (os.path.join(out, "videos", rel), spec["seed"], split_id, i, label, spec["num_frames"], spec["size"])
+            )
             rows.append(f"{rel} {spec['num_frames']} {label}\n")
         os.makedirs(os.path.join(out, "videos", split), exist_ok=True)
         with open(os.path.join(out, f"{split}.txt"), "w") as f:

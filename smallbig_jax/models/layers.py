@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -152,8 +153,8 @@ class BatchNorm(nnx.Module):
     """BatchNorm over all axes but the last, as `torch.nn.BatchNorm3d` computes it.
 
     Statistics are reduced and stored in float32 (or `param_dtype` if wider) whatever the compute dtype. The running
-    variance is updated with the unbiased batch variance (PyTorch's rule, which the official training used); `momentum` is PyTorch's
-    (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
+    variance is updated with the unbiased batch variance (PyTorch's rule, which the official training used);
+    `momentum` is PyTorch's (0.1 = flax's 0.9). `use_running_average` is toggled by `model.train()` / `model.eval()`.
 
     `groups` > 1 splits the batch into that many contiguous groups with statistics of their own ("ghost" BN). With
     the batch sharded over G devices and groups = G this is per-device BatchNorm as in PyTorch DDP training, with no

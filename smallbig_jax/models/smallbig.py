@@ -161,7 +161,9 @@ class SmallBigNet(nnx.Module):
                 in_features = planes * EXPANSION
             setattr(self, f"layer{index + 1}", nnx.List(blocks))
         self.num_features = in_features
-        self.fc = nnx.Linear(in_features, num_classes, param_dtype=param_dtype, rngs=rngs, **_torch_linear_init(in_features))
+        self.fc = nnx.Linear(
+            in_features, num_classes, param_dtype=param_dtype, rngs=rngs, **_torch_linear_init(in_features)
+        )
 
     def stages(self, x: Array) -> dict[str, Array]:
         """Outputs of the stem, each stage, the pooled features and the logits, by name."""
