@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from smallbig_jax.models import layers
 from smallbig_jax.models.layers import Array, Formulation
 
 
@@ -252,17 +253,8 @@ def _broadcast_frames_bwd(frames, _, dy):
 broadcast_frames.defvjp(_broadcast_frames_fwd, _broadcast_frames_bwd)
 
 
-def max_pool_3x3x3(x: Array) -> Array:
-    """`layers.max_pool_3x3x3` with this module's 1D pool."""
-    for axis in (1, 2, 3):
-        if x.shape[axis] > 1:
-            x = max_pool_1d(x, axis)
-    return x
-
-
-def max_pool_global_t_3x3(x: Array) -> Array:
-    """`layers.max_pool_global_t_3x3` with this module's pools."""
-    return max_pool_1d(max_pool_1d(max_over_frames(x), 2), 3)
+max_pool_3x3x3 = functools.partial(layers.max_pool_3x3x3, pool_1d=max_pool_1d)
+max_pool_global_t_3x3 = functools.partial(layers.max_pool_global_t_3x3, pool_1d=max_pool_1d, max_frames=max_over_frames)
 
 
 @jax.custom_vjp

@@ -214,21 +214,24 @@ def broadcast_frames(x: Array, frames: int) -> Array:
     return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
 
 
-def max_pool_3x3x3(x: Array) -> Array:
-    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2."""
+def max_pool_3x3x3(x: Array, pool_1d: Callable[..., Array] = max_pool_1d) -> Array:
+    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2 (`pool_1d`: the 1D pool
+    of a formulation)."""
     for axis in (1, 2, 3):
         if x.shape[axis] > 1:
-            x = max_pool_1d(x, axis)
+            x = pool_1d(x, axis)
     return x
 
 
-def max_pool_global_t_3x3(x: Array) -> Array:
+def max_pool_global_t_3x3(
+    x: Array, pool_1d: Callable[..., Array] = max_pool_1d, max_frames: Callable[[Array], Array] = max_over_frames
+) -> Array:
     """Max over all frames (keeping T=1), then 3x3 spatial max, stride 1: the big view of conv3.
 
     Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets one
     set of weights serve any T.
     """
-    return max_pool_1d(max_pool_1d(max_over_frames(x), 2), 3)
+    return pool_1d(pool_1d(max_frames(x), 2), 3)
 
 
 PLAIN = Formulation(
