@@ -5,11 +5,11 @@ r"""How far bfloat16 training gradients are from float32 ones, in JAX and in PyT
 
 A train-mode SmallBig network (BatchNorm affine parameters drawn at random so that the big views carry gradient)
 and one batch of random clips: the gradient of the mean cross-entropy with respect to every parameter, computed with
-float32 compute and with bfloat16 compute (float32 parameters, BatchNorm statistics and head), under both conv
-formulations; and the same in PyTorch (`smallbig_jax.torch_reference`, identical weights) without and with
-`torch.autocast("cpu", torch.bfloat16)`. Printed: |g_bf16 - g_f32| / |g_f32| over all parameters, and the leaves
-that differ most. This is a precision measurement, not a speed one: it tells whether the bfloat16 path loses more
-than PyTorch's does (BENCHMARKS.md, "bfloat16 gradients").
+float32 compute and with bfloat16 compute (float32 parameters, BatchNorm statistics and head), in both
+formulations ("plain" and "cpu"); and the same in PyTorch (`smallbig_jax.torch_reference`, identical weights)
+without and with `torch.autocast("cpu", torch.bfloat16)`. Printed: |g_bf16 - g_f32| / |g_f32| over all
+parameters, and the leaves that differ most. This is a precision measurement, not a speed one: it tells whether
+the bfloat16 path loses more than PyTorch's does (BENCHMARKS.md, "bfloat16 gradients").
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
-from smallbig_jax.models import layers
-from smallbig_jax.models.smallbig import build_model
+from smallbig_jax.models import build_model, layers
 
 _VARIANT = flags.DEFINE_string("variant", "smallbig23", "Model variant.")
 _WIDTH = flags.DEFINE_integer("base_width", 8, "Channels of the stem and first stage.")
@@ -36,9 +35,8 @@ def relative_difference(got: dict, want: dict) -> float:
     return float(np.sqrt(sum(np.sum((got[k] - want[k]) ** 2) for k in want) / sum(np.sum(want[k] ** 2) for k in want)))
 
 
-def jax_gradients(state, clips, labels, dtype, impl: str) -> dict[str, np.ndarray]:
-    layers.set_conv_impl(impl)
-    model = build_model(_VARIANT.value, NUM_CLASSES, base_width=_WIDTH.value, dtype=dtype)
+def jax_gradients(state, clips, labels, dtype, formulation: str) -> dict[str, np.ndarray]:
+    model = build_model(_VARIANT.value, NUM_CLASSES, base_width=_WIDTH.value, dtype=dtype, formulation=formulation)
     nnx.update(model, state)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -46,7 +44,7 @@ def jax_gradients(state, clips, labels, dtype, impl: str) -> dict[str, np.ndarra
         logits = nnx.merge(graphdef, params, rest, copy=True)(clips)
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    grads = jax.jit(jax.grad(loss))(params)
+    grads = jax.jit(jax.grad(loss), compiler_options=model.formulation.compiler_options("cpu"))(params)
     return {"/".join(map(str, path)): np.asarray(g, np.float64) for path, g in nnx.to_flat_state(grads)}
 
 
@@ -82,10 +80,10 @@ def main(_):
             module.bias[...] = jnp.asarray(rng.normal(0, 0.1, module.bias.shape), jnp.float32)
     state = nnx.state(reference)
     print(f"{_VARIANT.value}, width {_WIDTH.value}, clips {shape}, train mode: |g - g_float32| / |g_float32|")
-    f32 = jax_gradients(state, clips, labels, jnp.float32, "xla")
-    for impl in ("xla", "cpu"):
-        report(f"JAX {impl} float32", jax_gradients(state, clips, labels, jnp.float32, impl), f32)
-        report(f"JAX {impl} bfloat16", jax_gradients(state, clips, labels, jnp.bfloat16, impl), f32)
+    f32 = jax_gradients(state, clips, labels, jnp.float32, "plain")
+    for formulation in ("plain", "cpu"):
+        report(f"JAX {formulation} float32", jax_gradients(state, clips, labels, jnp.float32, formulation), f32)
+        report(f"JAX {formulation} bfloat16", jax_gradients(state, clips, labels, jnp.bfloat16, formulation), f32)
     try:
         import torch
     except ImportError:

@@ -5,7 +5,8 @@ r"""Op-level timing of SmallBig-R50's convs in the formulations XLA:CPU offers, 
 For every distinct conv of SmallBig-R50 at 8x224x224, batch 2 (frames folded into the batch: N*T = 16), times the
 forward and the forward+backward (gradients of input and kernel) of:
   ynnpack  lax.conv_general_dilated compiled with XLA:CPU's defaults (convolutions go to YNNPACK)
-  xla      the same compiled with `layers.compiler_options("cpu")` (convolutions stay with XLA's own Eigen conv)
+  xla      the same compiled with the CPU formulation's options (`CPU.compiler_options("cpu")`: convolutions stay
+           with XLA's own Eigen conv)
   extra    `xla` compiled with `--extra_options` added (XLA:CPU options to try), if given
   torch    torch.nn.functional.conv2d, channels_last, same shapes (oneDNN)
 Rows alternate between formulations step by step, so machine load hits all of them alike. Results are printed as
@@ -24,7 +25,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
-from smallbig_jax.models import layers
+from smallbig_jax.models.cpu_formulation import CPU
 
 _NT = flags.DEFINE_integer("frames_x_batch", 16, "N*T of the folded batch.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per formulation.")
@@ -78,7 +79,7 @@ def main(argv):
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    options = layers.compiler_options("cpu")
+    options = CPU.compiler_options("cpu")
     nt = _NT.value
     rng = np.random.default_rng(0)
     names = ("ynnpack", "xla") + (("extra",) if _EXTRA.value else ()) + ("torch",)

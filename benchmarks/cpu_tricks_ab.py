@@ -4,15 +4,16 @@ r"""Same-process A/B of the CPU formulation's tricks: each one switched back to 
   python benchmarks/cpu_tricks_ab.py --variants base,opt:xla_cpu_use_onednn=true --mode eval
 
 Every variant is the training run's step (`smallbig_jax.steps`, SmallBig-R50 8x224x224, batch 2, float32, the
-official recipe, as scripts/benchmark.py without --config), traced with some of `models/layers.py`'s CPU tricks
-replaced by the plain form a reader would write; all variants are compiled first, then run in turn (base, A, B,
-base, A, B, ...), so machine load hits them alike. Prints, per variant, the median step time, the median of its
-per-round ratio to the first variant (robust to load that drifts between rounds), XLA's temporaries, the compile
-time and page faults. Variants (comma-separated; `-` switches a trick off):
+official recipe, as scripts/benchmark.py without --config), built in a variant of the CPU formulation
+(`models/cpu_formulation.py`) with some of its tricks replaced by the plain form a reader would write; all variants
+are compiled first, then run in turn (base, A, B, base, A, B, ...), so machine load hits them alike. Prints, per
+variant, the median step time, the median of its per-round ratio to the first variant (robust to load that drifts
+between rounds), XLA's temporaries, the compile time and page faults. Variants (comma-separated; `-` switches a
+trick off):
 
-  base          the code as it is
-  -stored       `layers._stored` is the identity (the block-output ReLU and the pools' kept values are fused into
-                their consumers again)
+  base          the CPU formulation as it is
+  -stored       `cpu_formulation._stored` is the identity (the block-output ReLU and the pools' kept values are
+                fused into their consumers again)
   -relu_stored  only the block-output ReLU is a plain `jax.nn.relu` (the pools keep `_stored`)
   -bn_backward  BatchNorm's backward by autodiff of its forward instead of the hand-written one
   -bn_2d_sums   BatchNorm's sums over the middle axis of `[1, elements, C]` instead of a 2D `[elements, C]` view
@@ -20,10 +21,12 @@ time and page faults. Variants (comma-separated; `-` switches a trick off):
   -pools        every max-pool as `lax.reduce_window` (its backward: select-and-scatter), frames broadcast by
                 `jnp.broadcast_to`
   -conv_options  no compiler options: XLA:CPU's defaults give convolutions to YNNPACK
-  plain         all of the above off: the model as written in models/smallbig.py with `lax` ops only
+  plain         the plain formulation (`layers.PLAIN`: plain `lax` ops and autodiff, XLA:CPU's default options)
   opt:K=V[;K=V] base compiled with these XLA:CPU options added (e.g. opt:xla_cpu_use_onednn=true)
-The glibc settings (`smallbig_jax/host_memory.py`) act on the process, so they are compared across processes:
-`SMALLBIG_KEEP_HOST_MEMORY=0 python benchmarks/cpu_step_profile.py` against the same without it.
+A variant is a `Formulation` (the CPU one with fields replaced) given to the step builder in place of the config's
+(`steps.formulation` is patched for the build), plus the module functions of `cpu_formulation` it replaces while
+its steps are traced. The glibc settings (`smallbig_jax/host_memory.py`) act on the process, so they are compared
+across processes: `SMALLBIG_KEEP_HOST_MEMORY=0 python benchmarks/cpu_step_profile.py` against the same without it.
 """
 
 from smallbig_jax.host_memory import keep_freed_host_memory
@@ -31,6 +34,7 @@ from smallbig_jax.host_memory import keep_freed_host_memory
 keep_freed_host_memory()
 
 import contextlib
+import dataclasses
 import resource
 import statistics
 import time
@@ -42,7 +46,8 @@ from absl import app, flags
 from jax import lax
 
 from smallbig_jax import benchmark, steps
-from smallbig_jax.models import layers, smallbig
+from smallbig_jax.models import cpu_formulation, layers
+from smallbig_jax.models.cpu_formulation import CPU
 
 _VARIANTS = flags.DEFINE_list("variants", ["base", "-stored"], "Variants to compare (see the docstring).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step.")
@@ -70,31 +75,31 @@ def _plain_pool_global_t_3x3(x):
     return _reduce_window_max(x, (1, x.shape[1], 3, 3, 1), (1,) * 5, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
 
 
-def _plain_broadcast_frames(x, frames):
-    return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
-
-
-# trick -> [(module, attribute, plain replacement)]
-PATCHES = {
-    "stored": [(layers, "_stored", lambda a: a)],
-    "relu_stored": [(smallbig, "relu_written_once", jax.nn.relu)],
-    "bn_backward": [(layers, "batch_norm_train", layers.batch_norm_train.fun)],
-    "bn_2d_sums": [(layers, "_sum_per_group", lambda a: jnp.sum(a, axis=1, keepdims=True))],
-    "pool_backward": [
-        (layers, "_max_pool_3_tap", layers._max_pool_3_tap.fun),
-        (layers, "_max_pool_1d", layers._max_pool_1d.fun),
-        (layers, "_max_over_frames", layers._max_over_frames.fun),
-        (smallbig, "broadcast_frames", layers.broadcast_frames.fun),
-    ],
-    "pools": [
-        (smallbig, "max_pool_1d", _plain_max_pool_1d),
-        (smallbig, "max_pool_3x3x3", _plain_pool_3x3x3),
-        (smallbig, "max_pool_global_t_3x3", _plain_pool_global_t_3x3),
-        (smallbig, "broadcast_frames", _plain_broadcast_frames),
-    ],
-    "conv_options": [(steps, "compiler_options", lambda mesh: None)],
+# trick -> (fields of the CPU formulation replaced, [(cpu_formulation attribute, plain replacement)])
+TRICKS = {
+    "stored": ({}, [("_stored", lambda a: a)]),
+    "relu_stored": ({"block_output_relu": jax.nn.relu}, []),
+    "bn_backward": ({"batch_norm_train": cpu_formulation.batch_norm_train.fun}, []),
+    "bn_2d_sums": ({}, [("_sum_per_group", lambda a: jnp.sum(a, axis=1, keepdims=True))]),
+    "pool_backward": (
+        {"broadcast_frames": cpu_formulation.broadcast_frames.fun},
+        [
+            ("_max_pool_3_tap", cpu_formulation._max_pool_3_tap.fun),
+            ("_max_pool_1d", cpu_formulation._max_pool_1d.fun),
+            ("_max_over_frames", cpu_formulation._max_over_frames.fun),
+        ],
+    ),
+    "pools": (
+        {
+            "max_pool_1d": _plain_max_pool_1d,
+            "max_pool_3x3x3": _plain_pool_3x3x3,
+            "max_pool_global_t_3x3": _plain_pool_global_t_3x3,
+            "broadcast_frames": layers.broadcast_frames,
+        },
+        [],
+    ),
+    "conv_options": ({"cpu_compiler_options": {}}, []),
 }
-PLAIN = ("stored", "bn_backward", "bn_2d_sums", "pools", "conv_options")
 
 
 def _option_value(text: str):
@@ -103,17 +108,19 @@ def _option_value(text: str):
     return int(text) if text.isdigit() else text
 
 
-def patches_of(variant: str) -> list:
+def variant_of(variant: str) -> tuple[layers.Formulation, list]:
+    """(the variant's formulation, [(module, attribute, replacement)] to hold while its steps are traced)."""
     if variant == "base":
-        return []
+        return CPU, []
     if variant == "plain":
-        return [p for name in PLAIN for p in PATCHES[name]]
-    if variant.startswith("-") and variant[1:] in PATCHES:
-        return PATCHES[variant[1:]]
+        return layers.PLAIN, []
+    if variant.startswith("-") and variant[1:] in TRICKS:
+        fields, functions = TRICKS[variant[1:]]
+        replaced = dataclasses.replace(CPU, name=variant, **fields)
+        return replaced, [(cpu_formulation, name, value) for name, value in functions]
     if variant.startswith("opt:"):
-        extra = dict(item.split("=", 1) for item in variant[4:].split(";"))
-        options = {**layers.compiler_options("cpu"), **{k: _option_value(v) for k, v in extra.items()}}
-        return [(steps, "compiler_options", lambda mesh: options)]
+        extra = {k: _option_value(v) for k, v in (item.split("=", 1) for item in variant[4:].split(";"))}
+        return dataclasses.replace(CPU, name=variant, cpu_compiler_options={**CPU.cpu_compiler_options, **extra}), []
     raise app.UsageError(f"unknown variant {variant!r}")
 
 
@@ -131,7 +138,6 @@ def patched(replacements):
 
 def main(argv):
     del argv
-    layers.set_conv_impl("cpu")
     config = benchmark.benchmark_config(
         "smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value, base_width=_WIDTH.value
     )
@@ -143,15 +149,17 @@ def main(argv):
     batch = jax.device_put({"clip": clips, "label": np.array([0, 1], np.int32)}, steps.sharding.batch_sharding(mesh))
     runs = {}
     for variant in _VARIANTS.value:
-        with patched(patches_of(variant)):
+        formulation, functions = variant_of(variant)
+        with patched([*functions, (steps, "formulation", lambda config, mesh=None: formulation)]):
             state = jax.tree.map(jnp.copy, setup.state)
+            graphdef, eval_graphdef = steps.model_graphdefs(config, mesh)
             if _MODE.value == "train":
                 jitted = steps.make_train_step(
-                    setup.graphdef, setup.tx, config, mesh, setup.state_shardings, setup.lr_schedule
+                    graphdef, setup.tx, config, mesh, setup.state_shardings, setup.lr_schedule
                 )
                 runs[variant] = benchmark.JaxStep(jitted, (state, batch), feeds_state=True)
             else:
-                jitted = jax.jit(steps.eval_step_fn(setup.eval_graphdef), compiler_options=steps.compiler_options(mesh))
+                jitted = steps.make_eval_step(eval_graphdef, mesh, formulation)
                 runs[variant] = benchmark.JaxStep(
                     jitted, (state["params"], state["batch_stats"], batch["clip"]), feeds_state=False
                 )

@@ -9,9 +9,10 @@ it train and evaluate here, and can the host's CPUs feed it (`scripts/accelerato
    - one training step (`steps.train_step_fn`, the training run's step) from the same state and batch: the
      parameter update on the device against the host CPU's, relative L2 error within `UPDATE_F32_BOUND`.
    When the device *is* the CPU (CI, a laptop), the "device" side is the training run's program, sharded over
-   every local device (per-device BatchNorm, donated state, the model's CPU compile options), and the reference a
-   plain single-device program compiled at LLVM -O0 without those options: a different program for the same model,
-   so the bounds still catch a wrong sharding, fusion or layout, but not a wrong CPU backend.
+   every local device (per-device BatchNorm, donated state, the "cpu" formulation and its compile options), and the
+   reference the model in the "plain" formulation as a single-device program compiled at LLVM -O0 without those
+   options: a different program for the same model, so the bounds still catch a wrong sharding, fusion, layout or
+   formulation, but not a wrong CPU backend. On an accelerator the reference is the "plain" formulation too.
 2. **Speed**: the config's model in bfloat16, train step and eval forward at each `clips_per_device` (8, 16, 32),
    built by `steps.train_setup` and timed by `benchmark.py`; a size that runs out of device memory is recorded and
    ends that mode's sweep. Clips/s per device, MFU (XLA's FLOPs of the compiled per-device program / step time /
@@ -42,7 +43,6 @@ import numpy as np
 from smallbig_jax import benchmark as bm
 from smallbig_jax import sharding, steps
 from smallbig_jax.data import synthetic, writers
-from smallbig_jax.models import layers
 
 LOGITS_F32_BOUND = 1e-4  # x max(1, max |logit|): float32 on the device vs the host CPU
 # Relative L2 error of bfloat16 logits against float32: rounding to an 8-bit mantissa gave 0.03 on the tiny CI
@@ -76,9 +76,10 @@ def _host_cpu() -> jax.Device | None:
 
 
 def _reference(fn, args: tuple, cpu: jax.Device, same_backend: bool):
-    """`fn(*args)` as one plain jitted program on the host CPU: one device, no shardings, no donation, and when the
-    device under test is that CPU too, compiled differently from it (LLVM at -O0, none of the model's CPU options)."""
-    options = {"xla_backend_optimization_level": 0} if same_backend else layers.compiler_options("cpu")
+    """`fn(*args)` as one plain jitted program on the host CPU: one device, no shardings, no donation, XLA's default
+    options, and when the device under test is that CPU too, LLVM at -O0. `fn` runs the model in the "plain"
+    formulation, so a device running the "cpu" one is checked against the other formulation."""
+    options = {"xla_backend_optimization_level": 0} if same_backend else None
     return jax.device_get(jax.jit(fn, compiler_options=options)(*jax.device_put(args, cpu)))
 
 
@@ -99,7 +100,7 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     out: dict[str, Any] = {
         "weights": config.init_from or f"seeded initialisation (seed {config.seed})",
         "device": f"{mesh.size} x {mesh.devices.flat[0].device_kind}, the training run's jitted step",
-        "reference": "host CPU, 1 device, plain jit at -O0" if same_backend else "host CPU, 1 device, plain jit",
+        "reference": ("host CPU, 1 device, plain formulation, plain jit" + (" at -O0" if same_backend else "")),
         "batch": [n, t, size, size, 3],
         "bounds": {
             "logits_f32_vs_cpu": f"max|diff| <= {LOGITS_F32_BOUND} x max(1, max|logit|)",
@@ -107,11 +108,14 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
             "update_f32_vs_cpu": f"relative L2 <= {UPDATE_F32_BOUND}",
         },
     }
+    plain = ml_collections.ConfigDict(config.to_dict())
+    plain.model.formulation = "plain"
+    plain_graphdef, plain_eval_graphdef = steps.model_graphdefs(plain, mesh)
     with jax.default_matmul_precision("highest"):
         setup = steps.train_setup(config, mesh, bm.STEPS_PER_EPOCH)
         params, stats = jax.device_get((setup.state["params"], setup.state["batch_stats"]))
         logits = np.asarray(setup.eval_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]))
-        ref_logits = _reference(steps.eval_step_fn(setup.eval_graphdef), (params, stats, clips), cpu, same_backend)
+        ref_logits = _reference(steps.eval_step_fn(plain_eval_graphdef), (params, stats, clips), cpu, same_backend)
         scale = max(1.0, float(np.abs(ref_logits).max()))
         diff = float(np.abs(logits - ref_logits).max())
         out["logits_f32_vs_cpu"] = {
@@ -123,7 +127,7 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     # bfloat16 at the default precision, as training runs it.
     bf16 = ml_collections.ConfigDict(config.to_dict())
     bf16.model.dtype = "bfloat16"
-    bf16_step = steps.make_eval_step(steps.model_graphdefs(bf16, mesh)[1], mesh)
+    bf16_step = steps.make_eval_step(steps.model_graphdefs(bf16, mesh)[1], mesh, steps.formulation(bf16, mesh))
     bf16_logits = np.asarray(bf16_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]), np.float32)
     rel = _relative_l2(bf16_logits, logits)
     out["logits_bf16_vs_f32"] = {"relative_l2": rel, "passed": rel <= LOGITS_BF16_BOUND}
@@ -133,7 +137,7 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
         new_state, metrics = setup.train_step(setup.state, batch)  # donates setup.state
         new_params, loss = jax.device_get((new_state["params"], metrics["loss"]))
         ref_state, ref_metrics = _reference(
-            steps.train_step_fn(setup.graphdef, setup.tx, config, setup.lr_schedule),
+            steps.train_step_fn(plain_graphdef, setup.tx, config, setup.lr_schedule),
             (host_state, {"clip": clips, "label": labels}),
             cpu,
             same_backend,

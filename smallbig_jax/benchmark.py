@@ -534,6 +534,7 @@ def benchmark_model(
         "num_classes": num_classes,
         # How the step was built (steps.train_setup), as in training.
         "step_config": {
+            "formulation": step_builder.formulation(config, mesh).name,
             "batchnorm": config.batchnorm,
             "grad_accum_steps": config.grad_accum_steps,
             "ema_decay": config.ema_decay,

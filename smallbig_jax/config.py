@@ -25,6 +25,9 @@ from smallbig_jax.errors import ConfigError
 from smallbig_jax.variants import VARIANTS
 
 DTYPES = ("float32", "bfloat16", "float16")  # names of the compute and parameter dtypes a config may ask for
+# How the model writes the ops whose fastest form depends on the compiler (smallbig_jax/models/smallbig.py): "auto"
+# is "cpu" on a CPU backend and "plain" elsewhere. Named here, not imported, so that a config loads without JAX.
+FORMULATIONS = ("auto", "plain", "cpu")
 
 
 def official_recipe(
@@ -35,7 +38,14 @@ def official_recipe(
     config.seed = 1  # torch.manual_seed(1) in the official main.py
 
     config.model = ml_collections.ConfigDict(
-        dict(variant=variant, num_classes=num_classes, base_width=64, dtype="float32", param_dtype="float32")
+        dict(
+            variant=variant,
+            num_classes=num_classes,
+            base_width=64,
+            dtype="float32",
+            param_dtype="float32",
+            formulation="auto",
+        )
     )
 
     config.data = default_data_config()  # every field is documented there
@@ -157,6 +167,7 @@ RULES: dict[str, Rule] = {
     "model.base_width": integer(1),
     "model.dtype": one_of(*DTYPES),
     "model.param_dtype": one_of(*DTYPES),
+    "model.formulation": one_of(*FORMULATIONS),
     "batch_size": integer(1),
     "num_epochs": integer(1),
     "optimizer.name": one_of("sgd"),
@@ -297,6 +308,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # count and data position are in units of the old value (`seed`: the data order; `batch_size`: steps count batches
 # of the old size, and the schedule with them). `num_epochs` and `grad_accum_steps` may change (`train.py` says how
 # it continues); every other field (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
+# `RESUMABLE` lists the exceptions inside a refused group: `model.formulation` changes how the same parameters are
+# computed, not what they are (a checkpoint saved without the field resumes too).
+RESUMABLE = ("model.formulation",)
 REFUSED_ON_RESUME = (
     "seed",
     "model.",
@@ -326,6 +340,8 @@ def resume_changes(saved: dict, config: ml_collections.ConfigDict) -> tuple[list
     for field in sorted(old.keys() | new.keys()):
         before, after = old.get(field, "(absent)"), new.get(field, "(absent)")
         if before != after:
-            refuse = any(field == p or (p.endswith(".") and field.startswith(p)) for p in REFUSED_ON_RESUME)
+            refuse = field not in RESUMABLE and any(
+                field == p or (p.endswith(".") and field.startswith(p)) for p in REFUSED_ON_RESUME
+            )
             (refused if refuse else accepted).append(f"{field}: {before!r} -> {after!r}")
     return refused, accepted

@@ -124,7 +124,7 @@ def evaluate_dataset(
     )
     try:
         result = evaluate(
-            make_eval_step(eval_graphdef, mesh),
+            make_eval_step(eval_graphdef, mesh, steps.formulation(config, mesh)),
             params,
             batch_stats,
             loader,

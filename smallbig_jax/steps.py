@@ -3,8 +3,9 @@
 `train.py` (the training loop), `evaluate.py` (multi-view evaluation), `benchmark.py` (scripts/benchmark.py,
 benchmarks/cpu_step_profile.py) and `scripts/accelerator_check.py` all take their model, state and steps from here,
 so what is timed is what trains: per-device BatchNorm, gradient accumulation, EMA, label smoothing, the optimizer
-chain and the backend's compile options exactly as the config sets them. `model_from_config` is the one way from a
-config to a model; `train_setup` is the one call that turns a config into a ready train state and its steps.
+chain, the model's formulation and its compile options exactly as the config sets them. `model_from_config` is the
+one way from a config to a model; `train_setup` is the one call that turns a config into a ready train state and
+its steps.
 """
 
 from __future__ import annotations
@@ -24,15 +25,33 @@ from jax import lax
 from smallbig_jax import sharding
 from smallbig_jax.config import DTYPES
 from smallbig_jax.convert import init_from
-from smallbig_jax.models import VARIANTS, SmallBigNet, build_model, layers, set_batchnorm_groups
+from smallbig_jax.models import (
+    VARIANTS,
+    Formulation,
+    SmallBigNet,
+    build_model,
+    resolve_formulation,
+    set_batchnorm_groups,
+)
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
 
 # --- The model and the train state of a config ------------------------------------------------------------------
 
 
+def formulation(config: ml_collections.ConfigDict, mesh=None) -> Formulation:
+    """The model's formulation, `config.model.formulation` ("auto": "cpu" when `mesh`, or without one JAX's default
+    backend, is on the CPU, "plain" elsewhere); it brings the compile options of the steps built here."""
+    platform = mesh.devices.flat[0].platform if mesh is not None else None
+    try:
+        return resolve_formulation(config.model.formulation, platform)
+    except ValueError as error:
+        raise ValueError(f"config.model.{error}") from None
+
+
 def model_from_config(config: ml_collections.ConfigDict, mesh=None) -> SmallBigNet:
-    """A fresh model for `config.model` (seeded by `config.seed`, dtype names checked) and, given the `mesh` it
-    trains on, its BatchNorms set for `config.batchnorm` (per-device statistics: one group per device)."""
+    """A fresh model for `config.model` (seeded by `config.seed`, dtype names checked, in its `formulation`) and,
+    given the `mesh` it trains on, its BatchNorms set for `config.batchnorm` (per-device statistics: one group per
+    device)."""
     model_config = config.model
     for key in ("dtype", "param_dtype"):
         if model_config[key] not in DTYPES:
@@ -48,6 +67,7 @@ def model_from_config(config: ml_collections.ConfigDict, mesh=None) -> SmallBigN
         dtype=getattr(jnp, model_config.dtype),
         param_dtype=getattr(jnp, model_config.param_dtype),
         seed=config.seed,
+        formulation=formulation(config, mesh),
     )
     if mesh is not None and config.batchnorm == "per_device":
         set_batchnorm_groups(model, mesh.size)
@@ -107,11 +127,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
     if smoothing:
         targets = optax.smooth_labels(targets, smoothing)
     return optax.softmax_cross_entropy(logits, targets)
-
-
-def compiler_options(mesh) -> dict[str, str] | None:
-    """The model's `jax.jit` compile options on `mesh`'s backend (`layers.compiler_options`)."""
-    return layers.compiler_options(mesh.devices.flat[0].platform)
 
 
 def train_step_fn(
@@ -191,7 +206,7 @@ def make_train_step(
         in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=(0,),
-        compiler_options=compiler_options(mesh),
+        compiler_options=formulation(config, mesh).compiler_options(mesh.devices.flat[0].platform),
     )
 
 
@@ -205,12 +220,12 @@ def eval_step_fn(graphdef: nnx.GraphDef) -> Callable:
 
 
 @functools.lru_cache(maxsize=4)
-def make_eval_step(graphdef: nnx.GraphDef, mesh) -> Callable:
-    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device; one per
-    (model, mesh), so that the validations during training compile once."""
-    return jax.jit(
-        eval_step_fn(graphdef), out_shardings=sharding.replicated(mesh), compiler_options=compiler_options(mesh)
-    )
+def make_eval_step(graphdef: nnx.GraphDef, mesh, formulation: Formulation) -> Callable:
+    """Jitted `(params, batch_stats, clips) -> logits`, in eval mode, logits replicated on every device, compiled
+    with the options of the model's `formulation` (`formulation(config, mesh)`); one per (model, mesh), so that the
+    validations during training compile once."""
+    options = formulation.compiler_options(mesh.devices.flat[0].platform)
+    return jax.jit(eval_step_fn(graphdef), out_shardings=sharding.replicated(mesh), compiler_options=options)
 
 
 @dataclasses.dataclass
@@ -242,5 +257,5 @@ def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int) -
         state,
         shardings,
         make_train_step(graphdef, tx, config, mesh, shardings, lr_schedule),
-        make_eval_step(eval_graphdef, mesh),
+        make_eval_step(eval_graphdef, mesh, formulation(config, mesh)),
     )

@@ -254,9 +254,12 @@ def test_accepted_and_refused_fields_are_classified():
         "num_epochs": 5,
         "data.root": "/elsewhere",
         "data.worker_count": 2,
+        "model.formulation": "plain",  # the same parameters, computed another way
     }.items():
         refused, accepted = config_lib.resume_changes(saved, tiny_config("unused", **{field: value}))
         assert not refused and len(accepted) == 1, field
+    del saved["model"]["formulation"]  # a checkpoint saved before the field existed
+    assert config_lib.resume_changes(saved, config) == ([], ["model.formulation: '(absent)' -> 'auto'"])
     for field, value in {
         "seed": 3,
         "schedule.base_lr": 0.1,
@@ -264,6 +267,7 @@ def test_accepted_and_refused_fields_are_classified():
         "data.crop_size": 24,
         "batchnorm": "per_device",
         "grad_clip_norm": 1.0,
+        "model.base_width": 8,
     }.items():
         refused, _ = config_lib.resume_changes(saved, tiny_config("unused", **{field: value}))
         assert len(refused) == 1 and refused[0].startswith(field + ": "), field
@@ -288,6 +292,7 @@ BAD_VALUES = [
     ("model.variant", "smallbig18"),
     ("model.num_classes", 0),
     ("model.param_dtype", "float64"),
+    ("model.formulation", "xla"),
     ("batchnorm", "sync"),
     ("params_sharding", "zero3"),
     ("eval_average", "max"),

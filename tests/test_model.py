@@ -1,5 +1,7 @@
 """The SmallBig network family: parameter counts, shapes, equivalences and the fast layer formulations."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,9 @@ import pytest
 from flax import nnx
 from jax import lax
 
-from smallbig_jax.models import build_model, count_params, layers, smallbig
+from smallbig_jax.models import build_model, count_params, cpu_formulation, layers
+
+FORMULATION_MODULES = [layers, cpu_formulation]  # both define the pools, BatchNorm's training form, the ReLU
 
 OFFICIAL_PARAMS = [
     ("smallbig50", 400, 24_370_640),
@@ -186,16 +190,18 @@ def test_folded_conv_equals_3d_conv_in_value_and_gradient(kernel, stride, size):
 
 
 @pytest.mark.parametrize(
-    "fast,ref",
+    "pool,ref",
     [
-        (layers.max_pool_3x3x3, reference_max_pool_3x3x3),
-        (layers.max_pool_global_t_3x3, reference_max_pool_global_t_3x3),
-        (lambda x: layers.max_pool_1d(x, 2, stride=2), lambda x: reference_max_pool_1d(x, 2, stride=2)),
-        (lambda x: layers.max_pool_1d(x, 3, stride=2), lambda x: reference_max_pool_1d(x, 3, stride=2)),
+        (lambda m: m.max_pool_3x3x3, reference_max_pool_3x3x3),
+        (lambda m: m.max_pool_global_t_3x3, reference_max_pool_global_t_3x3),
+        (lambda m: lambda x: m.max_pool_1d(x, 2, stride=2), lambda x: reference_max_pool_1d(x, 2, stride=2)),
+        (lambda m: lambda x: m.max_pool_1d(x, 3, stride=2), lambda x: reference_max_pool_1d(x, 3, stride=2)),
     ],
 )
 @pytest.mark.parametrize("shape", [(2, 8, 9, 10, 3), (1, 3, 7, 8, 2), (1, 1, 4, 5, 2)])
-def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(fast, ref, shape):
+@pytest.mark.parametrize("module", FORMULATION_MODULES)
+def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(pool, ref, shape, module):
+    fast = pool(module)
     x = jax.random.normal(jax.random.key(0), shape)  # continuous values: no ties, so the gradient is unique
     weights = jax.random.normal(jax.random.key(1), jax.eval_shape(ref, x).shape)
     value_fast, grad_fast = jax.value_and_grad(lambda x: jnp.sum(fast(x) * weights))(x)
@@ -204,15 +210,16 @@ def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(fast, ref
     np.testing.assert_allclose(grad_fast, grad_ref, rtol=1e-5, atol=1e-5)  # float32 summation order differs
 
 
-def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
+@pytest.mark.parametrize("module", FORMULATION_MODULES)
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(module):
     """With ties (post-ReLU zeros, repeated values) each window's gradient goes to its first maximal element, as
     in PyTorch; the edge is repeated, so a window reaching past the end gives its share to the edge element."""
     rng = np.random.default_rng(0)
     for n, stride in [(7, 1), (2, 1), (6, 2), (7, 2)]:
         x = rng.integers(0, 3, size=(3, n, 2)).astype(np.float32)  # many ties
-        dy_shape = jax.eval_shape(lambda x: layers.max_pool_1d(x, 1, stride=stride), x).shape
+        dy_shape = jax.eval_shape(lambda x: module.max_pool_1d(x, 1, stride=stride), x).shape
         dy = rng.normal(size=dy_shape).astype(np.float32)
-        _, vjp = jax.vjp(lambda x: layers.max_pool_1d(x, 1, stride=stride), jnp.asarray(x))
+        _, vjp = jax.vjp(lambda x: module.max_pool_1d(x, 1, stride=stride), jnp.asarray(x))
         (dx,) = vjp(jnp.asarray(dy))
         expected = np.zeros_like(x)
         for b in range(3):
@@ -224,10 +231,11 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window():
         np.testing.assert_allclose(dx, expected, rtol=1e-6, err_msg=f"n={n} stride={stride}")
 
 
-def test_max_over_frames_gradient_goes_to_the_first_maximal_frame():
+@pytest.mark.parametrize("module", FORMULATION_MODULES)
+def test_max_over_frames_gradient_goes_to_the_first_maximal_frame(module):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, size=(2, 5, 3, 4)).astype(np.float32)  # many ties between frames
-    y, vjp = jax.vjp(layers.max_over_frames, jnp.asarray(x))
+    y, vjp = jax.vjp(module.max_over_frames, jnp.asarray(x))
     dy = rng.normal(size=y.shape).astype(np.float32)
     (dx,) = vjp(jnp.asarray(dy))
     expected = np.zeros_like(x)
@@ -236,9 +244,10 @@ def test_max_over_frames_gradient_goes_to_the_first_maximal_frame():
     np.testing.assert_array_equal(dx, expected)
 
 
-def test_broadcast_frames_gradient_sums_the_frames():
+@pytest.mark.parametrize("module", FORMULATION_MODULES)
+def test_broadcast_frames_gradient_sums_the_frames(module):
     x = jax.random.normal(jax.random.key(0), (2, 1, 3, 4))
-    y, vjp = jax.vjp(lambda x: layers.broadcast_frames(x, 5), x)
+    y, vjp = jax.vjp(lambda x: module.broadcast_frames(x, 5), x)
     dy = jax.random.normal(jax.random.key(1), y.shape)
     (dx,) = vjp(dy)
     np.testing.assert_array_equal(y, jnp.broadcast_to(x, (2, 5, 3, 4)))
@@ -248,23 +257,20 @@ def test_broadcast_frames_gradient_sums_the_frames():
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.int8])
 def test_stored_keeps_every_bit(dtype):
     """The CPU formulation's memory barrier returns its input bit for bit: signed zeros, infinities and NaN too."""
-    saved = layers._conv_impl
-    layers.set_conv_impl("cpu")
-    try:
-        if jnp.issubdtype(dtype, jnp.floating):
-            a = jnp.array([[-0.0, 0.0, 1.5, -2.25], [jnp.inf, -jnp.inf, jnp.nan, 3e-39]], dtype)
-        else:
-            a = jnp.array([[-128, 0, 1, 127], [-1, 2, 3, 4]], dtype)
-        kept = jax.jit(layers._stored)(a)
-    finally:
-        layers.set_conv_impl(saved)
+    if jnp.issubdtype(dtype, jnp.floating):
+        a = jnp.array([[-0.0, 0.0, 1.5, -2.25], [jnp.inf, -jnp.inf, jnp.nan, 3e-39]], dtype)
+    else:
+        a = jnp.array([[-128, 0, 1, 127], [-1, 2, 3, 4]], dtype)
+    kept = jax.jit(cpu_formulation._stored)(a)
     assert kept.dtype == a.dtype and kept.shape == a.shape
     np.testing.assert_array_equal(lax.bitcast_convert_type(kept, jnp.uint8), lax.bitcast_convert_type(a, jnp.uint8))
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups):
-    """The hand-written BatchNorm backward against autodiff of (x - mean) / sqrt(var + eps) * scale + bias."""
+@pytest.mark.parametrize("module", FORMULATION_MODULES)
+def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups, module):
+    """BatchNorm's training form (the CPU one with its hand-written backward) against autodiff of
+    (x - mean) / sqrt(var + eps) * scale + bias."""
     with jax.enable_x64(True):
         x = jax.random.normal(jax.random.key(0), (groups, 30, 5), jnp.float64) * 2 + 1
         scale = jax.random.normal(jax.random.key(1), (5,), jnp.float64)
@@ -279,63 +285,82 @@ def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups):
         def loss(fn):
             return lambda x, scale, bias: jnp.sum(jnp.sin(fn(x, scale, bias)) * w)
 
-        ours = jax.grad(loss(lambda *a: layers.batch_norm_train(*a, 1e-5)[0]), argnums=(0, 1, 2))(x, scale, bias)
+        ours = jax.grad(loss(lambda *a: module.batch_norm_train(*a, 1e-5)[0]), argnums=(0, 1, 2))(x, scale, bias)
         ref = jax.grad(loss(reference), argnums=(0, 1, 2))(x, scale, bias)
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-        y, mean, var = layers.batch_norm_train(x, scale, bias, 1e-5)
+        y, mean, var = module.batch_norm_train(x, scale, bias, 1e-5)
         np.testing.assert_allclose(y, reference(x, scale, bias), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(var, jnp.var(x, axis=1, keepdims=True), rtol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["cpu", "xla"])
-def test_block_output_relu_equals_relu_in_value_and_gradient(impl):
-    saved = layers._conv_impl
-    layers.set_conv_impl(impl)
-    try:
-        x = jnp.array([[-2.0, 0.0, 3.0], [1.5, -0.5, 0.0]])
-        y, vjp = jax.vjp(layers.relu_written_once, x)
-        (dx,) = vjp(jnp.full_like(x, 2.0))
-    finally:
-        layers.set_conv_impl(saved)
+@pytest.mark.parametrize("formulation", [layers.PLAIN, cpu_formulation.CPU])
+def test_block_output_relu_equals_relu_in_value_and_gradient(formulation):
+    x = jnp.array([[-2.0, 0.0, 3.0], [1.5, -0.5, 0.0]])
+    y, vjp = jax.vjp(formulation.block_output_relu, x)
+    (dx,) = vjp(jnp.full_like(x, 2.0))
     np.testing.assert_array_equal(y, jax.nn.relu(x))
     np.testing.assert_array_equal(dx, jnp.where(x > 0, 2.0, 0.0))  # zero gradient at 0, as jax.nn.relu
 
 
-def test_whole_network_equals_its_3d_reference_in_value_and_gradient(monkeypatch):
-    """SmallBig-23 (narrow) run with the fast layers and with 3D convs and reduce_window pools, in float64.
+REFERENCE = dataclasses.replace(  # reduce_window pools; the convs are 3D convs (`reference_conv`)
+    layers.PLAIN,
+    name="reference",
+    max_pool_1d=reference_max_pool_1d,
+    max_pool_3x3x3=reference_max_pool_3x3x3,
+    max_pool_global_t_3x3=reference_max_pool_global_t_3x3,
+)
+
+
+def _whole_network_logits_and_grads(formulation):
+    """Logits and parameter gradients of a narrow SmallBig-23 (eval mode, float64) in `formulation`, compiled with
+    its options."""
+    model = build_model(
+        "smallbig23",
+        num_classes=5,
+        base_width=8,
+        seed=6,
+        dtype=jnp.float64,
+        param_dtype=jnp.float64,
+        formulation=formulation,
+    )
+    randomize_batchnorms(model, seed=7)
+    model.eval()
+    graphdef, state = nnx.split(model)
+    x = small_clip(8, n=2, t=4, size=32).astype(jnp.float64)
+    labels = jnp.array([1, 3])
+
+    def loss(state):
+        logits = nnx.merge(graphdef, state)(x)
+        return jnp.mean(cross_entropy(logits, labels)), logits
+
+    options = formulation.compiler_options("cpu")
+    (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True), compiler_options=options)(state)
+    return logits, nnx.state(grads, nnx.Param)
+
+
+@pytest.fixture(scope="module")
+def reference_network():
+    with jax.enable_x64(True), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(layers.Conv, "__call__", reference_conv)
+        return _whole_network_logits_and_grads(REFERENCE)
+
+
+@pytest.mark.parametrize("formulation", [layers.PLAIN, cpu_formulation.CPU], ids=lambda f: f.name)
+def test_whole_network_equals_its_3d_reference_in_value_and_gradient(reference_network, formulation):
+    """SmallBig-23 (narrow) run with the model's layers in each formulation and with 3D convs and reduce_window
+    pools, in float64.
 
     float64 so that "equal up to rounding" is sharp: in float32 the deep backward of a sum such as the stem BN's
     bias gradient cancels to a few 1e-4 of its terms and would hide a real difference of that size.
     """
     with jax.enable_x64(True):
-        model = build_model(
-            "smallbig23", num_classes=5, base_width=8, seed=6, dtype=jnp.float64, param_dtype=jnp.float64
-        )
-        randomize_batchnorms(model, seed=7)
-        model.eval()
-        graphdef, state = nnx.split(model)
-        x = small_clip(8, n=2, t=4, size=32).astype(jnp.float64)
-        labels = jnp.array([1, 3])
-
-        def loss(state):
-            logits = nnx.merge(graphdef, state)(x)
-            return jnp.mean(cross_entropy(logits, labels)), logits
-
-        def run():
-            (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(state)
-            return logits, nnx.state(grads, nnx.Param)
-
-        fast_logits, fast_grads = run()
-        monkeypatch.setattr(layers.Conv, "__call__", reference_conv)
-        monkeypatch.setattr(smallbig, "max_pool_3x3x3", reference_max_pool_3x3x3)
-        monkeypatch.setattr(smallbig, "max_pool_global_t_3x3", reference_max_pool_global_t_3x3)
-        monkeypatch.setattr(smallbig, "max_pool_1d", reference_max_pool_1d)
-        ref_logits, ref_grads = run()
-    assert fast_logits.dtype == jnp.float64
-    np.testing.assert_allclose(fast_logits, ref_logits, rtol=1e-10, atol=1e-10)
+        logits, grads = _whole_network_logits_and_grads(formulation)
+    ref_logits, ref_grads = reference_network
+    assert logits.dtype == jnp.float64
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-10, atol=1e-10)
     flat_ref = dict(nnx.to_flat_state(ref_grads))
-    for path, g in nnx.to_flat_state(fast_grads):
+    for path, g in nnx.to_flat_state(grads):
         np.testing.assert_allclose(g[...], flat_ref[path][...], rtol=1e-8, atol=1e-10, err_msg=str(path))
 
 

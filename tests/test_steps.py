@@ -56,6 +56,7 @@ def test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_load
     assert timed == [setup.eval_step, setup.train_step]
     assert "ema_params" in setup.state  # the step was built with EMA
     assert rec["step_config"] == {
+        "formulation": "cpu",  # "auto" on a CPU mesh
         "batchnorm": "global",
         "grad_accum_steps": 2,
         "ema_decay": 0.9,

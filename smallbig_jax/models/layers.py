@@ -1,15 +1,19 @@
-"""Layers of SmallBigNet written for speed on XLA: frame-folded convs, separable max-pools, BatchNorm.
+"""The layers of SmallBigNet in plain Flax NNX and `lax`: frame-folded conv, BatchNorm, separable max-pools.
 
 Layout is NTHWC throughout. Every conv of SmallBigNet has temporal kernel 1 (slowonly's 3x1x1 aside), so a conv is
-a 2D conv over frames folded into the batch; a 3x3x3 max-pool is three 1D maxima of shifted slices, whose backward
-is far cheaper than `lax.reduce_window`'s select-and-scatter.
+a 2D conv over frames folded into the batch; a 3x3x3 max-pool is three 1D maxima of shifted slices (one axis at a
+time), which keeps its backward elementwise instead of `lax.reduce_window`'s select-and-scatter.
+
+The operations whose fastest form depends on the compiler (training-mode BatchNorm, the big views' pools, the
+block-output ReLU) are taken from a `Formulation`: `PLAIN` here (plain `lax` ops and autodiff, for any backend),
+or `cpu_formulation.CPU` (XLA:CPU's). Both compute the same values and gradients.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,42 +28,24 @@ Dtype = Any
 kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal", in_axis=-2, out_axis=-1)
 
 
-# The formulation of the elementwise passes. "xla": plain ops, fused as XLA likes (GPU and TPU). "cpu": values that
-# XLA:CPU would recompute in every consumer are kept in memory (`_stored`). "auto" (default): "cpu" on CPU, "xla"
-# elsewhere. Override with the environment variable SMALLBIG_CONV_IMPL or `set_conv_impl`; read when a function is
-# traced. On CPU, compile the model's programs with `compiler_options` as well.
-CONV_IMPLS = ("auto", "xla", "cpu")
-_conv_impl = os.environ.get("SMALLBIG_CONV_IMPL", "auto")
+@dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: a static part of the model graph
+class Formulation:
+    """How the model writes the operations whose fastest form depends on the compiler, and how its programs are
+    compiled. Chosen when the model is built (`build_model(formulation=...)`, `config.model.formulation`); the
+    parameters are the same in every formulation, so a checkpoint of one restores in another."""
 
+    name: str
+    batch_norm_train: Callable[[Array, Array, Array, float], tuple[Array, Array, Array]]
+    max_pool_1d: Callable[..., Array]  # (x, axis, window=3, stride=1, padding=1)
+    max_pool_3x3x3: Callable[[Array], Array]
+    max_pool_global_t_3x3: Callable[[Array], Array]
+    broadcast_frames: Callable[[Array, int], Array]
+    block_output_relu: Callable[[Array], Array]
+    cpu_compiler_options: Mapping[str, str] = dataclasses.field(default_factory=dict)  # XLA:CPU's, by name
 
-def set_conv_impl(impl: str) -> None:
-    """Selects the formulation ("auto", "xla" or "cpu") for functions traced from now on."""
-    global _conv_impl
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl {impl!r}; expected one of {CONV_IMPLS}")
-    _conv_impl = impl
-
-
-def conv_impl() -> str:
-    """The formulation in effect: "xla" or "cpu" ("auto" resolved by the default backend)."""
-    if _conv_impl not in CONV_IMPLS:
-        raise ValueError(f"SMALLBIG_CONV_IMPL={_conv_impl!r}; expected one of {CONV_IMPLS}")
-    if _conv_impl == "auto":
-        return "cpu" if jax.default_backend() == "cpu" else "xla"
-    return _conv_impl
-
-
-# XLA:CPU hands convolutions to YNNPACK by default, whose convs are slower on this model's shapes than XLA's own
-# (Eigen) conv, forward and gradients alike; dots and reductions stay with YNNPACK, where they are fastest. The gain
-# is measured in BENCHMARKS.md ("CPU tricks, re-measured").
-_CPU_COMPILER_OPTIONS = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
-}
-
-
-def compiler_options(platform: str) -> dict[str, str] | None:
-    """`compiler_options` for `jax.jit` of a program that runs the model on `platform` ("cpu", "gpu", "tpu")."""
-    return dict(_CPU_COMPILER_OPTIONS) if platform == "cpu" else None
+    def compiler_options(self, platform: str) -> dict[str, str] | None:
+        """`compiler_options` for `jax.jit` of a program that runs this model on `platform` ("cpu", "gpu", "tpu")."""
+        return dict(self.cpu_compiler_options) if platform == "cpu" and self.cpu_compiler_options else None
 
 
 def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
@@ -71,34 +57,6 @@ def conv2d(x: Array, kernel: Array, stride: int, padding: int) -> Array:
         padding=((padding, padding), (padding, padding)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
     )
-
-
-def relu_written_once(x: Array) -> Array:
-    """ReLU of a residual stream (a block's output), which XLA:CPU then computes once and reads from memory.
-
-    XLA:CPU otherwise fuses the cheap elementwise chain `relu(bn3(conv3) + residual + big_bn3(...))` into every
-    consumer, and since the residual is itself such a chain, each block recomputes all earlier blocks' BatchNorms
-    of its stage. The ReLU is therefore passed through `_stored`. Other backends get a plain ReLU; so does the "xla"
-    formulation.
-    """
-    return _relu_stored(x) if conv_impl() == "cpu" else jax.nn.relu(x)
-
-
-@jax.custom_vjp
-def _relu_stored(x: Array) -> Array:
-    return _stored(jax.nn.relu(x))
-
-
-def _relu_stored_fwd(x):
-    y = _relu_stored(x)
-    return y, y
-
-
-def _relu_stored_bwd(y, dy):
-    return (jnp.where(y > 0, dy, 0).astype(dy.dtype),)
-
-
-_relu_stored.defvjp(_relu_stored_fwd, _relu_stored_bwd)
 
 
 class Conv(nnx.Module):
@@ -172,7 +130,9 @@ class BatchNorm(nnx.Module):
         param_dtype: Dtype = jnp.float32,
         use_running_average: bool = False,
         groups: int = 1,
+        formulation: Formulation | None = None,
     ):
+        self.formulation = formulation or PLAIN
         self.groups = groups
         self.momentum = momentum
         self.epsilon = epsilon
@@ -195,7 +155,7 @@ class BatchNorm(nnx.Module):
                 raise ValueError(f"batch of {x.shape[0]} does not split into {g} BatchNorm groups")
             grouped = x.astype(self.stat_dtype).reshape(g, -1, x.shape[-1])  # [groups, elements, C]
             scale, bias = self.scale[...].astype(self.stat_dtype), self.bias[...].astype(self.stat_dtype)
-            y, mean, var = batch_norm_train(grouped, scale, bias, self.epsilon)
+            y, mean, var = self.formulation.batch_norm_train(grouped, scale, bias, self.epsilon)
             count = grouped.shape[1]
             unbiased = var * (count / max(count - 1, 1))
             m = self.momentum
@@ -208,242 +168,78 @@ class BatchNorm(nnx.Module):
         return ((x.astype(self.stat_dtype) - mean) * multiplier + self.bias[...].astype(self.stat_dtype)).astype(dtype)
 
 
-@jax.custom_vjp
 def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tuple[Array, Array, Array]:
     """Training-mode BatchNorm of `x` `[groups, elements, C]` with each group's own statistics.
 
     Returns the normalised `x * scale + bias` and the statistics `mean`, biased `var` (`[groups, 1, C]`, two-pass:
-    E[x^2] - E[x]^2 cancels), which only feed the running averages and carry no gradient. The backward pass is the
-    textbook one (two reductions and one elementwise pass), where autodiff of the forward makes several more passes
-    over the activation.
+    E[x^2] - E[x]^2 cancels), which only feed the running averages.
     """
-    return _batch_norm_train_fwd(x, scale, bias, epsilon)[0]
+    mean = jnp.mean(x, axis=1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=1, keepdims=True)
+    return (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias, mean, var
 
 
-def _sum_per_group(a: Array) -> Array:
-    """`[groups, elements, C]` -> `[groups, 1, C]` sums. One group is summed as a 2D `[elements, C]` array: XLA:CPU's
-    (YNNPACK's) fused multiply-and-sum over the middle axis of `[1, elements, C]` is much slower."""
-    groups, _, c = a.shape
-    if groups == 1:
-        return jnp.sum(a.reshape(-1, c), axis=0).reshape(1, 1, c)
-    return jnp.sum(a, axis=1, keepdims=True)
-
-
-def _batch_norm_train_fwd(x, scale, bias, epsilon):
-    count = x.shape[1]
-    mean = _sum_per_group(x) / count
-    var = _sum_per_group(jnp.square(x - mean)) / count
-    inv_std = lax.rsqrt(var + epsilon)
-    y = (x - mean) * (scale * inv_std) + bias
-    return (y, mean, var), (x, mean, inv_std, scale)
-
-
-def _batch_norm_train_bwd(residuals, cotangents):
-    x, mean, inv_std, scale = residuals
-    dy = cotangents[0]  # the statistics' cotangents are zero: they only update the running averages
-    x_hat = (x - mean) * inv_std
-    dy_sum = _sum_per_group(dy)
-    dy_x_hat_sum = _sum_per_group(dy * x_hat)
-    count = x.shape[1]
-    dx = (scale * inv_std) * (dy - dy_sum / count - x_hat * (dy_x_hat_sum / count))
-    return dx, jnp.sum(dy_x_hat_sum, axis=(0, 1)), jnp.sum(dy_sum, axis=(0, 1)), None
-
-
-batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
+def _first_max(a: Array, b: Array) -> Array:
+    """max(a, b) whose gradient goes to `a` on a tie: chained over a window's taps in order, each window's gradient
+    goes to its first maximum, as in PyTorch (`jnp.maximum` would split it between the tied elements)."""
+    return jnp.where(b > a, b, a)
 
 
 def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
-    """Max over a 1D window along `axis` as maxima of strided slices; same result as padding with -inf (PyTorch).
+    """Max over a 1D window along `axis` as the maximum of `window` strided slices; the gradient goes to the first
+    maximal element of each window, as in PyTorch.
 
-    The gradient goes to the first maximal element of each window, as in PyTorch.
+    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
+    padding also holds the edge element, so the maximum is PyTorch's.
     """
     if padding > window // 2:
         raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
     axis = axis % x.ndim
-    if (window, stride, padding) == (3, 1, 1) and x.shape[axis] >= 2:
-        return _max_pool_3_tap(x, axis)
-    return _max_pool_1d(x, axis, window, stride, padding)
-
-
-def _cut(a: Array, axis: int, start: int, stop: int) -> Array:
-    return lax.slice_in_dim(a, start, stop, axis=axis)
-
-
-def _shift(a: Array, axis: int, by: int) -> Array:
-    """`a` moved `by` places along `axis` (positive: towards higher indices), zero-filled, same shape."""
-    n = a.shape[axis]
-    config = [(0, 0, 0)] * a.ndim
-    config[axis] = (max(by, 0), max(-by, 0), 0)
-    return lax.pad(_cut(a, axis, max(-by, 0), n - max(by, 0)), jnp.zeros((), a.dtype), config)
-
-
-def _stored(a: Array) -> Array:
-    """`a` unchanged, computed where it stands and kept in memory, on XLA:CPU (the "cpu" formulation).
-
-    XLA:CPU fuses cheap elementwise producers into each of their consumers, recomputing them (and re-reading their
-    inputs) as often as there are consumers. A reduction is never fused into its consumers, so `a` is passed
-    through one: a bitwise OR with zero over a stacked axis of two, which XLA emits itself, fused with the ops
-    that compute `a` (a float max or sum would go to YNNPACK, which runs it as separate, slower passes).
-    `optimization_barrier` would say this directly, but XLA:CPU drops barriers before fusion.
-    """
-    if conv_impl() != "cpu":
-        return a
-    floating = jnp.issubdtype(a.dtype, jnp.floating)
-    bits = lax.bitcast_convert_type(a, jnp.dtype(f"uint{8 * a.dtype.itemsize}")) if floating else a
-    pair = jnp.stack([bits, jnp.zeros_like(bits)], axis=-1)
-    kept = lax.reduce(pair, jnp.zeros((), bits.dtype), lax.bitwise_or, (a.ndim,))
-    return lax.bitcast_convert_type(kept, a.dtype) if floating else kept
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_3_tap(x: Array, axis: int) -> Array:
-    """The big views' pool (window 3, stride 1, padding 1) without a padded copy: pair maxima m[i] = max(x[i],
-    x[i+1]), then y[i] = max(m[i-1], m[i]), the edges taking the one pair they have."""
-    n = x.shape[axis]
-    pairs = jnp.maximum(_cut(x, axis, 0, n - 1), _cut(x, axis, 1, n))
-    inner = jnp.maximum(_cut(pairs, axis, 0, n - 2), _cut(pairs, axis, 1, n - 1))
-    return jnp.concatenate([_cut(pairs, axis, 0, 1), inner, _cut(pairs, axis, n - 2, n - 1)], axis=axis)
-
-
-def _max_pool_3_tap_fwd(x, axis):
-    # The residual is which tap holds each window's first maximum (0: x[i-1], 1: x[i], 2: x[i+1]) in one byte per
-    # element, so the backward reads that and dy only. It is decided by comparing x with its neighbours, never with
-    # y: XLA may compute x once for y and again here, rounded differently, and then x == y would fail.
-    n = x.shape[axis]
-    index = lax.broadcasted_iota(jnp.int32, x.shape, axis)
-    has_left, has_right = index > 0, index < n - 1
-    left, right = _shift(x, axis, 1), _shift(x, axis, -1)
-    left_wins = has_left & (left >= x) & (~has_right | (left >= right))
-    centre_wins = ~has_right | (x >= right)
-    tap = jnp.where(left_wins, 0, jnp.where(centre_wins, 1, 2)).astype(jnp.int8)
-    return _max_pool_3_tap(x, axis), _stored(tap)
-
-
-def _max_pool_3_tap_bwd(axis, tap, dy):
-    zero = jnp.zeros((), dy.dtype)
-    share = lambda k: jnp.where(tap == k, dy, zero)  # noqa: E731
-    # x[i] receives the centre share of window i, the left share of window i + 1 and the right share of window i - 1.
-    return (_stored(share(1) + _shift(share(0), axis, -1) + _shift(share(2), axis, 1)),)
-
-
-_max_pool_3_tap.defvjp(_max_pool_3_tap_fwd, _max_pool_3_tap_bwd)
-
-
-def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> list[Array]:
-    """The `window` strided slices of edge-padded `x` whose elementwise maximum is the pool.
-
-    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
-    padding also holds the edge element, so the maximum is unchanged.
-    """
     if padding:
         pad = [(0, 0)] * x.ndim
         pad[axis] = (padding, padding)
         x = jnp.pad(x, pad, mode="edge")
     n_out = (x.shape[axis] - window) // stride + 1
-    return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
-
-
-def _first_maximum(candidates: Sequence[Array]) -> Array:
-    """Index of the first of `candidates` holding the elementwise maximum, by comparing them with each other only:
-    int8 (int32 past 127 candidates)."""
-    best, index = candidates[0], jnp.zeros(candidates[0].shape, jnp.int8 if len(candidates) <= 127 else jnp.int32)
-    for i, candidate in enumerate(candidates[1:], 1):
-        later = candidate > best
-        best, index = jnp.where(later, candidate, best), jnp.where(later, i, index).astype(index.dtype)
-    return index
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
-def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) -> Array:
-    return functools.reduce(jnp.maximum, _pool_taps(x, axis, window, stride, padding))
-
-
-def _max_pool_1d_fwd(x, axis, window, stride, padding):
-    return _max_pool_1d(x, axis, window, stride, padding), x
-
-
-def _max_pool_1d_bwd(axis, window, stride, padding, x, dy):
-    # dy goes to each window's first maximal tap (found by comparing the taps with each other, never with the
-    # forward's y; see _max_pool_3_tap_fwd): one select per tap, each tap's share placed back on the padded axis
-    # (interior padding undoes the stride), then a share that fell on the edge padding given to the edge element it
-    # copies.
-    winner = _first_maximum(_pool_taps(x, axis, window, stride, padding))
-    n = x.shape[axis]
-    padded = n + 2 * padding
-    dx_padded = None
-    for i in range(window):
-        config = [(0, 0, 0)] * x.ndim
-        config[axis] = (i, padded - i - ((dy.shape[axis] - 1) * stride + 1), stride - 1)
-        part = lax.pad(jnp.where(winner == i, dy, jnp.zeros((), dy.dtype)), jnp.zeros((), dy.dtype), config)
-        dx_padded = part if dx_padded is None else dx_padded + part
-    if not padding:
-        return (dx_padded,)
-    if n == 1:
-        return (jnp.sum(dx_padded, axis=axis, keepdims=True),)
-    first = jnp.sum(_cut(dx_padded, axis, 0, padding + 1), axis=axis, keepdims=True)
-    last = jnp.sum(_cut(dx_padded, axis, padding + n - 1, padded), axis=axis, keepdims=True)
-    middle = _cut(dx_padded, axis, padding + 1, padding + n - 1)
-    return (jnp.concatenate([first, middle, last], axis=axis),)
-
-
-_max_pool_1d.defvjp(_max_pool_1d_fwd, _max_pool_1d_bwd)
+    taps = [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
+    return functools.reduce(_first_max, taps)
 
 
 def max_over_frames(x: Array) -> Array:
-    """Max over axis 1 (frames), kept as size 1; the gradient goes to the first maximal frame, as in PyTorch.
-
-    Unrolled over frames: XLA:CPU's reductions over a middle axis are several times slower than this one pass.
-    """
-    return _max_over_frames(x, x.shape[1])
+    """Max over axis 1 (frames), kept as size 1; the gradient goes to the first maximal frame, as in PyTorch."""
+    return functools.reduce(_first_max, [x[:, t : t + 1] for t in range(x.shape[1])])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_over_frames(x: Array, frames: int) -> Array:
-    return functools.reduce(jnp.maximum, [x[:, t : t + 1] for t in range(frames)])
-
-
-def _max_over_frames_fwd(x, frames):
-    return _max_over_frames(x, frames), _stored(_first_maximum([x[:, t : t + 1] for t in range(frames)]))
-
-
-def _max_over_frames_bwd(frames, frame, dy):
-    zero = jnp.zeros((), dy.dtype)
-    return (jnp.concatenate([jnp.where(frame == t, dy, zero) for t in range(frames)], axis=1),)
-
-
-_max_over_frames.defvjp(_max_over_frames_fwd, _max_over_frames_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def broadcast_frames(x: Array, frames: int) -> Array:
-    """`[N, 1, ...]` repeated to `[N, frames, ...]`; its gradient sums the frames in one unrolled pass (XLA:CPU's
-    reduction over the middle axis is several times slower)."""
+    """`[N, 1, ...]` repeated to `[N, frames, ...]`."""
     return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
 
 
-def _broadcast_frames_fwd(x, frames):
-    return broadcast_frames(x, frames), None
-
-
-def _broadcast_frames_bwd(frames, _, dy):
-    return (functools.reduce(jnp.add, [dy[:, t : t + 1] for t in range(frames)]),)
-
-
-broadcast_frames.defvjp(_broadcast_frames_fwd, _broadcast_frames_bwd)
-
-
-def max_pool_3x3x3(x: Array) -> Array:
-    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2."""
+def max_pool_3x3x3(x: Array, pool_1d: Callable[..., Array] = max_pool_1d) -> Array:
+    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2 (`pool_1d`: the 1D pool
+    of a formulation)."""
     for axis in (1, 2, 3):
         if x.shape[axis] > 1:
-            x = max_pool_1d(x, axis)
+            x = pool_1d(x, axis)
     return x
 
 
-def max_pool_global_t_3x3(x: Array) -> Array:
+def max_pool_global_t_3x3(
+    x: Array, pool_1d: Callable[..., Array] = max_pool_1d, max_frames: Callable[[Array], Array] = max_over_frames
+) -> Array:
     """Max over all frames (keeping T=1), then 3x3 spatial max, stride 1: the big view of conv3.
 
     Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets one
     set of weights serve any T.
     """
-    return max_pool_1d(max_pool_1d(max_over_frames(x), 2), 3)
+    return pool_1d(pool_1d(max_frames(x), 2), 3)
+
+
+PLAIN = Formulation(
+    name="plain",
+    batch_norm_train=batch_norm_train,
+    max_pool_1d=max_pool_1d,
+    max_pool_3x3x3=max_pool_3x3x3,
+    max_pool_global_t_3x3=max_pool_global_t_3x3,
+    broadcast_frames=broadcast_frames,
+    block_output_relu=jax.nn.relu,
+)

@@ -10,6 +10,10 @@ the max-pooled input, normalised by a BatchNorm of its own and added before the 
 The big-view BatchNorms start at zero, so at initialisation the network is exactly the 2D ResNet (`res50`).
 Inputs are `[N, T, H, W, 3]` clips (NTHWC); outputs are `[N, num_classes]` logits in float32.
 Names mirror the official state dict (`layer2[0].conv1` is `layer2.0.conv1`); `big_bn{1,2,3}` are `big{1,2,3}.1`.
+
+Training-mode BatchNorm, the pools and the block-output ReLU come from the model's `Formulation` (`formulation`:
+"plain", "cpu" or "auto", which is "cpu" on a CPU backend and "plain" elsewhere; layers.py and cpu_formulation.py).
+The parameters do not depend on it.
 """
 
 from __future__ import annotations
@@ -20,29 +24,37 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smallbig_jax.models.layers import (
-    BatchNorm,
-    Conv,
-    broadcast_frames,
-    max_pool_1d,
-    max_pool_3x3x3,
-    max_pool_global_t_3x3,
-    relu_written_once,
-)
+from smallbig_jax.models.cpu_formulation import CPU
+from smallbig_jax.models.layers import PLAIN, BatchNorm, Conv, Formulation
 from smallbig_jax.variants import VARIANTS, BlockKind
 
 Array = jax.Array
 
 STAGE_WIDTHS = (1, 2, 4, 8)  # planes per stage, in units of base_width
 EXPANSION = 4
+FORMULATIONS = {"plain": PLAIN, "cpu": CPU}
+
+
+def resolve_formulation(formulation: str | Formulation, platform: str | None = None) -> Formulation:
+    """The `Formulation` named `formulation` ("plain", "cpu", or "auto": "cpu" when `platform`, by default JAX's
+    default backend, is "cpu", "plain" elsewhere); a `Formulation` is returned as it is."""
+    if isinstance(formulation, Formulation):
+        return formulation
+    if formulation == "auto":
+        return CPU if (platform or jax.default_backend()) == "cpu" else PLAIN
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation {formulation!r}; expected 'auto' or one of {sorted(FORMULATIONS)}")
+    return FORMULATIONS[formulation]
 
 
 class Shortcut(nnx.Module):
     """Strided 1x1 conv + BN on the residual path of a stage's first block (`downsample.0`, `downsample.1`)."""
 
-    def __init__(self, in_features: int, out_features: int, stride: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, out_features: int, stride: int, *, dtype, param_dtype, formulation, rngs: nnx.Rngs
+    ):
         self.conv = Conv(in_features, out_features, stride=stride, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.bn = BatchNorm(out_features, dtype=dtype, param_dtype=param_dtype)
+        self.bn = BatchNorm(out_features, dtype=dtype, param_dtype=param_dtype, formulation=formulation)
 
     def __call__(self, x: Array) -> Array:
         return self.bn(self.conv(x))
@@ -54,10 +66,10 @@ class ContextGate(nnx.Module):
     `reduce` is `big4_1` (used twice), `expand` is `big4_2.0`, `bn` is `big4_2.1`.
     """
 
-    def __init__(self, features: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    def __init__(self, features: int, *, dtype, param_dtype, formulation, rngs: nnx.Rngs):
         self.reduce = Conv(features, features // 4, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.expand = Conv(features // 4, features, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.bn = BatchNorm(features, zero_init=True, dtype=dtype, param_dtype=param_dtype)
+        self.bn = BatchNorm(features, zero_init=True, dtype=dtype, param_dtype=param_dtype, formulation=formulation)
 
     def __call__(self, x: Array) -> Array:
         context = jnp.max(x, axis=(1, 2, 3), keepdims=True)
@@ -77,44 +89,48 @@ class Block(nnx.Module):
         *,
         dtype: Any,
         param_dtype: Any,
+        formulation: Formulation = PLAIN,
         rngs: nnx.Rngs,
     ):
         out_features = planes * EXPANSION
         kw = dict(dtype=dtype, param_dtype=param_dtype)
-        self.extra = ContextGate(in_features, rngs=rngs, **kw) if kind.extra else None
+        bn = dict(formulation=formulation, **kw)
+        self.formulation = formulation
+        self.extra = ContextGate(in_features, rngs=rngs, **bn) if kind.extra else None
         conv1_kernel = (3, 1, 1) if kind.temporal_conv1 else (1, 1, 1)
         self.conv1 = Conv(in_features, planes, conv1_kernel, rngs=rngs, **kw)
-        self.bn1 = BatchNorm(planes, **kw)
+        self.bn1 = BatchNorm(planes, **bn)
         self.conv2 = Conv(planes, planes, (1, 3, 3), stride, rngs=rngs, **kw)
-        self.bn2 = BatchNorm(planes, **kw)
+        self.bn2 = BatchNorm(planes, **bn)
         self.conv3 = Conv(planes, out_features, rngs=rngs, **kw)
-        self.bn3 = BatchNorm(out_features, **kw)
+        self.bn3 = BatchNorm(out_features, **bn)
         if kind.big_views:
-            self.big_bn1 = BatchNorm(planes, zero_init=True, **kw)
-            self.big_bn2 = BatchNorm(planes, zero_init=True, **kw)
-            self.big_bn3 = BatchNorm(out_features, zero_init=True, **kw)
+            self.big_bn1 = BatchNorm(planes, zero_init=True, **bn)
+            self.big_bn2 = BatchNorm(planes, zero_init=True, **bn)
+            self.big_bn3 = BatchNorm(out_features, zero_init=True, **bn)
         else:
             self.big_bn1 = self.big_bn2 = self.big_bn3 = None
         needs_shortcut = stride != 1 or in_features != out_features
-        self.downsample = Shortcut(in_features, out_features, stride, rngs=rngs, **kw) if needs_shortcut else None
+        self.downsample = Shortcut(in_features, out_features, stride, rngs=rngs, **bn) if needs_shortcut else None
 
     def __call__(self, x: Array) -> Array:
+        ops = self.formulation
         if self.extra is not None:
             x = self.extra(x)
         residual = x if self.downsample is None else self.downsample(x)
         u = self.bn1(self.conv1(x))
         if self.big_bn1 is not None:
-            u = u + self.big_bn1(self.conv1(max_pool_3x3x3(x)))
+            u = u + self.big_bn1(self.conv1(ops.max_pool_3x3x3(x)))
         u = jax.nn.relu(u)
         v = self.bn2(self.conv2(u))
         if self.big_bn2 is not None:
-            v = v + self.big_bn2(self.conv2(max_pool_3x3x3(u)))
+            v = v + self.big_bn2(self.conv2(ops.max_pool_3x3x3(u)))
         v = jax.nn.relu(v)
         y = self.bn3(self.conv3(v)) + residual
         if self.big_bn3 is not None:
-            big = self.big_bn3(self.conv3(max_pool_global_t_3x3(v)))  # [N, 1, H, W, C]
-            y = y + broadcast_frames(big, y.shape[1])
-        return relu_written_once(y)
+            big = self.big_bn3(self.conv3(ops.max_pool_global_t_3x3(v)))  # [N, 1, H, W, C]
+            y = y + ops.broadcast_frames(big, y.shape[1])
+        return ops.block_output_relu(y)
 
 
 class SmallBigNet(nnx.Module):
@@ -137,6 +153,7 @@ class SmallBigNet(nnx.Module):
         base_width: int = 64,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
+        formulation: str | Formulation = "auto",
         rngs: nnx.Rngs,
     ):
         if variant not in VARIANTS:
@@ -148,16 +165,17 @@ class SmallBigNet(nnx.Module):
         self.num_classes = num_classes
         self.base_width = base_width
         self.dtype = dtype
+        self.formulation = resolve_formulation(formulation)
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.conv1 = Conv(3, base_width, (1, 7, 7), stride=2, rngs=rngs, **kw)
-        self.bn1 = BatchNorm(base_width, **kw)
+        self.bn1 = BatchNorm(base_width, formulation=self.formulation, **kw)
         in_features = base_width
         for index, (depth, kind, width) in enumerate(zip(spec.depths, spec.blocks, STAGE_WIDTHS)):
             planes = base_width * width
             blocks = []
             for i in range(depth):
                 stride = 2 if (i == 0 and index > 0) else 1
-                blocks.append(Block(in_features, planes, stride, kind, rngs=rngs, **kw))
+                blocks.append(Block(in_features, planes, stride, kind, formulation=self.formulation, rngs=rngs, **kw))
                 in_features = planes * EXPANSION
             setattr(self, f"layer{index + 1}", nnx.List(blocks))
         self.num_features = in_features
@@ -169,7 +187,8 @@ class SmallBigNet(nnx.Module):
         """Outputs of the stem, each stage, the pooled features and the logits, by name."""
         out = {}
         x = jax.nn.relu(self.bn1(self.conv1(x)))
-        x = max_pool_1d(max_pool_1d(x, 2, stride=2), 3, stride=2)  # MaxPool3d (1,3,3), stride (1,2,2), pad (0,1,1)
+        pool = self.formulation.max_pool_1d
+        x = pool(pool(x, 2, stride=2), 3, stride=2)  # MaxPool3d (1,3,3), stride (1,2,2), pad (0,1,1)
         out["stem"] = x
         for name in ("layer1", "layer2", "layer3", "layer4"):
             for block in getattr(self, name):
@@ -205,10 +224,17 @@ def build_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     seed: int = 0,
+    formulation: str | Formulation = "auto",
 ) -> SmallBigNet:
-    """A freshly initialised `SmallBigNet`, in train mode."""
+    """A freshly initialised `SmallBigNet`, in train mode (`formulation`: see `SmallBigNet`)."""
     return SmallBigNet(
-        variant, num_classes, base_width=base_width, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(seed)
+        variant,
+        num_classes,
+        base_width=base_width,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        formulation=formulation,
+        rngs=nnx.Rngs(seed),
     )
 
 
