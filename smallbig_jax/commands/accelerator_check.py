@@ -56,6 +56,7 @@ _RESULTS = flags.DEFINE_string(
     "results", "benchmarks/accelerator_checks.jsonl", "JSON-lines file appended to.", flag_values=FLAGS
 )
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Also write the markdown table to this file.", flag_values=FLAGS)
+cli.define_debug_flag(FLAGS)
 
 
 def tiny_config():

@@ -76,6 +76,7 @@ _E2E = flags.DEFINE_boolean(
 _OUT = flags.DEFINE_string(
     "results", "benchmarks/results.jsonl", "JSON-lines file the record is appended to.", flag_values=FLAGS
 )
+cli.define_debug_flag(FLAGS)
 
 
 def main() -> int | None:
