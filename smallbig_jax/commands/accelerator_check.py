@@ -18,6 +18,7 @@ import sys
 from absl import flags
 
 from smallbig_jax import accelerator_check as check
+from smallbig_jax import cli
 from smallbig_jax.benchmark import load_config
 from smallbig_jax.config import official_recipe
 

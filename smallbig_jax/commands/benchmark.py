@@ -20,6 +20,7 @@ import sys
 import jax
 from absl import app, flags
 
+from smallbig_jax import cli
 from smallbig_jax.benchmark import benchmark_config, benchmark_model, format_results, load_config
 from smallbig_jax.config import DTYPES
 from smallbig_jax.distributed import initialize_distributed
