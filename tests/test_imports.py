@@ -77,6 +77,9 @@ ALLOWED = {
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.models",
     ),
+    # The command line sits on top of everything; the dispatcher imports the chosen command by name.
+    f"{PACKAGE}.commands": (PACKAGE,),
+    f"{PACKAGE}.__main__": (f"{PACKAGE}.commands",),
 }
 
 
