@@ -106,7 +106,7 @@ def main() -> int | None:
         synthetic=synthetic,
         peak_tflops=_PEAK.value,
     )
-    record["command"] = " ".join(["python", *sys.argv])
+    record["command"] = " ".join(["python", *sys.orig_argv[1:]])  # as typed (-m smallbig_jax, a script...)
     table = check.markdown(record)
     print(table)
     if _MARKDOWN.value:

@@ -120,7 +120,7 @@ def main() -> int | None:
     if _INPUT.value and not _CONFIG.value:
         record["input_pipeline"] = {"skipped": "needs --config"}
     record["config"] = _CONFIG.value
-    record["command"] = " ".join(["python", *sys.argv])
+    record["command"] = " ".join(["python", *sys.orig_argv[1:]])  # as typed (-m smallbig_jax, a script...)
     print(format_results(record))
     path = pathlib.Path(_OUT.value)
     path.parent.mkdir(parents=True, exist_ok=True)

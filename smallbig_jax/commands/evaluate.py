@@ -23,9 +23,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir: its newest intact checkpoint is evaluated.", flag_values=FLAGS
 )
-_CONVERTED = flags.DEFINE_string(
-    "converted", None, "A directory written by scripts/convert_pytorch.py.", flag_values=FLAGS
-)
+_CONVERTED = flags.DEFINE_string("converted", None, "A directory written by smallbig-jax convert.", flag_values=FLAGS)
 _STEP = flags.DEFINE_integer(
     "step", None, "With --workdir: this checkpoint step instead of the latest.", flag_values=FLAGS
 )
