@@ -78,7 +78,9 @@ def underscored(args: list[str]) -> list[str]:
     return out
 
 
-def run_command(prog: str, doc: str, flag_values: flags.FlagValues, main: Callable[[], int | None], args: list[str]):
+def run_command(
+    prog: str, doc: str, flag_values: flags.FlagValues, main: Callable[[], int | None], args: list[str]
+) -> int:
     """Parses `args` (the command line after the command's name) into `flag_values` afresh, then runs `main` under
     `user_errors_exit`. Returns main's exit status (0 for None); `--help` prints `doc` and the flags."""
     global _debug_flag
