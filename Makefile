@@ -15,8 +15,8 @@ $(STAMP): $(SOURCES)
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/python scripts/make_synthetic_dataset.py --out data/synthetic --if_missing
-	$(VENV)/bin/python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
+	$(VENV)/bin/python -m smallbig_jax synthetic --out data/synthetic --if_missing
+	$(VENV)/bin/python -m smallbig_jax train --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
 
 # Two pytest workers: most of the suite is single-threaded XLA compilation, so two run side by side on 2 cores.
 TEST_WORKERS ?= 2
@@ -34,13 +34,13 @@ test: lint
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 summary: $(STAMP)
-	$(VENV)/bin/python scripts/model_summary.py --variant smallbig50 --frames 8 --size 224
+	$(VENV)/bin/python -m smallbig_jax summary --variant smallbig50 --frames 8 --size 224
 
 benchmark: $(STAMP)
-	$(VENV)/bin/python scripts/benchmark.py
+	$(VENV)/bin/python -m smallbig_jax benchmark
 
 benchmark-torch: $(STAMP)
-	$(VENV)/bin/python scripts/benchmark.py --compare-torch
+	$(VENV)/bin/python -m smallbig_jax benchmark --compare_torch
 
 clean:
 	rm -rf $(VENV) *.egg-info

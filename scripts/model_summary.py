@@ -1,46 +1,13 @@
-r"""Print parameters, per-stage output shapes and GMACs / XLA GFLOPs per clip of a model at an exact input shape.
+"""`smallbig-jax summary` (smallbig_jax/commands/summary.py): kept under its old name."""
 
-  python scripts/model_summary.py --config configs/kinetics400_smallbig50_8x8.py
-  python scripts/model_summary.py --variant smallbig101 --frames 16 --size 256 --num_classes 400
+import sys
 
-With --config, the model and input shape (num_frames, crop_size) come from the config; flags given explicitly
-override them.
-"""
-
-from absl import app, flags
-from ml_collections import config_flags
-
-from smallbig_jax.config import official_recipe
-from smallbig_jax.models import VARIANTS
-from smallbig_jax.steps import model_from_config
-from smallbig_jax.summary import summarize
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file in configs/ (optional).", lock_config=False)
-_VARIANT = flags.DEFINE_enum("variant", "smallbig50", sorted(VARIANTS), "Model variant (without --config).")
-_NUM_CLASSES = flags.DEFINE_integer("num_classes", 400, "Classifier size (without --config).")
-_BASE_WIDTH = flags.DEFINE_integer("base_width", 64, "Stem width; 64 is the paper's (without --config).")
-_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
-_SIZE = flags.DEFINE_integer("size", 224, "Crop height and width.")
+from smallbig_jax.commands import run
 
 
-def main(argv):
-    del argv
-    if _CONFIG.value is not None:
-        config = _CONFIG.value
-        frames = _FRAMES.value if flags.FLAGS["frames"].present else config.data.num_frames
-        size = _SIZE.value if flags.FLAGS["size"].present else config.data.crop_size
-    else:
-        config = official_recipe(
-            variant=_VARIANT.value,
-            num_classes=_NUM_CLASSES.value,
-            num_frames=_FRAMES.value,
-            dataset="-",
-            sampling="dense",
-        )
-        config.model.base_width = _BASE_WIDTH.value
-        frames, size = _FRAMES.value, _SIZE.value
-    print(summarize(model_from_config(config), frames=frames, size=size).format())
+def main(argv: list[str] | None = None) -> int:
+    return run("summary", argv)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """The first thing to run on a new machine: does the model compute the right numbers on this device, how fast does
-it train and evaluate here, and can the host's CPUs feed it (`scripts/accelerator_check.py`).
+it train and evaluate here, and can the host's CPUs feed it (`smallbig-jax accelerator_check`).
 
 1. **Numerics** (float32 at the highest matmul/conv precision, so that TF32 on NVIDIA GPUs does not count as an
    error), with the weights of a converted checkpoint (`--converted`) or the config's seeded initialisation:

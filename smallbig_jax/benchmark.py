@@ -8,7 +8,7 @@ one, from the official recipe for the model asked for (`benchmark_config`).
 What is measured, and how:
 - **Step time**: each step is called and blocked on (`jax.block_until_ready`; PyTorch on CPU is synchronous); after
   `warmup` untimed steps, `steps` timed steps give the median and the 10th/90th percentiles. Compilation (JAX) is
-  timed apart. With `--compare-torch` the JAX and PyTorch steps alternate (JAX, torch, JAX, torch, ...), so that both
+  timed apart. With `--compare_torch` the JAX and PyTorch steps alternate (JAX, torch, JAX, torch, ...), so that both
   see the same machine load; on shared machines only their *ratio* is trustworthy.
 - **Clips/s**: global batch / median step time, in total and per device.
 - **MFU**: XLA's cost analysis of the per-device program (FLOPs of every op; conv taps on zero padding not counted,
@@ -348,7 +348,7 @@ class TorchSteps:
     def __init__(
         self, jax_model, clips: np.ndarray, labels: np.ndarray, *, lr: float = 0.01, threads: int | None = None
     ):
-        import torch  # optional: only for --compare-torch
+        import torch  # optional: only for --compare_torch
 
         from smallbig_jax.torch_reference import TorchSmallBigNet
 
@@ -464,7 +464,7 @@ def benchmark_model(
     torch_steps = None
     if compare_torch:
         if dtype != "float32":
-            raise ValueError("--compare-torch compares float32 models only")
+            raise ValueError("--compare_torch compares float32 models only")
         jax_model = nnx.merge(setup.eval_graphdef, setup.state["params"], setup.state["batch_stats"])
         torch_steps = TorchSteps(jax_model, clips, labels, threads=torch_threads)  # weights taken before any JAX step
 

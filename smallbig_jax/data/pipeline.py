@@ -144,7 +144,7 @@ class TrainExample:
                 candidate = int(np.random.default_rng([self.seed, epoch, v, attempt + 1]).integers(self.n))
         raise DataError(
             f"video {v} and {self.cfg['max_resample']} replacements for it could not be read; "
-            "is the dataset readable at all? Run scripts/check_dataset.py"
+            "is the dataset readable at all? Run smallbig-jax check"
         )
 
 

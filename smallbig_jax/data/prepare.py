@@ -6,7 +6,7 @@ The builder, `SmallBigVideo` (``small_big_video/jpeg`` and ``small_big_video/vid
 ``video`` (the encoded video file's bytes, config ``video``). ``tfds.features.Video`` and ``Image`` would need
 TensorFlow, so frames are stored as object (bytes) tensors and decoded by the source (only the frames a clip needs).
 
-`prepare_dataset` (``scripts/prepare_dataset.py``) writes ``manifest.json`` (each split's list file, input format and
+`prepare_dataset` (``smallbig-jax prepare``) writes ``manifest.json`` (each split's list file, input format and
 options) into the manual dir and calls ``download_and_prepare``; the builder turns each listed video into a record
 (`generate_examples`). A video that cannot be read is written to the split's ``failed`` file (list line and reason)
 and skipped instead of stopping the build. Readers need only the data dir (`sources.open_split`), or
@@ -56,7 +56,7 @@ class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
         tfds.core.BuilderConfig(name="jpeg", description="JPEG-encoded frames per video."),
         tfds.core.BuilderConfig(name="video", description="The encoded video file (mp4, webm...) per video."),
     ]
-    MANUAL_DOWNLOAD_INSTRUCTIONS = "Run scripts/prepare_dataset.py, which writes manifest.json here."
+    MANUAL_DOWNLOAD_INSTRUCTIONS = "Run smallbig-jax prepare, which writes manifest.json here."
 
     def _info(self) -> tfds.core.DatasetInfo:
         obj = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.object_)

@@ -264,7 +264,7 @@ class VideoFileSource:
 
 
 class ArrayRecordSource:
-    """A split of a dataset prepared by ``scripts/prepare_dataset.py`` (TFDS builder, ArrayRecord shards).
+    """A split of a dataset prepared by ``smallbig-jax prepare`` (TFDS builder, ArrayRecord shards).
 
     Records hold either JPEG frames (only the chosen ones are decoded) or a video file's bytes (PyAV). The split
     is opened through TFDS (``as_data_source``: its files, splits and metadata), but each record is parsed here
@@ -348,7 +348,7 @@ class ArrayRecordSource:
 
 
 def open_split(data_dir: str, split: str):
-    """A TFDS random-access source over one split of a dataset prepared by ``scripts/prepare_dataset.py``, from its
+    """A TFDS random-access source over one split of a dataset prepared by ``smallbig-jax prepare``, from its
     directory alone (the builder class is not needed to read it).
 
     ``data_dir`` is the version folder (``.../small_big_video/jpeg/1.0.0``) or any parent that holds exactly
@@ -370,7 +370,7 @@ def make_source(data_config: Any, split: str, num_classes: int):
     """The source that a data config (a ConfigDict or a dict with its fields) names for ``split``, its labels in
     ``[0, num_classes)``: the list file ``<split>_list`` (formats 'frames' and 'video', read and checked here) or the
     ArrayRecord split ``<split>_split`` of ``arrayrecord_dir``. The one place a format becomes a source: training,
-    evaluation, dataset preparation and ``scripts/check_dataset.py`` all open theirs here."""
+    evaluation, dataset preparation and ``smallbig-jax check`` all open theirs here."""
     fmt = data_config["format"]
     if fmt == "frames":
         return FrameFolderSource(
