@@ -276,13 +276,7 @@ def end_to_end(
     Each step is blocked on, so the time spent in `next(loader)` is time the device waited for data (the loader's
     workers and device prefetch keep running meanwhile). Input-bound: over `input_bound_share` of the time waiting.
     """
-    loader = pipeline.make_train_loader(
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        num_classes=config.model.num_classes,
-        mesh=mesh,
-    )
+    loader = pipeline.recipe_train_loader(config, mesh)
     waits, totals = [], []
     try:
         for i in range(warmup + steps):

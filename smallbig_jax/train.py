@@ -169,13 +169,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if config.batch_size % mesh.size:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {mesh.size} devices")
     start = checkpointing.find_intact(workdir, set_aside=True)
-    loader = pipeline.make_train_loader(
-        config.data,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        num_classes=config.model.num_classes,
-        mesh=mesh,
-    )
+    loader = pipeline.recipe_train_loader(config, mesh)
     steps_per_epoch = max(loader.num_videos // config.batch_size, 1)
     total_steps = config.num_epochs * steps_per_epoch
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)

@@ -319,6 +319,17 @@ def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pa
     return _with_workers(ds, cfg), example
 
 
+def recipe_train_loader(config: ml_collections.ConfigDict, mesh: Mesh) -> DeviceIterator:
+    """`make_train_loader` for a whole training config: its data, global batch size, seed and class count."""
+    return make_train_loader(
+        config.data,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        num_classes=config.model.num_classes,
+        mesh=mesh,
+    )
+
+
 def make_train_loader(
     data_config: ml_collections.ConfigDict,
     *,
