@@ -12,15 +12,22 @@ one message and exit status 2 like any other user error.
 
 from __future__ import annotations
 
+import difflib
+import errno
 import functools
+import importlib.util
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from smallbig_jax.errors import USER_ERRORS
+from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
@@ -42,6 +49,32 @@ def quiet_library_logs() -> None:
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
 
 
+# The machine's errors a user fixes (a full disk, a read-only or foreign folder, a file where a folder should be):
+# errno -> what to do. They end as `error: <path>: <what>` like bad input, not as a traceback.
+MACHINE_ERRORS = {
+    errno.ENOSPC: "no space left on the device: free space there or choose another folder",
+    errno.EDQUOT: "disk quota exceeded: free space there or choose another folder",
+    errno.EROFS: "read-only file system: choose a writable folder",
+    errno.EACCES: "permission denied: this user cannot write (or read) there",
+    errno.EPERM: "operation not permitted: this user cannot write (or read) there",
+    errno.ENOTDIR: "not a folder: a file is where a folder should be",
+    errno.EISDIR: "is a folder, where a file is expected",
+    errno.EEXIST: "already exists, and is not the kind of entry expected",
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def machine_error_message(error: OSError) -> str | None:
+    """`<path>: <what to do>` for an `OSError` a user can fix (`MACHINE_ERRORS`), else None (a traceback)."""
+    what = MACHINE_ERRORS.get(error.errno)
+    if what is None:
+        return None
+    path = error.filename if error.filename is not None else "?"
+    if error.filename2 is not None:
+        path = f"{path} -> {error.filename2}"
+    return f"{path}: {what}"
+
+
 def user_errors_exit(main: Callable) -> Callable:
     """`main` with its library logs quieted and a user error printed as `error: <message>` (exit status 2)."""
 
@@ -51,12 +84,157 @@ def user_errors_exit(main: Callable) -> Callable:
         try:
             return main(*args, **kwargs)
         except Exception as e:
-            if debug_requested() or not isinstance(e, USER_ERRORS):
+            message = machine_error_message(e) if isinstance(e, OSError) else None
+            if debug_requested() or not (isinstance(e, USER_ERRORS) or message):
                 raise
-            print(f"error: {e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
+            print(f"error: {message or e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapped
+
+
+# --- --config=<file.py>[:arg] and its --config.<field>=<value> overrides -----------------------------------------
+
+
+def _failing_line(path: str, error: BaseException) -> str:
+    """`:<line>` of the deepest frame of `error`'s traceback in the file `path`, or ''."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
+    return f":{lines[-1]}" if lines else ""
+
+
+def load_config_file(argument: str) -> Any:
+    """`get_config(arg)` of `path.py:arg` (ml_collections' convention; `get_config()` without a colon), every
+    problem of the file (missing, a folder, unreadable, a syntax error, an exception, an unknown argument) a
+    one-line `ConfigError` naming the file (and line)."""
+    path, colon, arg = argument.partition(":")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path}: no such file")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path}: is a folder, not a config file (configs/*.py)")
+    where = os.path.abspath(path)
+    try:
+        spec = importlib.util.spec_from_file_location(f"config_file_{abs(hash(where))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ConfigError(f"config file {path}: defines no get_config(arg) function")
+        return get_config(arg) if colon else get_config()
+    except ConfigError as e:
+        raise ConfigError(f"config {argument}: {e}") from e
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}:{e.lineno}: {e.msg} (the file does not parse)") from e
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from e
+    except Exception as e:  # a config file that raises: one line that names it, --debug shows the traceback
+        raise ConfigError(f"config {argument}{_failing_line(where, e)}: {type(e).__name__}: {e}") from e
+
+
+def _field_paths(config: Any, prefix: str = "") -> list[str]:
+    """Every field of a (nested) config as a dotted path, its sub-configs included."""
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, Mapping) or hasattr(value, "items") and callable(value.items):
+            out += _field_paths(value, f"{prefix}{key}.")
+    return out
+
+
+def unknown_field_error(config: Any, field: str, flag: str = "config") -> ConfigError | None:
+    """`ConfigError` for a `--config.<field>` override that names no field of `config`, with the nearest field."""
+    paths = _field_paths(config)
+    if re.sub(r"\[[^]]*\]", "", field) in paths:
+        return None
+    near = difflib.get_close_matches(field, paths, n=1, cutoff=0.6)
+    if not near:  # a mistyped leaf name under another parent: compare the last part alone
+        leaves = {p.rsplit(".", 1)[-1]: p for p in paths}
+        near = [leaves[m] for m in difflib.get_close_matches(field.rsplit(".", 1)[-1], list(leaves), n=1)]
+    hint = f"; did you mean --{flag}.{near[0]}?" if near else ""
+    return ConfigError(f"--{flag}.{field}: the config has no field {field!r}{hint}")
+
+
+class _LoadedConfigParser(flags.ArgumentParser):
+    """Hands `_CheckedConfigFlag` the config it loaded (one load per parse), locked like ml_collections' parser."""
+
+    def __init__(self, lock_config: bool):
+        self.lock_config = lock_config
+        self.loaded: Any = None
+
+    def parse(self, argument: str) -> Any:
+        config, self.loaded = (self.loaded if self.loaded is not None else load_config_file(argument)), None
+        if self.lock_config and callable(getattr(config, "lock", None)):
+            config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+class _CheckedConfigFlag(config_flags._ConfigFlag):
+    """ml_collections' config-file flag whose problems (the file, its argument, an unknown `--config.<field>`) are
+    kept as `error` instead of escaping absl's parsing as a traceback: `config_value` raises it."""
+
+    error: ConfigError | None = None
+
+    def _parse(self, argument: str) -> Any:
+        self.error = None
+        try:
+            config = load_config_file(argument)
+            for field in self._GetOverrides(self._GetArgv()):
+                unknown = unknown_field_error(config, field, self.name)
+                if unknown is not None:
+                    raise unknown
+        except ConfigError as e:
+            self.error = e
+            for field in self._GetOverrides(self._GetArgv()):  # absl must still accept the override flags
+                if f"{self.name}.{field}" not in self.flag_values:
+                    placeholder = flags.Flag(
+                        flags.ArgumentParser(), None, f"{self.name}.{field}", None, "(config not loaded)", boolean=True
+                    )
+                    flags.DEFINE_flag(placeholder, self.flag_values)
+            return None
+        self.parser.loaded = config
+        return super()._parse(argument)
+
+
+class ConfigHolder:
+    """What `define_config_flag` returns: `.value` is the loaded config with its overrides (`config_value`)."""
+
+    def __init__(self, flag: _CheckedConfigFlag):
+        self.flag = flag
+
+    @property
+    def value(self) -> Any:
+        return config_value(self)
+
+    @property
+    def present(self) -> bool:
+        return bool(self.flag.present)
+
+
+def define_config_flag(
+    flag_values: flags.FlagValues, help_string: str = "A config file in configs/.", lock_config: bool = True
+) -> ConfigHolder:
+    """`--config=<file.py>[:arg]` with `--config.<field>=<value>` overrides (ml_collections), for every command that
+    takes a config; read it with `config_value` (or the holder's `.value`)."""
+    flag = _CheckedConfigFlag(
+        parser=_LoadedConfigParser(lock_config),
+        serializer=flags.ArgumentSerializer(),
+        name="config",
+        default=None,
+        help_string=help_string,
+        flag_values=flag_values,
+    )
+    flags.DEFINE_flag(flag, flag_values)
+    return ConfigHolder(flag)
+
+
+def config_value(holder: ConfigHolder) -> Any:
+    """The config the command line gave (None if `--config` was not given); a missing or broken config file, an
+    unknown config argument or `--config.<field>` raise their one-line `ConfigError` here."""
+    if holder.flag.error is not None:
+        raise holder.flag.error
+    return holder.flag.value
 
 
 def define_debug_flag(flag_values: flags.FlagValues) -> None:
@@ -88,8 +266,12 @@ def run_command(
         print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help()}")
         return 0
     flag_values.unparse_flags()
+    argv = [prog, *underscored(args)]
+    for name in list(flag_values):
+        if isinstance(flag_values[name], _CheckedConfigFlag):
+            flag_values[name]._sys_argv = argv  # the overrides are read from these args, not from sys.argv
     try:
-        rest = flag_values([prog, *underscored(args)])
+        rest = flag_values(argv)
         if len(rest) > 1:
             raise app.UsageError(f"unexpected arguments {' '.join(rest[1:])} (flags are --name=value)")
     except (flags.Error, app.UsageError) as e:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -10,6 +11,8 @@ import jax
 from matplotlib.figure import Figure
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+log = logging.getLogger(__name__)
 
 
 class MetricWriter:
@@ -88,5 +91,9 @@ def plot_curves(workdir: str) -> str | None:
         ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
-    fig.savefig(path, dpi=100)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:  # a convenience: written at the end of a run, it must not hide what ended the run
+        log.warning("curves not drawn: %s: %s", path, err.strerror or err)
+        return None
     return path

@@ -164,6 +164,7 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     checkpoint to resume from and what the config changes since), then the loader and the train state: fresh, or
     restored with the loader's position. Raises `ConfigError` (and leaves the workdir as it was) on a refusal."""
     check_config(config)
+    checkpointing.check_workdir(workdir)  # a folder that cannot be written fails here, with its name
     runtime.configure(config, workdir)  # compilation cache, XLA GPU flags: before the backend starts
     mesh = sharding.make_mesh()
     if config.batch_size % mesh.size:

@@ -20,7 +20,7 @@ import sys
 from absl import flags
 
 from smallbig_jax import cli
-from smallbig_jax.data import check, sources
+from smallbig_jax.data import check, lists, sources
 from smallbig_jax.data.lists import DataError
 
 FLAGS = flags.FlagValues()
@@ -57,11 +57,14 @@ def main() -> int:
     except DataError as err:  # A malformed list line: nothing else can be checked before it is fixed.
         print(err)
         return 1
+    found = lists.duplicates(getattr(source, "entries", []))
     broken = check.check_source(source, a.workers, progress=not a.quiet)
-    for line in broken:
+    problems = broken + ([f"{a.list}: {lists.describe_duplicates(found)} (evaluation counts each line)"] if found else [])
+    for line in problems:
         print(line)
     if a.out:
         with open(a.out, "w") as f:
-            f.writelines(line + "\n" for line in broken)
-    print(f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken", file=sys.stderr)
-    return 1 if broken else 0
+            f.writelines(line + "\n" for line in problems)
+    duplicated = f", {len(found)} listed more than once" if found else ""
+    print(f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken{duplicated}", file=sys.stderr)
+    return 1 if problems else 0

@@ -8,7 +8,6 @@ override them.
 """
 
 from absl import flags
-from ml_collections import config_flags
 
 from smallbig_jax import cli
 from smallbig_jax.config import official_recipe
@@ -17,9 +16,7 @@ from smallbig_jax.steps import model_from_config
 from smallbig_jax.summary import summarize
 
 FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file in configs/ (optional).", lock_config=False, flag_values=FLAGS
-)
+_CONFIG = cli.define_config_flag(FLAGS, "A config file in configs/ (optional).", lock_config=False)
 _VARIANT = flags.DEFINE_enum(
     "variant", "smallbig50", sorted(VARIANTS), "Model variant (without --config).", flag_values=FLAGS
 )
@@ -33,8 +30,8 @@ cli.define_debug_flag(FLAGS)
 
 
 def main() -> int | None:
-    if _CONFIG.value is not None:
-        config = _CONFIG.value
+    config = cli.config_value(_CONFIG)
+    if config is not None:
         frames = _FRAMES.value if FLAGS["frames"].present else config.data.num_frames
         size = _SIZE.value if FLAGS["size"].present else config.data.crop_size
     else:
