@@ -25,13 +25,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from absl import app, flags
-from ml_collections import config_flags
+from ml_collections.config_flags import config_flags  # its _ConfigFlag: the module, not the package
 
 from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 _debug_flag = False  # --debug of the command running in this process
 
@@ -75,6 +76,13 @@ def machine_error_message(error: OSError) -> str | None:
     return f"{path}: {what}"
 
 
+def error_text(error: BaseException) -> str:
+    """What `error: ...` says about a user error: a machine error's path and fix, else its message, without the
+    terminal colour codes that some libraries' messages carry (torch's)."""
+    message = machine_error_message(error) if isinstance(error, OSError) else None
+    return ANSI_ESCAPE.sub("", message or str(error))
+
+
 def user_errors_exit(main: Callable) -> Callable:
     """`main` with its library logs quieted and a user error printed as `error: <message>` (exit status 2)."""
 
@@ -87,7 +95,7 @@ def user_errors_exit(main: Callable) -> Callable:
             message = machine_error_message(e) if isinstance(e, OSError) else None
             if debug_requested() or not (isinstance(e, USER_ERRORS) or message):
                 raise
-            print(f"error: {message or e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
+            print(f"error: {error_text(e)}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapped
@@ -149,7 +157,16 @@ def unknown_field_error(config: Any, field: str, flag: str = "config") -> Config
     if not near:  # a mistyped leaf name under another parent: compare the last part alone
         leaves = {p.rsplit(".", 1)[-1]: p for p in paths}
         near = [leaves[m] for m in difflib.get_close_matches(field.rsplit(".", 1)[-1], list(leaves), n=1)]
-    hint = f"; did you mean --{flag}.{near[0]}?" if near else ""
+    if near:
+        hint = f"; did you mean --{flag}.{near[0]}?"
+    else:  # nothing close: the fields at the level the path stops matching
+        parent = field.rsplit(".", 1)[0] if "." in field else ""
+        while parent and parent not in paths:
+            parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+        depth = parent.count(".") + 1 if parent else 0
+        level = [p for p in paths if p.startswith(f"{parent}.") or not parent]
+        hint = "; its fields" + (f" under {parent}" if parent else "") + ": "
+        hint += ", ".join(p for p in level if p.count(".") == depth)
     return ConfigError(f"--{flag}.{field}: the config has no field {field!r}{hint}")
 
 
@@ -192,7 +209,7 @@ class _CheckedConfigFlag(config_flags._ConfigFlag):
                         flags.ArgumentParser(), None, f"{self.name}.{field}", None, "(config not loaded)", boolean=True
                     )
                     flags.DEFINE_flag(placeholder, self.flag_values)
-            return None
+            return self.error  # not None, which a required --config would report instead; config_value raises it
         self.parser.loaded = config
         return super()._parse(argument)
 

@@ -178,14 +178,17 @@ def evaluate_dataset(
 def write_predictions(path: str, result: dict[str, Any]) -> None:
     """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score, and
     the fused scores of the top-5 classes."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     names = result.get("names", {})
-    with open(path + ".tmp", "w") as f:
-        for p in result["predictions"]:
-            if p["video"] in names:
-                p = {"name": names[p["video"]], **p}
-            f.write(json.dumps(p, allow_nan=False) + "\n")  # strict JSON: no bare NaN
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            for p in result["predictions"]:
+                if p["video"] in names:
+                    p = {"name": names[p["video"]], **p}
+                f.write(json.dumps(p, allow_nan=False) + "\n")  # strict JSON: no bare NaN
+        os.replace(path + ".tmp", path)
+    except OSError as err:  # named by the file asked for, not its temporary sibling
+        raise OSError(err.errno, err.strerror, path) from err
 
 
 def evaluate_checkpoint(

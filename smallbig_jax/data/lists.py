@@ -101,7 +101,7 @@ def describe_duplicates(found: dict[str, list[str]], n: int = 3) -> str:
     """`2 videos listed more than once: a.mp4 (list:1, list:7), ...`: a line that stays short."""
     shown = "; ".join(f"{path} ({', '.join(where)})" for path, where in list(found.items())[:n])
     more = f"; and {len(found) - n} more" if len(found) > n else ""
-    return f"{len(found)} videos listed more than once: {shown}{more}"
+    return f"{len(found)} video{'s' if len(found) > 1 else ''} listed more than once: {shown}{more}"
 
 
 def read_frame_list(list_file: str, num_classes: int) -> list[VideoEntry]:
