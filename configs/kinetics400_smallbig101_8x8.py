@@ -16,7 +16,6 @@ the setting for GPUs and TPUs:
 
 from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
 
-
 ARGS = {"runlocal": "the run shrunk to one CPU", "bf16": "bfloat16 compute, float32 parameters"}
 
 

@@ -11,7 +11,6 @@ The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlo
 
 from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
 
-
 ARGS = {
     "v1": "Something-Something V1 (the default)",
     "v2": "Something-Something V2",

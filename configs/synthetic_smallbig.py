@@ -21,7 +21,6 @@ crops): SmallBig 98-100% top-1 (99% in the last measurement, README), res50 29% 
 from smallbig_jax.config import bfloat16, config_args, official_recipe
 from smallbig_jax.data.synthetic import CLASSES, data_config
 
-
 ARGS = {
     "res50": "the per-frame C2D baseline of the same width",
     "smoke": "one epoch",

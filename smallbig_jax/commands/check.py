@@ -59,12 +59,17 @@ def main() -> int:
         return 1
     found = lists.duplicates(getattr(source, "entries", []))
     broken = check.check_source(source, a.workers, progress=not a.quiet)
-    problems = broken + ([f"{a.list}: {lists.describe_duplicates(found)} (evaluation counts each line)"] if found else [])
+    problems = broken + (
+        [f"{a.list}: {lists.describe_duplicates(found)} (evaluation counts each line)"] if found else []
+    )
     for line in problems:
         print(line)
     if a.out:
         with open(a.out, "w") as f:
             f.writelines(line + "\n" for line in problems)
     duplicated = f", {len(found)} listed more than once" if found else ""
-    print(f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken{duplicated}", file=sys.stderr)
+    print(
+        f"{len(source) - len(broken)} of {len(source)} videos readable, {len(broken)} broken{duplicated}",
+        file=sys.stderr,
+    )
     return 1 if problems else 0
