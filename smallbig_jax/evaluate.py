@@ -24,7 +24,7 @@ from smallbig_jax import checkpointing, sharding, steps
 from smallbig_jax.config import ConfigError, check_config, resume_changes
 from smallbig_jax.convert import load_converted_model
 from smallbig_jax.data import lists, pipeline
-from smallbig_jax.errors import DataError
+from smallbig_jax.data.lists import DataError
 from smallbig_jax.optim import make_optimizer
 from smallbig_jax.steps import make_eval_step  # the one eval step, shared with the benchmark
 
