@@ -60,7 +60,7 @@ MACHINE_ERRORS = {
     errno.EPERM: "operation not permitted: this user cannot write (or read) there",
     errno.ENOTDIR: "not a folder: a file is where a folder should be",
     errno.EISDIR: "is a folder, where a file is expected",
-    errno.EEXIST: "already exists, and is not the kind of entry expected",
+    errno.EEXIST: "already exists",  # + as a file or a folder: see machine_error_message
     errno.ENOENT: "no such file or folder",
 }
 
@@ -71,6 +71,8 @@ def machine_error_message(error: OSError) -> str | None:
     if what is None:
         return None
     path = error.filename if error.filename is not None else "?"
+    if error.errno == errno.EEXIST and os.path.lexists(str(path)):
+        what += " as a folder" if os.path.isdir(str(path)) else " as a file, where a folder should be"
     if error.filename2 is not None:
         path = f"{path} -> {error.filename2}"
     return f"{path}: {what}"

@@ -59,8 +59,9 @@ class VideoScores:
     ) -> None:
         scores = logits.astype(np.float64)
         if self.average == "softmax":
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits: refused in result(), by name
+                scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+                scores /= scores.sum(axis=1, keepdims=True)
         real = video_index >= 0
         self.labels[video_index[real]] = labels[real]
         if broken is not None:
@@ -187,8 +188,8 @@ def write_predictions(path: str, result: dict[str, Any]) -> None:
                     p = {"name": names[p["video"]], **p}
                 f.write(json.dumps(p, allow_nan=False) + "\n")  # strict JSON: no bare NaN
         os.replace(path + ".tmp", path)
-    except OSError as err:  # named by the file asked for, not its temporary sibling
-        raise OSError(err.errno, err.strerror, path) from err
+    except OSError as err:  # named by the file asked for, not by its temporary sibling
+        raise OSError(err.errno, err.strerror, path if err.filename == path + ".tmp" else err.filename) from err
 
 
 def evaluate_checkpoint(
