@@ -210,6 +210,7 @@ class _CheckedConfigFlag(config_flags._ConfigFlag):
                     placeholder = flags.Flag(
                         flags.ArgumentParser(), None, f"{self.name}.{field}", None, "(config not loaded)", boolean=True
                     )
+                    placeholder.allow_override = True  # a later parse in this process defines the real flag
                     flags.DEFINE_flag(placeholder, self.flag_values)
             return self.error  # not None, which a required --config would report instead; config_value raises it
         self.parser.loaded = config
