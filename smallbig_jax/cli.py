@@ -70,7 +70,9 @@ def machine_error_message(error: OSError) -> str | None:
     what = MACHINE_ERRORS.get(error.errno)
     if what is None:
         return None
-    path = error.filename if error.filename is not None else "?"
+    path = error.filename
+    if path is None:
+        return what
     if error.errno == errno.EEXIST and os.path.lexists(str(path)):
         what += " as a folder" if os.path.isdir(str(path)) else " as a file, where a folder should be"
     if error.filename2 is not None:
