@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -110,6 +110,19 @@ def bfloat16(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"
     return config
+
+
+def config_args(arg: str | None, allowed: Mapping[str, str]) -> dict[str, str | bool]:
+    """A config file's argument (after the colon: `tiny,dir=D`) as {name: True or value}: {"tiny": True, "dir": "D"}.
+    A name not in `allowed` (name -> what it does) is a ConfigError that lists them."""
+    out: dict[str, str | bool] = {}
+    for item in filter(None, (arg or "").split(",")):
+        name, eq, value = item.partition("=")
+        if name not in allowed:
+            known = "; ".join(f"{k}: {v}" for k, v in allowed.items())
+            raise ConfigError(f"unknown config argument {name!r}; the arguments are: {known}")
+        out[name] = value if eq else True
+    return out
 
 
 # --- The one config check ---------------------------------------------------------------------------------------

@@ -61,21 +61,14 @@ ALLOWED = {
     f"{PACKAGE}.torch_reference": (),
     f"{PACKAGE}.summary": (f"{PACKAGE}.models",),
     # The tools time and check what training builds; they never import the training loop itself.
-    f"{PACKAGE}.benchmark": (
+    f"{PACKAGE}.tools": (
+        f"{PACKAGE}.tools",
         f"{PACKAGE}.steps",
         f"{PACKAGE}.data",
         f"{PACKAGE}.checkpointing",
         f"{PACKAGE}.convert",
-        f"{PACKAGE}.config",
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.torch_reference",
-    ),
-    f"{PACKAGE}.accelerator_check": (
-        f"{PACKAGE}.benchmark",
-        f"{PACKAGE}.steps",
-        f"{PACKAGE}.data",
-        f"{PACKAGE}.sharding",
-        f"{PACKAGE}.models",
     ),
     # The command line sits on top of everything; the dispatcher imports the chosen command by name.
     f"{PACKAGE}.commands": (PACKAGE,),
