@@ -253,8 +253,8 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
 
 
 def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path):
-    """Official-format checkpoint (random weights, PyTorch reference) -> scripts/convert_pytorch.py ->
-    scripts/evaluate.py with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
+    """Official-format checkpoint (random weights, PyTorch reference) -> `smallbig-jax convert` ->
+    `smallbig-jax evaluate` with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
     to the PyTorch reference model run on the reference views and averaged."""
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
     import torch_reference
@@ -275,7 +275,9 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/convert_pytorch.py",
+            "-m",
+            "smallbig_jax",
+            "convert",
             "--input",
             str(tmp_path / "model_best_smallbig23.pth"),
             "--output",
@@ -302,7 +304,9 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/evaluate.py",
+            "-m",
+            "smallbig_jax",
+            "evaluate",
             "--config",
             f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
             "--converted",

@@ -340,9 +340,9 @@ def test_every_rule_has_a_field_and_every_shipped_config_passes():
         config_lib.check_config(tiny_config("unused", grad_accum_steps=3))
 
 
-def script(name, *args):
+def script(command, *args):
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", name), *args],
+        [sys.executable, "-m", "smallbig_jax", command, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -361,12 +361,12 @@ def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset
     missing = str(tmp_path / "mistyped")
     cases = [
         (
-            script("train.py", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
+            script("train", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
             f"{bad_list}:3:",
         ),
-        (script("evaluate.py", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
+        (script("evaluate", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
         (
-            script("train.py", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
+            script("train", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
             "config.checkpoint_every=0: expected an integer >= 1",
         ),
     ]
