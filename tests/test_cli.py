@@ -75,7 +75,7 @@ def test_usage_errors_are_one_message_and_exit_status_2(capsys):
 
 
 def test_synthetic_then_check_end_to_end(tmp_path):
-    """`check` exits 1 and names the line of a broken entry."""
+    """`check` of a list or of a config's split; it exits 1 and names the line of a broken entry."""
     out = smallbig_jax(
         "synthetic", f"--out={tmp_path}", "--num_train=3", "--num_val=2", "--num_frames=8", "--size=32",
         "--no_arrayrecord", "--workers=1",
@@ -85,6 +85,9 @@ def test_synthetic_then_check_end_to_end(tmp_path):
     check = ["check", "--format=video", "--num_classes=5", f"--root={tmp_path}/videos", "--workers=1", "--quiet"]
     out = smallbig_jax(*check, f"--list={tmp_path}/train.txt")
     assert out.returncode == 0 and "3 of 3 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
+    config = f"--config={REPO}/configs/synthetic_smallbig.py:tiny,dir={tmp_path}"  # the same dataset, by its config
+    out = smallbig_jax("check", config, "--split=val", "--workers=1", "--quiet")
+    assert out.returncode == 0 and "2 of 2 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
     with open(tmp_path / "train.txt", "a") as f:
         f.write("train/missing.mp4 8 1\n")
     broken = tmp_path / "broken.txt"

@@ -1,8 +1,8 @@
 """The official multi-view test protocol on frames of the sizes real datasets have: every view of the evaluation loader
 equals the independent reference's (tests/protocol_reference.py): frame indices, crop corners and pixels; broken views
 exclude their video; evaluation batches of any size on 3 devices; real footage (bigbuckbunny.mp4) through
-prepare_dataset.py and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
-convert_pytorch.py and evaluate.py to the PyTorch reference's per-video scores."""
+`smallbig-jax prepare` and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
+`smallbig-jax convert` and `smallbig-jax evaluate` to the PyTorch reference's per-video scores."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "smallbig_jax"
 
-# Imports allowed inside functions: optional dependencies only (torch for conversion and --compare-torch).
+# Imports allowed inside functions: optional dependencies only (torch for conversion and --compare_torch).
 OPTIONAL = ("torch", "cv2", f"{PACKAGE}.torch_reference")
 
 # What each part of the package may import of the package (prefixes); anything else is a wrong-way import.

@@ -118,8 +118,7 @@ def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     assert container["command"] == [
         "bash",
         "-c",
-        "exec smallbig-jax train --config "
-        "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
+        "exec smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
     ]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["SMALLBIG_PROCESS_ID"] == {
