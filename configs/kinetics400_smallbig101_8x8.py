@@ -14,14 +14,16 @@ the setting for GPUs and TPUs:
   smallbig-jax train --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
 """
 
-from smallbig_jax.config import bfloat16, official_recipe, runlocal
+from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
+
+ARGS = {"runlocal": "the run shrunk to one CPU", "bf16": "bfloat16 compute, float32 parameters"}
 
 
 def get_config(arg: str | None = None):
     config = official_recipe(
         variant="smallbig101", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense"
     )
-    args = set((arg or "").split(","))
+    args = config_args(arg, ARGS)
     if "runlocal" in args:
         config = runlocal(config)
     if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters

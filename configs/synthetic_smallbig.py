@@ -18,13 +18,22 @@ Hardware: 2 CPU cores. How long the run takes there and the top-1 it reaches on 
 3 crops; chance is 20%), as last measured: README.md#quick-start.
 """
 
-from smallbig_jax.config import bfloat16, official_recipe
+from smallbig_jax.config import bfloat16, config_args, official_recipe
 from smallbig_jax.data.synthetic import CLASSES, data_config
+
+ARGS = {
+    "res50": "the per-frame C2D baseline of the same width",
+    "smoke": "one epoch",
+    "ci": "the test suite's accuracy run",
+    "tiny": "the test suite's seconds-long run",
+    "dir=PATH": "the dataset's folder (default data/synthetic)",
+    "bf16": "bfloat16 compute, float32 parameters",
+}
 
 
 def get_config(arg: str | None = None):
-    args = set((arg or "").split(","))
-    data_dir = next((a[4:] for a in args if a.startswith("dir=")), "data/synthetic")
+    args = config_args(arg, ARGS)
+    data_dir = str(args.get("dir", "data/synthetic"))
     variant = "res50" if "res50" in args else "smallbig23"
     config = official_recipe(
         variant=variant, num_classes=len(CLASSES), num_frames=8, dataset="synthetic", sampling="dense"

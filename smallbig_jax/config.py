@@ -12,6 +12,7 @@ the official code (docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD mome
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -113,14 +114,25 @@ def bfloat16(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def config_args(arg: str | None, allowed: Mapping[str, str]) -> dict[str, str | bool]:
-    """A config file's argument (after the colon: `tiny,dir=D`) as {name: True or value}: {"tiny": True, "dir": "D"}.
-    A name not in `allowed` (name -> what it does) is a ConfigError that lists them."""
+    """A config file's comma-separated argument (`"tiny,dir=D"` after the colon of `--config=file.py:tiny,dir=D`) as
+    `{"tiny": True, "dir": "D"}`. `allowed` maps each argument the file takes to what it does; a key written
+    `name=VALUE` takes a value, a plain `name` is a switch. Raises `ConfigError` for an unknown or misused argument,
+    listing the ones the file takes (a typo such as `tinny` must not silently train another model)."""
+    takes_value = {key.partition("=")[0]: "=" in key for key in allowed}
+    listed = "; ".join(f"{key}: {what}" for key, what in allowed.items()) or "none"
     out: dict[str, str | bool] = {}
-    for item in filter(None, (arg or "").split(",")):
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
         name, eq, value = item.partition("=")
-        if name not in allowed:
-            known = "; ".join(f"{k}: {v}" for k, v in allowed.items())
-            raise ConfigError(f"unknown config argument {name!r}; the arguments are: {known}")
+        if name not in takes_value:
+            near = difflib.get_close_matches(name, list(takes_value), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"unknown config argument {name!r}{hint}; this config file takes: {listed}")
+        if bool(eq) != takes_value[name]:
+            form = f"{name}=VALUE" if takes_value[name] else name
+            raise ConfigError(f"config argument {item!r}: expected {form!r}; this config file takes: {listed}")
         out[name] = value if eq else True
     return out
 

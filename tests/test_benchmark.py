@@ -144,8 +144,9 @@ def test_per_device_flops_match_single_device_program():
     """With 2 devices the FLOPs reported per device are those of the 1-device program at the per-device batch
     (XLA's cost analysis of the partitioned program describes one partition)."""
     code = (
-        "import jax, json; from ml_collections import config_flags; from smallbig_jax.tools import benchmark as bm;"
-        f"c=config_flags.ConfigFileFlagParser('config').parse({TINY!r}); c.data.crop_size=32;"
+        "import jax, json; from ml_collections.config_flags.config_flags import ConfigFileFlagParser;"
+        "from smallbig_jax.tools import benchmark as bm;"
+        f"c=ConfigFileFlagParser('config').parse({TINY!r}); c.data.crop_size=32;"
         "kw=dict(batch_per_device=1, steps=1, warmup=0, modes=('eval',));"
         "a=bm.benchmark_model(c, num_devices=1, **kw); b=bm.benchmark_model(c, num_devices=2, **kw);"
         "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'],"
