@@ -3,7 +3,8 @@
 The train step (`smallbig_jax.steps`) is one pure `jax.jit` function over the model's `nnx.split` state on a 'data'
 mesh: state born sharded (`out_shardings`), buffers donated, batch split over every device of every process, no
 pmap. A run in a workdir that already has checkpoints resumes from the newest intact one (checksums verified, the
-saved config compared with the new one before anything compiles), iterator position included; SIGTERM saves a
+saved config compared with the new one before anything compiles), iterator position included, on any number of
+devices and hosts and at another batch size when the samples seen allow it (`check_resume`); SIGTERM saves a
 checkpoint at the current step and exits cleanly.
 
 `train_and_evaluate` reads as its steps: `open_run` (check the config, find the checkpoint to resume from, open the
@@ -105,7 +106,7 @@ def _batchnorm_group_change(
         old, new = old_batch // old_k, batch // k
         return None, "" if old == new else f", BatchNorm over the global micro-batch of {new} clips (was {old})"
     if saved_devices is None:  # written before the device count was recorded
-        return None, ""
+        return None, ", per-device BatchNorm groups not compared (the checkpoint does not record its device count)"
     old_group, new_group = old_batch / (saved_devices * old_k), batch / (devices * k)
     if old_group == new_group:
         return None, ""
