@@ -188,7 +188,7 @@ def check_resume(
         f"{_plural(processes, 'process')}{_was(processes, old_processes)}, batch {batch}{_was(batch, old_batch)}"
         + (f", grad_accum_steps {config.grad_accum_steps} (was {old_k})" if old_k != config.grad_accum_steps else "")
         + bn_change
-        + f": continuing at sample {samples % num_videos:,} of epoch {samples // num_videos + 1}"
+        + f": continuing at sample {samples % max(num_videos, 1):,} of epoch {samples // max(num_videos, 1) + 1}"
     )
     if offset:
         words += (
