@@ -115,6 +115,18 @@ def copy_from(saved_run, tmp_path, step):
     return workdir
 
 
+def saved_state(workdir, step):
+    """The train state of checkpoint `step` as numpy arrays, read onto no mesh."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    metadata = ocp.StandardCheckpointer().metadata(path).item_metadata
+    return ocp.StandardCheckpointer().restore(path, jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), metadata))
+
+
+def same_state(a, b) -> bool:
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def resume_check(config, workdir) -> dict:
     """Opens the run in `workdir` as `train` does, on this process's devices, and reports: the "resumed" line,
     where it continues, whether the restored state equals the saved one, and whether its batches to the end of the
@@ -131,11 +143,7 @@ def resume_check(config, workdir) -> dict:
         logger.setLevel(level)
     reference = pipeline.recipe_train_loader(config, run.mesh)
     try:
-        got = jax.device_get(run.state)
-        as_numpy = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), got)  # read as saved, onto no mesh
-        path = os.path.join(workdir, "checkpoints", str(run.start), "state")
-        got, want = jax.tree.leaves(got), jax.tree.leaves(ocp.StandardCheckpointer().restore(path, as_numpy))
-        state_equal = len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+        state_equal = same_state(jax.device_get(run.state), saved_state(workdir, run.start))
         samples, batch = run.loader.position, config.batch_size
         for _ in range(samples // batch):  # the batches the saved run trained on, at the new batch size
             next(reference)
@@ -175,32 +183,65 @@ def test_saved_by_two_processes_resumed_by_one_on_one_device(dataset, saved_run,
 
 FOUR_DEVICES = textwrap.dedent(
     """
-    import json, sys
+    import json, shutil, sys
     import jax
     sys.path.insert(0, {tests!r})
-    from test_elastic import resume_check, tiny_config
+    from smallbig_jax import checkpointing, sharding, train
+    from test_elastic import resume_check, same_state, saved_state, tiny_config
     assert jax.device_count() == 4
-    out = {{b: resume_check(tiny_config({dataset!r}, batch_size=b), w) for b, w in {workdirs!r}.items()}}
+    out = {{"16": resume_check(tiny_config({dataset!r}, batch_size=16), {at_16!r})}}
+    # Saved by one process on 2 of its 4 devices, every array split over them (FSDP), resumed on 1 and on 4.
+    sharding.FSDP_MIN_SIZE = 0
+    make_mesh, fsdp = sharding.make_mesh, tiny_config({dataset!r}, params_sharding="fsdp")
+    sharding.make_mesh = lambda: make_mesh(num_devices=2)
+    run = train.open_run(fsdp, {two_processes!r})
+    split = sum(not s.is_fully_replicated for s in jax.tree.leaves(run.setup.state_shardings["params"]))
+    run.manager.close()
+    run.manager, run.saved_step = checkpointing.make_manager({on_two!r}), -1
+    run.save(run.start)
+    run.manager.wait_until_finished()
+    run.manager.close()
+    run.loader.close()
+    out["split_over_2"] = split
+    out["saved_on_2_equal"] = same_state(saved_state({on_two!r}, 2), saved_state({two_processes!r}, 2))
+    for n in (1, 4):
+        sharding.make_mesh = lambda n=n: make_mesh(num_devices=n)
+        shutil.copytree({on_two!r}, {on_two!r} + str(n))
+        out[f"on_{{n}}"] = resume_check(fsdp, {on_two!r} + str(n))
     print(json.dumps(out))
     """
 )
 
 
-def test_resumed_on_four_devices_at_batch_8_and_16(dataset, saved_run, tmp_path):
-    workdirs = {8: copy_from(saved_run, tmp_path / "b8", 2), 16: copy_from(saved_run, tmp_path / "b16", 2)}
-    code = FOUR_DEVICES.format(tests=os.path.join(REPO, "tests"), dataset=dataset, workdirs=workdirs)
+def test_on_forced_host_devices_saved_on_2_resumed_on_1_and_4_and_at_batch_16_on_4(dataset, saved_run, tmp_path):
+    """One process with 4 host devices: the two-process run resumed on 4 devices at batch 16; and a run saved on 2
+    of the devices with its arrays split over them, resumed on 1 and on 4."""
+    code = FOUR_DEVICES.format(
+        tests=os.path.join(REPO, "tests"),
+        dataset=dataset,
+        at_16=copy_from(saved_run, tmp_path / "b16", 2),
+        two_processes=copy_from(saved_run, tmp_path / "two", 2),
+        on_two=str(tmp_path / "on_two"),
+    )
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stderr[-4000:]
-    r = {int(k): v for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
-    assert r[8]["line"].endswith("on 4 devices (was 2), 1 process (was 2), batch 8: continuing at sample 0 of epoch 2")
-    assert (r[8]["offset"], r[8]["total_steps"], r[8]["devices"]) == (0, 4, 4)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "on 4 devices (was 2), 1 process (was 2), batch 16 (was 8)" in r["16"]["line"], r["16"]
     # Batch 16: 16 samples seen are step 1 of a run at batch 16, whose second and last step is the second epoch.
-    assert "batch 16 (was 8), BatchNorm over the global micro-batch of 16 clips (was 8)" in r[16]["line"]
-    assert r[16]["line"].endswith("step 2 is step 1 of a run at batch 16 (the schedule continues in samples)")
-    assert (r[16]["start"], r[16]["offset"], r[16]["total_steps"], r[16]["samples"]) == (2, -1, 3, 16)
-    for b in (8, 16):
-        assert r[b]["state_equal"] and r[b]["batches_equal"], r[b]
+    assert "batch 16 (was 8), BatchNorm over the global micro-batch of 16 clips (was 8)" in r["16"]["line"]
+    assert r["16"]["line"].endswith("step 2 is step 1 of a run at batch 16 (the schedule continues in samples)")
+    assert (r["16"]["start"], r["16"]["offset"], r["16"]["total_steps"], r["16"]["samples"]) == (2, -1, 3, 16)
+    assert r["split_over_2"] >= 20 and r["saved_on_2_equal"], r  # most kernels really were split
+    for n in (1, 4):
+        resumed = r[f"on_{n}"]
+        device_word = "device" if n == 1 else "devices"
+        assert resumed["line"].endswith(
+            f"on {n} {device_word} (was 2), 1 process, batch 8: continuing at sample 0 of epoch 2"
+        ), resumed
+        assert resumed["devices"] == n and resumed["total_steps"] == 4, resumed
+    for key in ("16", "on_1", "on_4"):
+        assert r[key]["state_equal"] and r[key]["batches_equal"], (key, r[key])
 
 
 def test_resumed_mid_epoch_at_batch_4_trains_the_rest_as_a_run_at_batch_4(dataset, saved_run, tmp_path):
