@@ -6,12 +6,12 @@ Reproduces: the paper's headline Kinetics-400 result, 77.4 top-1 / 93.3 top-5 wi
 ImageNet ResNet-101 (the official code loads ResNet-50 weights here by mistake;
 docs/model.md#quirks-and-bugs-of-the-official-code).
 
-  python scripts/model_summary.py --config configs/kinetics400_smallbig101_8x8.py
+  smallbig-jax summary --config configs/kinetics400_smallbig101_8x8.py
 
 Arguments (comma-separated): "runlocal" shrinks the run to one CPU; "bf16" computes in bfloat16 (float32 parameters),
 the setting for GPUs and TPUs:
 
-  python scripts/train.py --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
+  smallbig-jax train --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
 """
 
 from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal

@@ -6,7 +6,7 @@ official script exists for Something-Something: the recipe is main.py's, with fl
 The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlocal") shrinks everything;
 "bf16" (e.g. "v2,bf16") computes in bfloat16 with float32 parameters, the setting for GPUs and TPUs.
 
-  python scripts/model_summary.py --config configs/something_smallbig50_16f.py:v2
+  smallbig-jax summary --config configs/something_smallbig50_16f.py:v2
 """
 
 from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal

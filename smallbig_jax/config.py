@@ -329,10 +329,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # --- What a resume accepts --------------------------------------------------------------------------------------
 
 # Fields (or groups, ending in ".") a run cannot resume under with another value: the checkpoint's state has other
-# shapes or means something else (model, optimizer, schedule, loss, EMA, BatchNorm, the training clips), or its step
-# count and data position are in units of the old value (`seed`: the data order; `batch_size`: steps count batches
-# of the old size, and the schedule with them). `num_epochs` and `grad_accum_steps` may change (`train.py` says how
-# it continues); every other field (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
+# shapes or means something else (model, optimizer, schedule, loss, EMA, BatchNorm, the training clips), or its data
+# position means something else (`seed`: the data order). `num_epochs`, `batch_size` and `grad_accum_steps` may change
+# (`train.check_resume` continues in samples, or refuses what cannot be carried, naming it); every other field
+# (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
 # `RESUMABLE` lists the exceptions inside a refused group: `model.formulation` changes how the same parameters are
 # computed, not what they are (a checkpoint saved without the field resumes too).
 RESUMABLE = ("model.formulation",)
@@ -345,7 +345,6 @@ REFUSED_ON_RESUME = (
     "grad_clip_norm",
     "ema_decay",
     "batchnorm",
-    "batch_size",
     "data.num_frames",
     "data.stride",
     "data.sampling",

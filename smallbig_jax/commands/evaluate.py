@@ -16,7 +16,7 @@ from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.evaluate import evaluate_checkpoint, write_predictions
 
 FLAGS = flags.FlagValues()
-_CONFIG = cli.define_config_flag(FLAGS, "A config file in configs/.")
+_CONFIG = cli.define_config_flag(FLAGS)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir: its newest intact checkpoint is evaluated.", flag_values=FLAGS
 )

@@ -16,7 +16,7 @@ from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.train import train_and_evaluate
 
 FLAGS = flags.FlagValues()
-_CONFIG = cli.define_config_flag(FLAGS, "A config file in configs/.")
+_CONFIG = cli.define_config_flag(FLAGS)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the curves go.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 cli.define_debug_flag(FLAGS)
