@@ -23,9 +23,9 @@ cli.define_debug_flag(FLAGS)
 
 
 def main() -> int | None:
-    config = cli.config_value(_CONFIG)
     initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     workdir = _WORKDIR.value
+    config = cli.config_value(_CONFIG)
     result = train_and_evaluate(config, workdir)
     print(json.dumps(result))
     if "top1" in result:
