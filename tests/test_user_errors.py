@@ -307,7 +307,7 @@ def test_prepare_overwrite_removes_an_incomplete_build(dataset, tmp_path):
         "--num_classes=5",
         f"--root={os.path.join(dataset, 'videos')}",
         f"--split=val={tmp_path / 'val.txt'}",
-        "--config=video",
+        "--storage=video",
         f"--out={out_dir}",
         "--workers=1",
         "--quiet",
