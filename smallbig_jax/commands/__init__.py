@@ -31,6 +31,7 @@ COMMANDS = {
     "accelerator_check": "numerics, speed sweep and input pipeline on a new accelerator",
     "distributed_check": "a multi-process launch end to end (start-up, global batch, forward)",
     "benchmark_data": "input-pipeline clips per second per CPU core from each source",
+    "compile": "compile the train and eval steps for a TPU or GPU target without it: memory, FLOPs, collectives",
 }
 # Commands whose XLA:CPU steps page-fault their temporaries back in without glibc's settings.
 KEEP_HOST_MEMORY = ("train", "evaluate", "benchmark", "accelerator_check")
@@ -55,6 +56,7 @@ def run(command: str, args: list[str] | None = None) -> int:
         args = sys.argv[1:]
         if command in KEEP_HOST_MEMORY:
             keep_freed_host_memory()
+        cli.choose_jax_platforms(keep_cuda_compiler=command == "compile")
     module = importlib.import_module(f"{__name__}.{command}")  # only the chosen command's imports are paid for
     return cli.run_command(f"{PROG} {command}", module.__doc__ or "", module.FLAGS, module.main, list(args))
 
@@ -68,4 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     command = args[0].replace("-", "_")
     if argv is None and command in KEEP_HOST_MEMORY:
         keep_freed_host_memory()  # same arguments after the restart: sys.orig_argv
+    if argv is None and command in COMMANDS:
+        cli.choose_jax_platforms(keep_cuda_compiler=command == "compile")
     return run(command, args[1:])
