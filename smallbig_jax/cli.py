@@ -13,15 +13,19 @@ one message and exit status 2 like any other user error.
 from __future__ import annotations
 
 import functools
+import glob
+import importlib.util
 import logging
 import os
+import pathlib
 import sys
 import types
 from collections.abc import Callable
 
 from absl import app, flags
+from ml_collections import config_flags
 
-from smallbig_jax.errors import USER_ERRORS
+from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
@@ -60,28 +64,33 @@ def user_errors_exit(main: Callable) -> Callable:
     return wrapped
 
 
+def _attached() -> tuple[bool, bool]:
+    """(a TPU chip, an NVIDIA GPU) attached to this machine, seen as JAX itself looks (jax/_src/hardware_utils.py:
+    a PCI device of Google's vendor id, a /dev/nvidia* node), without importing JAX."""
+    tpu = any(pathlib.Path(p).read_text().strip() == "0x1ae0" for p in glob.glob("/sys/bus/pci/devices/*/vendor"))
+    gpu = any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+    return tpu, gpu
+
+
 def choose_jax_platforms(keep_cuda_compiler: bool = False) -> None:
     """On a machine without the accelerator of an installed JAX plugin (the `aot` extra's libtpu and CUDA plugin on a
     CPU-only machine), leave that plugin out before JAX starts, so that a command prints and does what it does
-    without it: no TPU or CUDA probe, no warnings, no slower start. `JAX_PLATFORMS` set by the user wins; a machine
-    with the TPU chips or NVIDIA GPU that a plugin serves keeps it. `keep_cuda_compiler`: `smallbig-jax compile`,
-    which compiles for GPUs through the CUDA plugin without running on one."""
-    import importlib.util
-
-    if os.environ.get("JAX_PLATFORMS"):
-        return
-    import jax
-    from jax._src import hardware_utils  # JAX's own check of what is attached (PCI ids, /dev/nvidia*)
-
+    without it: no TPU or CUDA probe, no warnings, no slower start. Without such a plugin nothing changes;
+    `JAX_PLATFORMS` set by the user wins; a machine with the TPU chips or NVIDIA GPU that a plugin serves keeps it.
+    The choice goes into the environment (read when JAX is imported, and by the processes this one starts).
+    `keep_cuda_compiler`: `smallbig-jax compile`, which compiles for GPUs with the CUDA plugin without one."""
     has_tpu = importlib.util.find_spec("libtpu") is not None
     has_cuda = importlib.util.find_spec("jax_plugins") is not None and (
         importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
     )
-    tpu_attached = hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-    gpu_attached = hardware_utils.has_visible_nvidia_gpu()
-    if (has_tpu and not tpu_attached) or (has_cuda and not gpu_attached):
+    if not (has_tpu or has_cuda):
+        return
+    tpu_attached, gpu_attached = _attached()
+    if not os.environ.get("JAX_PLATFORMS") and ((has_tpu and not tpu_attached) or (has_cuda and not gpu_attached)):
         platforms = ["tpu"] * (has_tpu and tpu_attached) + ["cuda"] * (has_cuda and gpu_attached) + ["cpu"]
-        jax.config.update("jax_platforms", ",".join(platforms))
+        os.environ["JAX_PLATFORMS"] = ",".join(platforms)
+        if "jax" in sys.modules:  # imported already (a test process): before its backends start
+            sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
     if has_cuda and not gpu_attached and not keep_cuda_compiler:
         # JAX imports and initialises every plugin it finds, whatever the platforms; the CUDA plugin's initialiser
         # loads its CUDA libraries, which log "Could not find cuda drivers" on a machine without them.
@@ -98,16 +107,12 @@ def define_debug_flag(flag_values: flags.FlagValues) -> None:
 def define_config_flag(flag_values: flags.FlagValues, required: bool = True):
     """`--config=configs/x.py[:arg]` with `--config.<field>=<value>` overrides (ml_collections, locked: a misspelt
     field is an error); read it with `config_value`."""
-    from ml_collections import config_flags
-
     what = "A config file in configs/ (file.py[:arg])" + ("" if required else " (optional)")
     return config_flags.DEFINE_config_file("config", None, what + ".", lock_config=True, flag_values=flag_values)
 
 
 def config_value(holder):
     """The config of a `define_config_flag` flag; a `ConfigError` when none was given."""
-    from smallbig_jax.errors import ConfigError
-
     if holder.value is None:
         raise ConfigError("no config given: pass --config=configs/<file>.py[:arg]")
     return holder.value

@@ -77,6 +77,16 @@ ALLOWED = {
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.models",
     ),
+    # Compiling for targets without their hardware (`smallbig-jax compile`): what training builds, never the loop.
+    f"{PACKAGE}.tools": (
+        f"{PACKAGE}.tools",
+        f"{PACKAGE}.steps",
+        f"{PACKAGE}.sharding",
+        f"{PACKAGE}.optim",
+        f"{PACKAGE}.summary",
+        f"{PACKAGE}.benchmark",
+        f"{PACKAGE}.errors",
+    ),
     # The command line sits on top of everything; the dispatcher imports the chosen command by name.
     f"{PACKAGE}.commands": (PACKAGE,),
     f"{PACKAGE}.__main__": (f"{PACKAGE}.commands",),

@@ -22,7 +22,7 @@ from absl import flags
 
 from smallbig_jax import cli
 from smallbig_jax.config import check_config
-from smallbig_jax.tools import targets
+from smallbig_jax.tools import aot, targets
 
 FLAGS = flags.FlagValues()
 _CONFIG = cli.define_config_flag(FLAGS)
@@ -42,6 +42,9 @@ _HOSTS = flags.DEFINE_integer("num_hosts", 1, "GPU servers.", flag_values=FLAGS)
 _STEPS = flags.DEFINE_list("steps", ["train", "eval"], "Which steps to compile: train, eval.", flag_values=FLAGS)
 _RESULTS = flags.DEFINE_string("results", None, "JSON-lines file to append the record to.", flag_values=FLAGS)
 _MARKDOWN = flags.DEFINE_string("markdown", None, "Also write the markdown table to this file.", flag_values=FLAGS)
+_HLO_DIR = flags.DEFINE_string(
+    "hlo_dir", None, "Write each compiled program's HLO text here (<target>_<step>_<batch>.hlo.txt).", flag_values=FLAGS
+)
 cli.define_debug_flag(FLAGS)
 
 
@@ -69,8 +72,6 @@ def main() -> int | None:
     if not which or set(which) - {"train", "eval"}:
         raise targets.TargetError(f"--steps={','.join(which)}: expected train, eval or both")
     batches = _batches(config, target)
-    from smallbig_jax.tools import aot  # JAX and the model: after the checks of the input
-
     results = aot.compile_target(config, target, batches, which, log=lambda m: print(m, file=sys.stderr))
     record = aot.report(config, target, results, " ".join(["smallbig-jax", *sys.argv[1:]]))
     table = aot.markdown(record)
@@ -83,6 +84,11 @@ def main() -> int | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+    if _HLO_DIR.value:
+        folder = pathlib.Path(_HLO_DIR.value)
+        folder.mkdir(parents=True, exist_ok=True)
+        for r in results:
+            (folder / f"{target.name}_{r.step}_{r.per_device_batch}.hlo.txt").write_text(r.hlo_text)
     unfit = [r for r in results if not r.fits]
     for r in unfit:
         print(

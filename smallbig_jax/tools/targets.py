@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
+
+from jax.experimental import topologies
 
 from smallbig_jax.errors import ConfigError
 
@@ -273,10 +276,10 @@ def _require(module: str, what: str) -> None:
 
 def target_devices(target: Target) -> list:
     """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
-    from jax.experimental import topologies
-
     if target.platform == "tpu":
         _require("libtpu", "the TPU compiler (libtpu)")
+        # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         topology = topologies.get_topology_desc(
             platform="tpu",
             topology_name=target.topology,

@@ -1,0 +1,136 @@
+"""`smallbig-jax compile`: the real train and eval steps compiled for a TPU slice and a GPU server without their
+hardware (a tiny model), a batch too large for the device reported as not fitting, the multi-slice mesh, the
+collectives read from the HLO text, and bad input. Needs the `aot` extra (`make setup` installs it)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from smallbig_jax import cli, commands, sharding
+from smallbig_jax.tools import aot, targets
+
+# SmallBig-23 of width 4 on 2 frames of 32x32: the structure of the real model, compiled in seconds.
+TINY = [
+    "--config=configs/kinetics400_smallbig50_8x8.py:runlocal",
+    "--config.model.variant=smallbig23",
+    "--config.model.base_width=4",
+    "--config.model.num_classes=5",
+    "--config.model.dtype=bfloat16",
+    "--config.data.num_frames=2",
+    "--config.data.crop_size=32",
+    "--config.data.scale_size=32",
+]
+
+
+def _tiny_config(**fields):
+    from smallbig_jax.config import official_recipe
+
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense")
+    config.model.base_width, config.model.dtype = 4, "bfloat16"
+    config.data.crop_size = config.data.scale_size = 32
+    for key, value in fields.items():
+        config[key] = value
+    return config
+
+
+def test_the_aot_extra_is_installed():
+    assert importlib.util.find_spec("libtpu"), "install the aot extra: pip install -e '.[aot]'"
+    assert importlib.util.find_spec("jax_plugins.xla_cuda12"), "install the aot extra: pip install -e '.[aot]'"
+
+
+def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reduction_spans_it():
+    """Two v5e-4 slices: the 'slice' axis first, each row of the mesh one slice; the compiled train step (replicated
+    parameters) reduces its gradients over all 8 chips, across both slices. Also the CI's TPU compile."""
+    target = targets.parse_target("v5e-4", num_slices=2)
+    devices = targets.target_devices(target)
+    mesh = sharding.make_mesh(devices, num_slices=2)
+    assert mesh.axis_names == (sharding.SLICE, sharding.DATA) and mesh.devices.shape == (2, 4)
+    assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {1}]
+    assert sharding.batch_sharding(mesh).spec[0] == (sharding.SLICE, sharding.DATA)
+    (train,) = aot.compile_target(_tiny_config(), target, [2], ["train"], log=lambda m: None)
+    reductions = [c for c in aot.collectives(train.hlo_text) if c.kind == "all-reduce"]
+    assert reductions and max(c.group_size or 8 for c in reductions) == 8, [c.line for c in reductions]
+    assert train.fits and train.xla_flops > 0 and train.memory["arguments"] > 0
+    assert train.analytic_flops > 0 and train.roofline_s > 0
+
+
+def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_path):
+    """h100x8 through the command: the table, the JSON record (appended to --results) and exit status 0."""
+    results = tmp_path / "r.jsonl"
+    args = [*TINY, "--target=h100x8", "--per_device_batch=2", f"--results={results}"]
+    assert commands.run("compile", args) == 0
+    out = capsys.readouterr().out
+    record = json.loads(results.read_text())
+    assert record["target"] == "h100x8" and record["num_devices"] == 8
+    assert record["device"]["name"] == "NVIDIA H100 SXM" and record["largest_fitting_batch"] == 2
+    train, evaluation = record["rows"]
+    assert (train["step"], evaluation["step"]) == ("train", "eval")
+    assert train["fits"] and train["memory_bytes"]["total"] > 0
+    assert "all-reduce" in train["collectives"]  # the gradients over the 8 GPUs
+    assert train["analytic_flops"] == 3 * evaluation["analytic_flops"]
+    assert "| train | 2 |" in out and "analysis of the compiled program" in out
+
+
+def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys):
+    """4096 clips of 8x224x224 per v5e chip (16 GiB): the float32 input alone is 18 GiB. Message, exit 1."""
+    args = [*TINY, "--config.data.num_frames=8", "--config.data.crop_size=224", "--config.data.scale_size=224"]
+    assert commands.run("compile", [*args, "--target=v5e-4", "--per_device_batch=4096", "--steps=eval"]) == 1
+    captured = capsys.readouterr()
+    assert "**no**" in captured.out and "Largest listed batch that fits: none" in captured.out
+    assert "does not fit: the eval step at 4096 clips per device needs" in captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target=v5e-3"], "unknown target 'v5e-3'; known: v4-8,"),
+        (["--target=tpu9"], "h100x8"),
+        (["--target=h100x8", "--num_slices=2"], "use --num_hosts"),
+        (["--target=v5e-8", "--num_hosts=2"], "use --num_slices"),
+        (["--target=v5e-8", "--per_device_batch=3", "--config.grad_accum_steps=2"], "multiple of grad_accum_steps"),
+        (["--target=v5e-8"], "config.batch_size=4 does not divide over the 8 devices"),
+        (["--target=v5e-8", "--per_device_batch=x"], "expected integers"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_status_2(capsys, args, message):
+    assert commands.run("compile", [*TINY, *args]) == cli.EXIT_USER_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+@pytest.mark.parametrize("target, module", [("v5e-8", "libtpu"), ("a100x8", "jax_plugins.xla_cuda12")])
+def test_a_missing_aot_extra_says_how_to_install_it(capsys, monkeypatch, target, module):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    assert commands.run("compile", [*TINY, f"--target={target}", "--per_device_batch=1"]) == cli.EXIT_USER_ERROR
+    assert "pip install -e '.[aot]'" in capsys.readouterr().err
+
+
+def test_target_table():
+    assert targets.parse_target("v5p-128").grid == (4, 4, 4)  # v5p names count TensorCores: 64 chips
+    assert targets.parse_target("v5e-256", num_slices=2).num_devices == 512
+    v5e16 = targets.parse_target("v5e-16")
+    assert (v5e16.topology, v5e16.host_bounds, v5e16.num_hosts) == ("v5e:4x4", (2, 2, 1), 4)
+    assert targets.parse_target("h100x8", num_hosts=2).num_devices == 16
+    for facts in targets.DEVICES.values():  # one table, every number with its source
+        assert facts.peak_flops["bfloat16"] > 0 and facts.hbm_bytes > 0 and facts.hbm_bandwidth > 0 and facts.source
+    assert targets.device_facts_for_kind("TPU v5 lite").name == "TPU v5e"
+
+
+def test_collectives_are_read_from_the_hlo_text():
+    hlo = """
+  %all-reduce.1 = f32[64,3]{1,0} all-reduce(f32[64,3]{1,0} %p), channel_id=1, replica_groups=[1,8]<=[8], to_apply=%add
+  %ag = bf16[8,16]{1,0} all-gather(bf16[2,16]{1,0} %q), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
+  %rs-start = (f32[32]{0}, f32[8]{0}) reduce-scatter-start(f32[32]{0} %r), replica_groups={{0,1,2,3},{4,5,6,7}}
+  %ar-done = f32[64,3]{1,0} all-reduce-done(f32[64,3]{1,0} %ar-start)
+"""
+    found = aot.collectives(hlo)
+    assert [(c.kind, c.bytes, c.group_size) for c in found] == [
+        ("all-reduce", 64 * 3 * 4, 8),
+        ("all-gather", 2 * 16 * 2 * 4, 4),  # the gathered array: operand x group
+        ("reduce-scatter", 32 * 4, 4),
+    ]
+    assert aot.collectives_by_kind(found)["all-reduce"] == {"count": 1, "bytes": 768, "group_sizes": [8]}
