@@ -92,9 +92,10 @@ def choose_jax_platforms(keep_cuda_compiler: bool = False) -> None:
         if "jax" in sys.modules:  # imported already (a test process): before its backends start
             sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
     if has_cuda and not gpu_attached and not keep_cuda_compiler:
-        # JAX imports and initialises every plugin it finds, whatever the platforms; the CUDA plugin's initialiser
-        # loads its CUDA libraries, which log "Could not find cuda drivers" on a machine without them.
-        sys.modules["jax_plugins.xla_cuda12"] = types.SimpleNamespace(initialize=lambda: None)
+        # `import jax` loads the CUDA plugin's kernels and JAX initialises every PJRT plugin it finds, whatever the
+        # platforms; their CUDA libraries log "Could not find cuda drivers" on a machine without them. As if absent:
+        sys.modules["jax_cuda12_plugin"] = None  # an ImportError for JAX's optional imports of its kernels
+        sys.modules["jax_plugins.xla_cuda12"] = types.SimpleNamespace(initialize=lambda: None)  # found, a no-op
 
 
 def define_debug_flag(flag_values: flags.FlagValues) -> None:

@@ -6,23 +6,48 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
 from smallbig_jax import cli, commands, sharding
 from smallbig_jax.tools import aot, targets
 
-# SmallBig-23 of width 4 on 2 frames of 32x32: the structure of the real model, compiled in seconds.
-TINY = [
-    "--config=configs/kinetics400_smallbig50_8x8.py:runlocal",
-    "--config.model.variant=smallbig23",
-    "--config.model.base_width=4",
-    "--config.model.num_classes=5",
-    "--config.model.dtype=bfloat16",
-    "--config.data.num_frames=2",
-    "--config.data.crop_size=32",
-    "--config.data.scale_size=32",
-]
+# SmallBig-23 of width 4 on 2 frames of 32x32: the structure of the real model, compiled in seconds. A file, not
+# --config.<field> overrides: ml_collections defines those flags from sys.argv when a command module is imported.
+TINY_CONFIG = """
+from smallbig_jax.config import official_recipe
+
+
+def get_config(arg=None):
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense")
+    config.model.base_width, config.model.dtype = 4, "bfloat16"
+    config.data.crop_size = config.data.scale_size = 32
+    config.batch_size = 4
+    args = (arg or "").split(",")
+    if "8x224" in args:
+        config.data.num_frames, config.data.crop_size, config.data.scale_size = 8, 224, 224
+    if "accum2" in args:
+        config.grad_accum_steps = 2
+    return config
+"""
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    return f"--config={path}"
+
+
+def _status(args: list[str]) -> int:
+    """Exit status of `smallbig-jax compile args`, run in this process (a user error exits through SystemExit)."""
+    try:
+        return commands.run("compile", args)
+    except SystemExit as e:
+        return e.code
 
 
 def _tiny_config(**fields):
@@ -57,10 +82,10 @@ def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reductio
     assert train.analytic_flops > 0 and train.roofline_s > 0
 
 
-def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_path):
+def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_path, tiny):
     """h100x8 through the command: the table, the JSON record (appended to --results) and exit status 0."""
     results = tmp_path / "r.jsonl"
-    args = [*TINY, "--target=h100x8", "--per_device_batch=2", f"--results={results}"]
+    args = [tiny, "--target=h100x8", "--per_device_batch=2", f"--results={results}"]
     assert commands.run("compile", args) == 0
     out = capsys.readouterr().out
     record = json.loads(results.read_text())
@@ -74,10 +99,10 @@ def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_pat
     assert "| train | 2 |" in out and "analysis of the compiled program" in out
 
 
-def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys):
+def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys, tiny):
     """4096 clips of 8x224x224 per v5e chip (16 GiB): the float32 input alone is 18 GiB. Message, exit 1."""
-    args = [*TINY, "--config.data.num_frames=8", "--config.data.crop_size=224", "--config.data.scale_size=224"]
-    assert commands.run("compile", [*args, "--target=v5e-4", "--per_device_batch=4096", "--steps=eval"]) == 1
+    args = [tiny + ":8x224", "--target=v5e-4", "--per_device_batch=4096", "--steps=eval"]
+    assert commands.run("compile", args) == 1
     captured = capsys.readouterr()
     assert "**no**" in captured.out and "Largest listed batch that fits: none" in captured.out
     assert "does not fit: the eval step at 4096 clips per device needs" in captured.err
@@ -90,22 +115,24 @@ def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys):
         (["--target=tpu9"], "h100x8"),
         (["--target=h100x8", "--num_slices=2"], "use --num_hosts"),
         (["--target=v5e-8", "--num_hosts=2"], "use --num_slices"),
-        (["--target=v5e-8", "--per_device_batch=3", "--config.grad_accum_steps=2"], "multiple of grad_accum_steps"),
+        ([":accum2", "--target=v5e-8", "--per_device_batch=3"], "multiple of grad_accum_steps"),
         (["--target=v5e-8"], "config.batch_size=4 does not divide over the 8 devices"),
         (["--target=v5e-8", "--per_device_batch=x"], "expected integers"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_status_2(capsys, args, message):
-    assert commands.run("compile", [*TINY, *args]) == cli.EXIT_USER_ERROR
+def test_bad_input_is_one_line_and_exit_status_2(capsys, tiny, args, message):
+    if args[0].startswith(":"):
+        tiny, args = tiny + args[0], args[1:]
+    assert _status([tiny, *args]) == cli.EXIT_USER_ERROR
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
 
 
 @pytest.mark.parametrize("target, module", [("v5e-8", "libtpu"), ("a100x8", "jax_plugins.xla_cuda12")])
-def test_a_missing_aot_extra_says_how_to_install_it(capsys, monkeypatch, target, module):
+def test_a_missing_aot_extra_says_how_to_install_it(capsys, monkeypatch, tiny, target, module):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
-    assert commands.run("compile", [*TINY, f"--target={target}", "--per_device_batch=1"]) == cli.EXIT_USER_ERROR
+    assert _status([tiny, f"--target={target}", "--per_device_batch=1"]) == cli.EXIT_USER_ERROR
     assert "pip install -e '.[aot]'" in capsys.readouterr().err
 
 
@@ -121,16 +148,39 @@ def test_target_table():
 
 
 def test_collectives_are_read_from_the_hlo_text():
+    """The forms XLA:GPU and the TPU compiler print: operands with or without shapes, replica groups as lists, iota
+    or mesh axes, asynchronous -start ops returning (operands, outputs)."""
     hlo = """
   %all-reduce.1 = f32[64,3]{1,0} all-reduce(f32[64,3]{1,0} %p), channel_id=1, replica_groups=[1,8]<=[8], to_apply=%add
   %ag = bf16[8,16]{1,0} all-gather(bf16[2,16]{1,0} %q), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
   %rs-start = (f32[32]{0}, f32[8]{0}) reduce-scatter-start(f32[32]{0} %r), replica_groups={{0,1,2,3},{4,5,6,7}}
   %ar-done = f32[64,3]{1,0} all-reduce-done(f32[64,3]{1,0} %ar-start)
+  %all-reduce.206 = s32[]{:T(128)} all-reduce(%fusion.1427), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}
+  %rs.2 = bf16[4,8]{1,0:T(8,128)(2,1)} reduce-scatter(%x), replica_groups=mesh['a'=2,'b'=4] {'a','b'}, dimensions={0}
+  %cp = (bf16[1,64]{1,0}, bf16[1,64]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%b), channel_id=9
 """
     found = aot.collectives(hlo)
     assert [(c.kind, c.bytes, c.group_size) for c in found] == [
         ("all-reduce", 64 * 3 * 4, 8),
-        ("all-gather", 2 * 16 * 2 * 4, 4),  # the gathered array: operand x group
-        ("reduce-scatter", 32 * 4, 4),
+        ("all-gather", 8 * 16 * 2, 4),  # the gathered array
+        ("reduce-scatter", 32 * 4, 4),  # the array before scattering
+        ("all-reduce", 4, 4),
+        ("reduce-scatter", 4 * 8 * 2 * 8, 8),
+        ("collective-permute", 64 * 2, None),
     ]
-    assert aot.collectives_by_kind(found)["all-reduce"] == {"count": 1, "bytes": 768, "group_sizes": [8]}
+    assert aot.collectives_by_kind(found)["all-reduce"] == {"count": 2, "bytes": 772, "group_sizes": [8, 4]}
+
+
+def test_other_commands_start_as_without_the_aot_extra():
+    """On this CPU-only machine, with libtpu and the CUDA plugin installed, a command that imports JAX and the model
+    prints nothing on stderr (no CUDA driver or TPU probe messages): `cli.choose_jax_platforms` leaves them out."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "smallbig_jax", "summary", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0 and "usage: smallbig-jax summary" in done.stdout
+    assert done.stderr == ""

@@ -11,8 +11,8 @@ config (formulation, dtype, `params_sharding`, `batchnorm`, `grad_accum_steps`, 
   per multiply-accumulate of `summary` (convs and the classifier), times 3 for a train step (the backward pass costs
   about twice the forward). XLA counts every op and leaves out taps on zero padding; remat adds its recomputation;
 - **collectives** of the compiled program by kind (static count: an op inside a loop counts once), with the bytes of
-  the whole array each works on per device (an all-gather's result, a reduce-scatter's or all-reduce's operand) and
-  the size of its device groups, parsed from the compiled HLO text;
+  the whole array each works on per device (an all-gather's result, a reduce-scatter's operand, an all-reduce's
+  array) and the size of its device groups, parsed from the compiled HLO text;
 - a **roofline bound**: step time >= max(FLOPs / peak FLOP/s, bytes accessed / memory bandwidth), and the clips/s
   per device ceiling it implies. It is analysis of the compiled program, never a measured speed;
 - **compile seconds** on this machine.
@@ -48,41 +48,48 @@ _BYTES = {
     "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1,
 }  # fmt: skip
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
-_OP = re.compile(r"=\s*(?P<result>.*?)\s(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\((?P<rest>.*)$")
+_OP = re.compile(r"=\s*(?P<result>.*?)\s(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(")
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
-_PAIRS = re.compile(r"source_target_pairs=\{([0-9,{}]*)\}")
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")  # mesh['axis_0'=4,...] {'axis_0'}
 
 
-def array_bytes(text: str) -> int:
-    """Bytes of every array shape written in `text` (`bf16[8,56,56,64]{...}`, tuples included)."""
-    total = 0
+def arrays_bytes(text: str) -> list[int]:
+    """Bytes of each array shape written in `text` (`bf16[8,56,56,64]{...}`; a tuple gives several)."""
+    out = []
     for dtype, dims in _ARRAY.findall(text):
         if dtype in _BYTES:
             n = 1
             for d in filter(None, dims.split(",")):
                 n *= int(d)
-            total += n * _BYTES[dtype]
-    return total
-
-
-def _operands(rest: str) -> str:
-    """The operand list of an instruction: `rest` (after its opening parenthesis) up to the matching one."""
-    depth = 1
-    for i, ch in enumerate(rest):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            return rest[:i]
-    return rest
+            out.append(n * _BYTES[dtype])
+    return out
 
 
 def group_size(line: str) -> int | None:
-    """Devices in each group of a collective (`replica_groups={{0,1,2,3},...}` or the iota form `[2,4]<=[8]`)."""
+    """Devices in each group of a collective: `replica_groups={{0,1,2,3},...}`, the iota form `[2,4]<=[8]` or the
+    mesh form `mesh['axis_0'=4,'axis_1'=2] {'axis_0'}` (None: not written, every device)."""
     if m := _GROUPS_LIST.search(line):
         return len(m.group(1).split(","))
     if m := _GROUPS_IOTA.search(line):
         return int(m.group(1).split(",")[-1])
+    if m := _GROUPS_MESH.search(line):
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+        size = 1
+        for axis in re.findall(r"'([^']+)'", m.group(2)):
+            size *= int(sizes.get(axis, 1))
+        return size
     return None
+
+
+def _full_bytes(kind: str, start: bool, result: list[int], size: int) -> int:
+    """Bytes of the whole array a collective works on per device, from its result shapes (operands are not always
+    written with their shapes). An asynchronous `-start` returns (operands, outputs[, context])."""
+    if start and kind != "all-reduce":
+        half = len(result) // 2 if kind != "collective-permute" else 1
+        ins, outs = result[:half], result[half : 2 * half]
+        return sum(outs) if kind == "all-gather" else sum(ins)
+    return sum(result) * (size if kind == "reduce-scatter" else 1)
 
 
 @dataclasses.dataclass
@@ -100,10 +107,9 @@ def collectives(hlo_text: str) -> list[Collective]:
         m = _OP.search(line)
         if m is None:
             continue
-        kind = m.group("op")
-        size = group_size(line)
-        operand_bytes = array_bytes(_operands(m.group("rest")))
-        nbytes = operand_bytes * (size or 1) if kind == "all-gather" else operand_bytes
+        kind, size = m.group("op"), group_size(line)
+        result = arrays_bytes(m.group("result"))
+        nbytes = _full_bytes(kind, bool(m.group("start")), result, size or 1)
         found.append(Collective(kind, nbytes, size, line.strip()))
     return found
 
