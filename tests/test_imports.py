@@ -69,6 +69,7 @@ ALLOWED = {
         f"{PACKAGE}.config",
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.torch_reference",
+        f"{PACKAGE}.tools.targets",
     ),
     f"{PACKAGE}.accelerator_check": (
         f"{PACKAGE}.benchmark",
