@@ -95,7 +95,8 @@ def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_pat
     (row,) = record["rows"]
     assert row["step"] == "eval" and row["fits"] and row["memory_bytes"]["total"] > 0
     assert row["collectives"]["all-gather"]["group_sizes"] == [8]  # the logits, replicated on the 8 GPUs
-    assert row["xla_flops"] > 0 and row["analytic_flops"] > 0 and row["roofline_s"] > 0
+    assert row["xla_flops"] is None  # the CUDA compiler gives no cost analysis without a GPU: the table says n/a
+    assert row["analytic_flops"] > 0 and row["roofline_s"] > 0 and row["bound"] == "compute"
     assert "| eval | 2 |" in out and "analysis of the compiled program" in out
 
 
