@@ -101,12 +101,14 @@ def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_pat
 
 
 def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys, tiny):
-    """4096 clips of 8x224x224 per v5e chip (16 GiB): the float32 input alone is 18 GiB. Message, exit 1."""
+    """4096 clips of 8x224x224 per v5e chip (16 GiB): the float32 input alone is 18 GiB. The TPU compiler refuses the
+    program (RESOURCE_EXHAUSTED, with what it needs): reported as not fitting, with a message and exit status 1."""
     args = [tiny + ":8x224", "--target=v5e-4", "--per_device_batch=4096", "--steps=eval"]
     assert commands.run("compile", args) == 1
     captured = capsys.readouterr()
     assert "**no**" in captured.out and "Largest listed batch that fits: none" in captured.out
     assert "does not fit: the eval step at 4096 clips per device needs" in captured.err
+    assert "the compiler refused it: RESOURCE_EXHAUSTED" in captured.out  # the TPU compiler's own check, reported
 
 
 @pytest.mark.parametrize(

@@ -144,10 +144,11 @@ class Compiled:
     peak_flops: float
     hbm_bandwidth: float
     hlo_text: str = dataclasses.field(repr=False, default="")
+    out_of_memory: str = ""  # the compiler's own refusal, when it found the program larger than the device
 
     @property
     def fits(self) -> bool:
-        return self.memory["total"] <= self.device_bytes
+        return not self.out_of_memory and self.memory["total"] <= self.device_bytes
 
     @property
     def roofline_s(self) -> float:
@@ -178,6 +179,7 @@ class Compiled:
             "roofline_s": self.roofline_s,
             "bound": self.bound,
             "clips_per_s_per_device_ceiling": self.per_device_batch / self.roofline_s,
+            "out_of_memory": self.out_of_memory,
         }
 
 
@@ -194,10 +196,26 @@ def _memory(compiled) -> dict[str, int]:
     return out
 
 
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def _out_of_memory(error: Exception, device_bytes: int) -> tuple[dict[str, int], int] | None:
+    """(memory, usable device bytes) from the TPU compiler's refusal of a program larger than the device, or None
+    for any other error. It says how much the temporaries need and how much of the device it can use (GiB)."""
+    m = _OOM.search(str(error))
+    if "RESOURCE_EXHAUSTED" not in str(error) or m is None:
+        return None
+    temporaries, usable = (int(float(g) * GIB) for g in m.groups())
+    memory = {"arguments": 0, "outputs": 0, "aliased": 0, "temporaries": temporaries, "code": 0, "total": temporaries}
+    return memory, min(usable, device_bytes)
+
+
 def _cost(compiled, lowered) -> tuple[float | None, float | None]:
     """XLA's FLOPs and bytes accessed of the compiled program, or of the lowered one where the compiler gives none
     (the CUDA compiler without a GPU)."""
     for source in (compiled, lowered):
+        if source is None:
+            continue
         try:
             cost = source.cost_analysis()
         except Exception:  # noqa: BLE001 - a compiler without cost analysis
@@ -265,17 +283,24 @@ def compile_target(
             else:
                 lowered = eval_step.lower(eval_params, state["batch_stats"], clips)
                 analytic = 2 * macs * b
-            compiled = lowered.compile()
+            device_bytes, refusal = target.facts.hbm_bytes, ""
+            try:
+                compiled = lowered.compile()
+                memory, text = _memory(compiled), compiled.as_text()
+            except jax.errors.JaxRuntimeError as error:
+                if (oom := _out_of_memory(error, device_bytes)) is None:
+                    raise
+                (memory, device_bytes), compiled, text = oom, None, ""
+                refusal = str(error).splitlines()[0]
             seconds = time.perf_counter() - start
             flops, bytes_accessed = _cost(compiled, lowered)
-            text = compiled.as_text()
             results.append(
                 Compiled(
                     step,
                     b,
                     seconds,
-                    _memory(compiled),
-                    target.facts.hbm_bytes,
+                    memory,
+                    device_bytes,
                     flops,
                     bytes_accessed,
                     float(analytic),
@@ -283,6 +308,7 @@ def compile_target(
                     peak,
                     target.facts.hbm_bandwidth,
                     text,
+                    refusal,
                 )
             )
             log(f"  {seconds:.1f} s; {results[-1].memory['total'] / GIB:.2f} GiB per device")
@@ -349,7 +375,6 @@ def report(
 
 def markdown(record: dict[str, Any]) -> str:
     """The markdown table of a `report` record (one row per step and batch)."""
-    device_gib = record["device"]["hbm_bytes"] / GIB
     lines = [
         f"**{record['target_description']}**, {record['model']['variant']} {record['model']['frames']}x"
         f"{record['model']['crop_size']} {record['model']['dtype']}, params {record['params_sharding']}, remat "
@@ -361,7 +386,7 @@ def markdown(record: dict[str, Any]) -> str:
     ]
     for r in record["rows"]:
         m = r["memory_bytes"]
-        fits = f"{'yes' if r['fits'] else '**no**'} ({device_gib:.1f})"
+        fits = f"{'yes' if r['fits'] else '**no**'} ({r['device_bytes'] / GIB:.2f})"
         xla = f"{r['xla_flops'] / 1e12:.2f}" if r["xla_flops"] else "n/a"
         lines.append(
             f"| {r['step']} | {r['per_device_batch']} | {m['arguments'] / GIB:.2f} | "
@@ -370,6 +395,11 @@ def markdown(record: dict[str, Any]) -> str:
             f"{r['bound']} | {r['roofline_s'] * 1e3:.1f} | {r['clips_per_s_per_device_ceiling']:.0f} | "
             f"{r['compile_s']:.0f} |"
         )
+    lines += [
+        f"\n{r['step']} step at {r['per_device_batch']}: the compiler refused it: {r['out_of_memory']}"
+        for r in record["rows"]
+        if r["out_of_memory"]
+    ]
     best = record["largest_fitting_batch"]
     lines += ["", f"Largest listed batch that fits: {best if best is not None else 'none'} clips per device."]
     return "\n".join(lines)
