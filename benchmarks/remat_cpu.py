@@ -15,12 +15,15 @@ import time
 import jax
 import numpy as np
 from absl import app, flags
+from ml_collections import config_flags
 
 from smallbig_jax import sharding, steps
-from smallbig_jax.benchmark import STEPS_PER_EPOCH, load_config
 from smallbig_jax.config import REMAT
+from smallbig_jax.tools.harness import STEPS_PER_EPOCH
 
-_CONFIG = flags.DEFINE_string("config", "configs/kinetics400_smallbig50_8x8.py:runlocal", "Config file[:arg].")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "configs/kinetics400_smallbig50_8x8.py:runlocal", "Config file[:arg]."
+)
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (one step of every policy each) after one warm-up.")
 _POLICIES = flags.DEFINE_list("policies", list(REMAT), "Remat policies to compare.")
 
@@ -29,7 +32,7 @@ def main(_):
     mesh = sharding.make_mesh(num_devices=1)
     runs = {}
     for policy in _POLICIES.value:
-        config = load_config(_CONFIG.value)
+        config = type(_CONFIG.value)(_CONFIG.value.to_dict())
         config.remat = policy
         setup = steps.train_setup(config, mesh, STEPS_PER_EPOCH)
         n, t, s = config.batch_size, config.data.num_frames, config.data.crop_size

@@ -64,6 +64,8 @@ def _batches(config, target) -> list[int]:
 
 def main() -> int | None:
     config = cli.config_value(_CONFIG)
+    if config is None:
+        raise targets.TargetError("--config is required: the config whose steps are compiled")
     check_config(config)
     if not _TARGET.value:
         raise targets.TargetError(f"--target is required; known: {', '.join(targets.known_targets())}")

@@ -32,9 +32,9 @@ import ml_collections
 from flax import nnx
 
 from smallbig_jax import sharding, steps
-from smallbig_jax.benchmark import STEPS_PER_EPOCH
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
 from smallbig_jax.summary import count_macs
+from smallbig_jax.tools.harness import STEPS_PER_EPOCH
 from smallbig_jax.tools.targets import Target, TargetError, target_devices
 
 GIB = 2**30
