@@ -66,9 +66,11 @@ def test_the_aot_extra_is_installed():
     assert importlib.util.find_spec("jax_plugins.xla_cuda12"), "install the aot extra: pip install -e '.[aot]'"
 
 
-def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reduction_spans_it():
-    """Two v5e-4 slices: the 'slice' axis first, each row of the mesh one slice; the compiled train step (replicated
-    parameters) reduces its gradients over all 8 chips, across both slices. Also the CI's TPU compile."""
+def test_multislice_mesh_puts_the_slice_axis_outermost_and_compiles_a_multislice_program():
+    """Two v5e-4 slices: the 'slice' axis first, each row of the mesh one slice, batches split over both axes; the
+    compiled train step (replicated parameters) is libtpu's multi-slice program: it asks for its slice (`SliceId`)
+    and reduces the gradients over the 4 chips of a slice in XLA collectives. The reduction across slices is not an
+    XLA collective of the compiled text (docs/aot.md: left open). Also the CI's TPU compile."""
     target = targets.parse_target("v5e-4", num_slices=2)
     devices = targets.target_devices(target)
     mesh = sharding.make_mesh(devices, num_slices=2)
@@ -76,8 +78,9 @@ def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reductio
     assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {1}]
     assert sharding.batch_sharding(mesh).spec[0] == (sharding.SLICE, sharding.DATA)
     (train,) = aot.compile_target(_tiny_config(), target, [2], ["train"], log=lambda m: None)
+    assert 'custom_call_target="SliceId"' in train.hlo_text
     reductions = [c for c in aot.collectives(train.hlo_text) if c.kind == "all-reduce"]
-    assert reductions and max(c.group_size or 8 for c in reductions) == 8, [c.line for c in reductions]
+    assert reductions and {c.group_size for c in reductions} == {4}, [c.line[:200] for c in reductions]
     assert train.fits and train.xla_flops > 0 and train.memory["arguments"] > 0
     assert train.analytic_flops > 0 and train.roofline_s > 0
 
