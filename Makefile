@@ -9,7 +9,7 @@ SOURCES := pyproject.toml
 $(STAMP): $(SOURCES)
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[torch,dev]'
+	$(VENV)/bin/python -m pip install -q -e '.[torch,dev,aot]'
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -16,12 +16,15 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
+import glob
 import importlib.util
 import logging
 import os
+import pathlib
 import re
 import sys
 import traceback
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -240,6 +243,47 @@ class ConfigHolder:
         return bool(self.flag.present)
 
 
+def _attached() -> tuple[bool, bool]:
+    """(a TPU chip, an NVIDIA GPU) attached to this machine, seen as JAX itself looks (jax/_src/hardware_utils.py:
+    a PCI device of Google's vendor id, a /dev/nvidia* node), without importing JAX."""
+    tpu = any(pathlib.Path(p).read_text().strip() == "0x1ae0" for p in glob.glob("/sys/bus/pci/devices/*/vendor"))
+    gpu = any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
+    return tpu, gpu
+
+
+def choose_jax_platforms(keep_cuda_compiler: bool = False) -> None:
+    """On a machine without the accelerator of an installed JAX plugin (the `aot` extra's libtpu and CUDA plugin on a
+    CPU-only machine), leave that plugin out before JAX starts, so that a command prints and does what it does
+    without it: no TPU or CUDA probe, no warnings, no slower start. Without such a plugin nothing changes;
+    `JAX_PLATFORMS` set by the user wins; a machine with the TPU chips or NVIDIA GPU that a plugin serves keeps it.
+    The choice goes into the environment (read when JAX is imported, and by the processes this one starts).
+    `keep_cuda_compiler`: `smallbig-jax compile`, which compiles for GPUs with the CUDA plugin without one."""
+    has_tpu = importlib.util.find_spec("libtpu") is not None
+    has_cuda = importlib.util.find_spec("jax_plugins") is not None and (
+        importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    )
+    if not (has_tpu or has_cuda):
+        return
+    tpu_attached, gpu_attached = _attached()
+    if not os.environ.get("JAX_PLATFORMS") and ((has_tpu and not tpu_attached) or (has_cuda and not gpu_attached)):
+        platforms = ["tpu"] * (has_tpu and tpu_attached) + ["cuda"] * (has_cuda and gpu_attached) + ["cpu"]
+        os.environ["JAX_PLATFORMS"] = ",".join(platforms)
+        if "jax" in sys.modules:  # imported already (a test process): before its backends start
+            sys.modules["jax"].config.update("jax_platforms", os.environ["JAX_PLATFORMS"])
+    if has_cuda and not gpu_attached and not keep_cuda_compiler:
+        # `import jax` loads the CUDA plugin's kernels and JAX initialises every PJRT plugin it finds, whatever the
+        # platforms; their CUDA libraries log "Could not find cuda drivers" on a machine without them. As if absent:
+        sys.modules["jax_cuda12_plugin"] = None  # an ImportError for JAX's optional imports of its kernels
+        sys.modules["jax_plugins.xla_cuda12"] = types.SimpleNamespace(initialize=lambda: None)  # found, a no-op
+
+
+def define_debug_flag(flag_values: flags.FlagValues) -> None:
+    """`--debug`, which every command takes."""
+    flags.DEFINE_bool(
+        "debug", False, f"Full tracebacks and library INFO logs (or set {DEBUG_ENV}=1).", flag_values=flag_values
+    )
+
+
 def define_config_flag(
     flag_values: flags.FlagValues,
     help_string: str = "A config file in configs/ (file.py[:arg]).",
@@ -275,13 +319,6 @@ def config_value(holder: ConfigHolder) -> Any:
     if holder.flag.error is not None:
         raise holder.flag.error
     return holder.flag.value
-
-
-def define_debug_flag(flag_values: flags.FlagValues) -> None:
-    """`--debug`, which every command takes."""
-    flags.DEFINE_bool(
-        "debug", False, f"Full tracebacks and library INFO logs (or set {DEBUG_ENV}=1).", flag_values=flag_values
-    )
 
 
 def run_command(

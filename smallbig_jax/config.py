@@ -29,6 +29,8 @@ DTYPES = ("float32", "bfloat16", "float16")  # names of the compute and paramete
 # How the model writes the ops whose fastest form depends on the compiler (smallbig_jax/models/smallbig.py): "auto"
 # is "cpu" on a CPU backend and "plain" elsewhere. Named here, not imported, so that a config loads without JAX.
 FORMULATIONS = ("auto", "plain", "cpu")
+# What the backward pass recomputes (models/smallbig.py REMAT_POLICIES), named here for the same reason.
+REMAT = ("none", "block", "block_keep_convs")
 
 
 def official_recipe(
@@ -73,6 +75,9 @@ def official_recipe(
     config.label_smoothing = 0.0
     config.grad_clip_norm = 0.0  # 0: no clipping (official)
     config.grad_accum_steps = 1  # micro-batches per step; BatchNorm statistics are per micro-batch
+    # "none"; "block": each block's activations recomputed in the backward pass (less memory, ~1/3 more compute);
+    # "block_keep_convs": only BatchNorms, ReLUs and pools recomputed. Same parameters and results either way.
+    config.remat = "none"
     config.ema_decay = 0.0  # 0: no EMA of the weights; else evaluation uses the EMA weights
     # "per_device": statistics over each device's part of the batch, like the official per-GPU BatchNorm (DDP);
     # "global": over the whole global batch (what a plain jit gives; SyncBN-like, one all-reduce per BN layer).
@@ -208,6 +213,7 @@ RULES: dict[str, Rule] = {
     "label_smoothing": number(0, 1, high_open=True),
     "grad_clip_norm": number(0),
     "grad_accum_steps": integer(1),
+    "remat": one_of(*REMAT),
     "ema_decay": number(0, 1, high_open=True),
     "batchnorm": one_of("per_device", "global"),
     "params_sharding": one_of("replicate", "fsdp"),

@@ -17,22 +17,35 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 DATA = "data"
+SLICE = "slice"  # outermost axis of a multi-slice mesh: data parallel over the data-centre network (DCN)
 FSDP_MIN_SIZE = 2**18  # arrays smaller than this stay replicated: gathering them costs more than it saves
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None, *, num_devices: int | None = None) -> Mesh:
+def make_mesh(
+    devices: Sequence[jax.Device] | None = None, *, num_devices: int | None = None, num_slices: int = 1
+) -> Mesh:
     """The 1-D 'data' mesh over `devices` (default: all devices of all processes), or over the first `num_devices`
-    of them. The one place a mesh is made: training, evaluation, the benchmarks and the checks take theirs here."""
+    of them. The one place a mesh is made: training, evaluation, the benchmarks and the checks take theirs here.
+
+    With `num_slices` > 1 (several TPU slices joined by the data-centre network) the mesh is 2-D, ('slice', 'data'):
+    the outer axis crosses the slices (devices grouped by their `slice_index`), 'data' stays within a slice, so that
+    FSDP's gathers stay on the fast links inside a slice and only the gradient reduction crosses slices."""
     devices = list(jax.devices() if devices is None else devices)
     if num_devices is not None:
         if not 1 <= num_devices <= len(devices):
             raise ValueError(f"asked for {num_devices} devices, {len(devices)} available ({devices[0].platform})")
         devices = devices[:num_devices]
-    return Mesh(np.asarray(devices), (DATA,))
+    if num_slices == 1:
+        return Mesh(np.asarray(devices), (DATA,))
+    if len(devices) % num_slices:
+        raise ValueError(f"{len(devices)} devices do not split into {num_slices} slices")
+    devices = sorted(devices, key=lambda d: getattr(d, "slice_index", 0))  # stable: each slice keeps its order
+    return Mesh(np.asarray(devices).reshape(num_slices, -1), (SLICE, DATA))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, P(DATA))
+    """Batches split over every device: along 'data', and over 'slice' outside it on a multi-slice mesh."""
+    return NamedSharding(mesh, P(tuple(mesh.axis_names) if SLICE in mesh.axis_names else DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

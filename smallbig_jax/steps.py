@@ -68,6 +68,7 @@ def model_from_config(config: ml_collections.ConfigDict, mesh=None) -> SmallBigN
         param_dtype=getattr(jnp, model_config.param_dtype),
         seed=config.seed,
         formulation=formulation(config, mesh),
+        remat=config.get("remat", "none"),
     )
     if mesh is not None and config.batchnorm == "per_device":
         set_batchnorm_groups(model, mesh.size)

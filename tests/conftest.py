@@ -35,6 +35,9 @@ def pytest_configure(config):
             ),  # any limit turns on the cache's file lock (parallel writers)
         }
     )
+    from smallbig_jax import cli
+
+    cli.choose_jax_platforms(keep_cuda_compiler=True)  # with the aot extra on a CPU-only machine: as without it
 
 
 @pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: pytest without xdist must not reject it

@@ -69,6 +69,10 @@ ALLOWED = {
         f"{PACKAGE}.convert",
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.torch_reference",
+        f"{PACKAGE}.tools.targets",
+        f"{PACKAGE}.optim",
+        f"{PACKAGE}.summary",
+        f"{PACKAGE}.errors",
     ),
     # The command line sits on top of everything; the dispatcher imports the chosen command by name.
     f"{PACKAGE}.commands": (PACKAGE,),

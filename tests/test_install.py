@@ -67,3 +67,17 @@ def test_extras_satisfy_what_the_installed_jax_declares():
                 str(req),
                 str(pins[name]),
             )
+
+
+def test_aot_extra_is_the_compilers_pinned_to_the_core_without_cuda_wheels():
+    """`aot` (smallbig-jax compile): libtpu as the tpu extra pins it, the CUDA plugin and PJRT at the core's jaxlib,
+    no "with-cuda" (nothing runs on a GPU); `make setup` installs it."""
+    project = _project()
+    version = _exact(_pins(project["dependencies"])["jaxlib"])
+    aot = _pins(project["optional-dependencies"]["aot"])
+    assert set(aot) == {"libtpu", "jax-cuda12-pjrt", "jax-cuda12-plugin"}
+    assert _exact(aot["libtpu"]) == _exact(_pins(project["optional-dependencies"]["tpu"])["libtpu"])
+    assert _exact(aot["jax-cuda12-pjrt"]) == _exact(aot["jax-cuda12-plugin"]) == version
+    assert not aot["jax-cuda12-plugin"].extras
+    with open(os.path.join(ROOT, "Makefile")) as f:
+        assert "'.[torch,dev,aot]'" in f.read()

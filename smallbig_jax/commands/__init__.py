@@ -29,6 +29,7 @@ COMMANDS = {
     "synthetic": "write the embedded synthetic dataset (mp4s, lists, ArrayRecord)",
     "accelerator_check": "numerics, speed sweep and input pipeline on a new accelerator",
     "distributed_check": "a multi-process launch end to end (start-up, global batch, forward)",
+    "compile": "compile the train and eval steps for a TPU or GPU target without it: memory, FLOPs, collectives",
 }
 # Commands whose XLA:CPU steps page-fault their temporaries back in without glibc's settings.
 KEEP_HOST_MEMORY = ("train", "evaluate", "benchmark", "accelerator_check")
@@ -60,4 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     command = args[0]
     if argv is None and command in KEEP_HOST_MEMORY:
         keep_freed_host_memory()  # same arguments after the restart: sys.orig_argv
+    if argv is None and command in COMMANDS:
+        cli.choose_jax_platforms(keep_cuda_compiler=command == "compile")
     return run(command, args[1:])

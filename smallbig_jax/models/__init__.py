@@ -3,6 +3,7 @@
 from smallbig_jax.models.layers import Formulation
 from smallbig_jax.models.smallbig import (
     FORMULATIONS,
+    REMAT_POLICIES,
     VARIANTS,
     SmallBigNet,
     build_model,
@@ -13,6 +14,7 @@ from smallbig_jax.models.smallbig import (
 
 __all__ = [
     "FORMULATIONS",
+    "REMAT_POLICIES",
     "VARIANTS",
     "Formulation",
     "SmallBigNet",

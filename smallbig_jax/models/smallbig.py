@@ -33,6 +33,14 @@ Array = jax.Array
 STAGE_WIDTHS = (1, 2, 4, 8)  # planes per stage, in units of base_width
 EXPANSION = 4
 FORMULATIONS = {"plain": PLAIN, "cpu": CPU}
+# Activation rematerialisation (`config.remat`): "none" keeps every activation for the backward pass; "block" keeps
+# only each block's input and recomputes the rest of the block in the backward pass (jax.checkpoint); "block_keep_convs"
+# keeps the conv outputs too and recomputes BatchNorms, ReLUs and pools.
+REMAT_POLICIES = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "block_keep_convs": jax.checkpoint_policies.dots_saveable,
+}
 
 
 def resolve_formulation(formulation: str | Formulation, platform: str | None = None) -> Formulation:
@@ -143,6 +151,7 @@ class SmallBigNet(nnx.Module):
         networks of the same design for tests and CPU demos.
       dtype: compute dtype of convs and activations (e.g. jnp.bfloat16); parameters are `param_dtype`,
         BatchNorm statistics and the classifier head are float32.
+      remat: what the backward pass recomputes (`REMAT_POLICIES`); the parameters do not depend on it.
     """
 
     def __init__(
@@ -154,18 +163,22 @@ class SmallBigNet(nnx.Module):
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         formulation: str | Formulation = "auto",
+        remat: str = "none",
         rngs: nnx.Rngs,
     ):
         if variant not in VARIANTS:
             raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
         if num_classes < 1 or base_width < 1:
             raise ValueError(f"num_classes and base_width must be positive, got {num_classes}, {base_width}")
+        if remat not in REMAT_POLICIES:
+            raise ValueError(f"remat {remat!r}; expected one of {sorted(REMAT_POLICIES)}")
         spec = VARIANTS[variant]
         self.variant = variant
         self.num_classes = num_classes
         self.base_width = base_width
         self.dtype = dtype
         self.formulation = resolve_formulation(formulation)
+        self.remat = remat
         kw = dict(dtype=dtype, param_dtype=param_dtype)
         self.conv1 = Conv(3, base_width, (1, 7, 7), stride=2, rngs=rngs, **kw)
         self.bn1 = BatchNorm(base_width, formulation=self.formulation, **kw)
@@ -190,9 +203,10 @@ class SmallBigNet(nnx.Module):
         pool = self.formulation.max_pool_1d
         x = pool(pool(x, 2, stride=2), 3, stride=2)  # MaxPool3d (1,3,3), stride (1,2,2), pad (0,1,1)
         out["stem"] = x
+        run = _run_block if self.remat == "none" else nnx.remat(_run_block, policy=REMAT_POLICIES[self.remat])
         for name in ("layer1", "layer2", "layer3", "layer4"):
             for block in getattr(self, name):
-                x = block(x)
+                x = run(block, x)
             out[name] = x
         features = jnp.mean(x.astype(jnp.promote_types(jnp.float32, x.dtype)), axis=(1, 2, 3))
         out["pool"] = features
@@ -204,6 +218,10 @@ class SmallBigNet(nnx.Module):
         if x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"expected clips of shape [N, T, H, W, 3], got {x.shape}")
         return self.stages(x)["logits"]
+
+
+def _run_block(block: Block, x: Array) -> Array:
+    return block(x)
 
 
 def _torch_linear_init(fan_in: int) -> dict:
@@ -225,8 +243,9 @@ def build_model(
     param_dtype: Any = jnp.float32,
     seed: int = 0,
     formulation: str | Formulation = "auto",
+    remat: str = "none",
 ) -> SmallBigNet:
-    """A freshly initialised `SmallBigNet`, in train mode (`formulation`: see `SmallBigNet`)."""
+    """A freshly initialised `SmallBigNet`, in train mode (`formulation`, `remat`: see `SmallBigNet`)."""
     return SmallBigNet(
         variant,
         num_classes,
@@ -234,6 +253,7 @@ def build_model(
         dtype=dtype,
         param_dtype=param_dtype,
         formulation=formulation,
+        remat=remat,
         rngs=nnx.Rngs(seed),
     )
 

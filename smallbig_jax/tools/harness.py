@@ -33,43 +33,35 @@ from jax.sharding import Mesh
 from smallbig_jax import sharding
 from smallbig_jax import steps as step_builder
 from smallbig_jax.data import pipeline
+from smallbig_jax.tools.targets import DEVICES, device_facts_for_kind
 
 # The schedule's epoch length for a timed step: only the learning rate's value depends on it, not the step's cost.
 STEPS_PER_EPOCH = 1000
 
-# Peak dense matmul throughput per chip, TFLOP/s, by compute dtype. Sources: vendor datasheets (NVIDIA A100/H100/H200
-# SXM; Google Cloud TPU system architecture pages). float32 on GPUs is XLA's default TF32 math for convs and dots; on
-# TPUs float32 matmuls run as bfloat16 passes at default precision, so the bfloat16 peak is the ceiling.
+# Peak dense matmul throughput per device, TFLOP/s, by compute dtype and `device_kind`: read from the one table of
+# device facts, with its sources (smallbig_jax/tools/targets.py). float32 on GPUs is XLA's default TF32 math for convs
+# and dots; on TPUs float32 matmuls run as bfloat16 passes at default precision, so the bfloat16 peak is the ceiling.
 PEAK_TFLOPS: dict[str, dict[str, float]] = {
-    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
-    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},  # v5e
-    "TPU v5e": {"bfloat16": 197.0, "float32": 197.0},
-    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
-    "TPU v5": {"bfloat16": 459.0, "float32": 459.0},  # v5p reports device_kind "TPU v5"
-    "TPU v6 lite": {"bfloat16": 918.0, "float32": 918.0},  # v6e (Trillium)
-    "TPU v6e": {"bfloat16": 918.0, "float32": 918.0},
-    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0},
-    "H100": {"bfloat16": 989.0, "float16": 989.0, "float32": 494.0},  # SXM; PCIe is lower (756 bf16)
-    "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 494.0},
+    kind: {dtype: flops / 1e12 for dtype, flops in facts.peak_flops.items()}
+    for facts in DEVICES.values()
+    for kind in facts.device_kinds
 }
 
 
 def peak_tflops(device_kind: str, dtype: str) -> float | None:
     """Peak TFLOP/s of one device of this kind at this compute dtype, or None if unknown (CPUs, unlisted chips).
 
-    Matches exact TPU kinds first ("TPU v5 lite" is v5e, "TPU v5" is v5p), then GPU names by substring
-    ("NVIDIA H100 80GB HBM3" -> "H100").
+    Matches exact kinds first ("TPU v5 lite" is v5e, "TPU v5" is v5p), then GPU names by substring
+    ("NVIDIA H100 PCIe" -> the H100 row, which is the SXM's: PCIe is lower).
     """
     kind = device_kind.strip()
-    table = PEAK_TFLOPS.get(kind)
-    if table is None and not kind.upper().startswith("TPU"):
-        for name in ("H200", "H100", "A100"):  # H200 before H100: no kind contains both
-            if name in kind.upper():
-                table = PEAK_TFLOPS[name]
+    facts = device_facts_for_kind(kind)
+    if facts is None and not kind.upper().startswith("TPU"):
+        for name in ("h200", "h100", "a100", "b200"):  # H200 before H100: no kind contains both
+            if name in kind.lower():
+                facts = DEVICES[name]
                 break
-    if table is None:
-        return None
-    return table.get(dtype)
+    return None if facts is None else facts.peak_flops.get(dtype, 0) / 1e12 or None
 
 
 def mfu(flops_per_step_per_device: float, step_s: float, peak_tflops_per_device: float | None) -> float | None:

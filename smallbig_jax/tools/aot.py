@@ -1,0 +1,405 @@
+"""Compile the project's train and eval steps for a TPU or GPU target without its hardware, and read the result.
+
+What is compiled is what training and evaluation run: `steps.make_train_step` and `steps.make_eval_step` of the
+config (formulation, dtype, `params_sharding`, `batchnorm`, `grad_accum_steps`, EMA, `remat`), on the target's mesh
+(`sharding.make_mesh`; several TPU slices: the 'slice' axis outermost), with the state's shapes from
+`steps.abstract_train_state`: nothing is allocated or run. For each per-device batch it reports, per step:
+
+- **memory per device** from XLA's memory analysis of the compiled program: arguments, outputs (less what aliases the
+  donated state), temporaries and code, their total against the device's memory (`targets.DEVICES`): fits or not;
+- **FLOPs per device**, XLA's cost analysis of the compiled (partitioned) program beside the analytic count: 2 FLOPs
+  per multiply-accumulate of `summary` (convs and the classifier), times 3 for a train step (the backward pass costs
+  about twice the forward). XLA counts every op and leaves out taps on zero padding; remat adds its recomputation;
+- **collectives** of the compiled program by kind (static count: an op inside a loop counts once), with the bytes of
+  the whole array each works on per device (an all-gather's result, a reduce-scatter's operand, an all-reduce's
+  array) and the size of its device groups, parsed from the compiled HLO text;
+- a **roofline bound**: step time >= max(FLOPs / peak FLOP/s, bytes accessed / memory bandwidth), and the clips/s
+  per device ceiling it implies. It is analysis of the compiled program, never a measured speed;
+- **compile seconds** on this machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from smallbig_jax import sharding, steps
+from smallbig_jax.optim import learning_rate_schedule, make_optimizer
+from smallbig_jax.summary import count_macs
+from smallbig_jax.tools.harness import STEPS_PER_EPOCH
+from smallbig_jax.tools.targets import Target, TargetError, target_devices
+
+GIB = 2**30
+STEPS = ("train", "eval")
+
+# --- Reading the compiled HLO text ------------------------------------------------------------------------------
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+    "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1,
+}  # fmt: skip
+_ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
+_OP = re.compile(r"=\s*(?P<result>.*?)\s(?P<op>" + "|".join(COLLECTIVES) + r")(?P<start>-start)?\(")
+_GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
+_GROUPS_IOTA = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")  # mesh['axis_0'=4,...] {'axis_0'}
+
+
+def arrays_bytes(text: str) -> list[int]:
+    """Bytes of each array shape written in `text` (`bf16[8,56,56,64]{...}`; a tuple gives several)."""
+    out = []
+    for dtype, dims in _ARRAY.findall(text):
+        if dtype in _BYTES:
+            n = 1
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            out.append(n * _BYTES[dtype])
+    return out
+
+
+def group_size(line: str) -> int | None:
+    """Devices in each group of a collective: `replica_groups={{0,1,2,3},...}`, the iota form `[2,4]<=[8]` or the
+    mesh form `mesh['axis_0'=4,'axis_1'=2] {'axis_0'}` (None: not written, every device)."""
+    if m := _GROUPS_LIST.search(line):
+        return len(m.group(1).split(","))
+    if m := _GROUPS_IOTA.search(line):
+        return int(m.group(1).split(",")[-1])
+    if m := _GROUPS_MESH.search(line):
+        sizes = dict(re.findall(r"'([^']+)'=(\d+)", m.group(1)))
+        size = 1
+        for axis in re.findall(r"'([^']+)'", m.group(2)):
+            size *= int(sizes.get(axis, 1))
+        return size
+    return None
+
+
+def _full_bytes(kind: str, start: bool, result: list[int], size: int) -> int:
+    """Bytes of the whole array a collective works on per device, from its result shapes (operands are not always
+    written with their shapes). An asynchronous `-start` returns (operands, outputs[, context])."""
+    if start and kind != "all-reduce":
+        half = len(result) // 2 if kind != "collective-permute" else 1
+        ins, outs = result[:half], result[half : 2 * half]
+        return sum(outs) if kind == "all-gather" else sum(ins)
+    return sum(result) * (size if kind == "reduce-scatter" else 1)
+
+
+@dataclasses.dataclass
+class Collective:
+    kind: str
+    bytes: int  # the whole array it works on, per device
+    group_size: int | None  # devices per group (None: every device, or not written)
+    line: str
+
+
+def collectives(hlo_text: str) -> list[Collective]:
+    """Every collective of a compiled HLO module's text (synchronous ops and the `-start` of asynchronous ones)."""
+    found = []
+    for line in hlo_text.splitlines():
+        m = _OP.search(line)
+        if m is None:
+            continue
+        kind, size = m.group("op"), group_size(line)
+        result = arrays_bytes(m.group("result"))
+        nbytes = _full_bytes(kind, bool(m.group("start")), result, size or 1)
+        found.append(Collective(kind, nbytes, size, line.strip()))
+    return found
+
+
+def collectives_by_kind(found: Sequence[Collective]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for c in found:
+        entry = out.setdefault(c.kind, {"count": 0, "bytes": 0, "group_sizes": []})
+        entry["count"] += 1
+        entry["bytes"] += c.bytes
+        if c.group_size is not None and c.group_size not in entry["group_sizes"]:
+            entry["group_sizes"].append(c.group_size)
+    return out
+
+
+# --- Compiling --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Compiled:
+    """One compiled step at one per-device batch, and what was read from it."""
+
+    step: str
+    per_device_batch: int
+    compile_s: float
+    memory: dict[str, int]  # arguments, outputs, aliased, temporaries, code, total (bytes per device)
+    device_bytes: int
+    xla_flops: float | None
+    xla_bytes_accessed: float | None
+    analytic_flops: float
+    collectives: dict[str, dict[str, Any]]
+    peak_flops: float
+    hbm_bandwidth: float
+    hlo_text: str = dataclasses.field(repr=False, default="")
+    out_of_memory: str = ""  # the compiler's own refusal, when it found the program larger than the device
+
+    @property
+    def fits(self) -> bool:
+        return not self.out_of_memory and self.memory["total"] <= self.device_bytes
+
+    @property
+    def roofline_s(self) -> float:
+        flops = self.xla_flops if self.xla_flops else self.analytic_flops
+        compute = flops / self.peak_flops
+        memory = (self.xla_bytes_accessed or 0.0) / self.hbm_bandwidth
+        return max(compute, memory)
+
+    @property
+    def bound(self) -> str:
+        flops = self.xla_flops if self.xla_flops else self.analytic_flops
+        return (
+            "memory" if (self.xla_bytes_accessed or 0.0) / self.hbm_bandwidth > flops / self.peak_flops else "compute"
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "per_device_batch": self.per_device_batch,
+            "compile_s": round(self.compile_s, 1),
+            "memory_bytes": self.memory,
+            "device_bytes": self.device_bytes,
+            "fits": self.fits,
+            "xla_flops": self.xla_flops,
+            "xla_bytes_accessed": self.xla_bytes_accessed,
+            "analytic_flops": self.analytic_flops,
+            "collectives": self.collectives,
+            "roofline_s": self.roofline_s,
+            "bound": self.bound,
+            "clips_per_s_per_device_ceiling": self.per_device_batch / self.roofline_s,
+            "out_of_memory": self.out_of_memory,
+        }
+
+
+def _memory(compiled) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    out = {
+        "arguments": int(m.argument_size_in_bytes),
+        "outputs": int(m.output_size_in_bytes),
+        "aliased": int(m.alias_size_in_bytes),
+        "temporaries": int(m.temp_size_in_bytes),
+        "code": int(m.generated_code_size_in_bytes),
+    }
+    out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temporaries"] + out["code"]
+    return out
+
+
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)")
+
+
+def _out_of_memory(error: Exception, device_bytes: int) -> tuple[dict[str, int], int] | None:
+    """(memory, usable device bytes) from the TPU compiler's refusal of a program larger than the device, or None
+    for any other error. It says how much the temporaries need and how much of the device it can use (GiB)."""
+    m = _OOM.search(str(error))
+    if "RESOURCE_EXHAUSTED" not in str(error) or m is None:
+        return None
+    temporaries, usable = (int(float(g) * GIB) for g in m.groups())
+    memory = {"arguments": 0, "outputs": 0, "aliased": 0, "temporaries": temporaries, "code": 0, "total": temporaries}
+    return memory, min(usable, device_bytes)
+
+
+def _cost(compiled, lowered) -> tuple[float | None, float | None]:
+    """XLA's FLOPs and bytes accessed of the compiled program, or of the lowered one where the compiler gives none
+    (the CUDA compiler without a GPU)."""
+    for source in (compiled, lowered):
+        if source is None:
+            continue
+        try:
+            cost = source.cost_analysis()
+        except Exception:  # noqa: BLE001 - a compiler without cost analysis
+            cost = None
+        if isinstance(cost, list):
+            cost = cost[0] if cost else None
+        if cost and cost.get("flops"):
+            return float(cost["flops"]), float(cost.get("bytes accessed", 0.0)) or None
+    return None, None
+
+
+def macs_per_clip(config: ml_collections.ConfigDict) -> int:
+    """Multiply-accumulates of one clip's forward pass (`summary`'s count) at the config's input shape."""
+    model = nnx.eval_shape(lambda: steps.model_from_config(config))
+    graphdef, state = nnx.split(model)
+    shape = (1, config.data.num_frames, config.data.crop_size, config.data.crop_size, 3)
+    forward = lambda state, clips: nnx.merge(graphdef, state)(clips)  # noqa: E731
+    return count_macs(jax.make_jaxpr(forward)(state, jax.ShapeDtypeStruct(shape, jnp.float32)).jaxpr)
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def compile_target(
+    config: ml_collections.ConfigDict,
+    target: Target,
+    per_device_batches: Sequence[int],
+    which: Sequence[str] = STEPS,
+    log=print,
+) -> list[Compiled]:
+    """Compiles the config's `which` steps for `target` at each per-device batch (each checked against the config
+    first: `TargetError` for a batch the config's micro-batches do not split)."""
+    k = config.grad_accum_steps
+    for b in per_device_batches:
+        if b < 1 or b % k:
+            raise TargetError(f"per-device batch {b}: expected a positive multiple of grad_accum_steps={k}")
+    mesh = sharding.make_mesh(target_devices(target), num_slices=target.num_slices)
+    dtype = config.model.dtype if config.model.dtype in target.facts.peak_flops else "bfloat16"
+    peak = target.facts.peak_flops[dtype]
+    macs = macs_per_clip(config)
+    tx = make_optimizer(config, STEPS_PER_EPOCH)
+    lr = learning_rate_schedule(config, STEPS_PER_EPOCH)
+    graphdef, eval_graphdef = steps.model_graphdefs(config, mesh)
+    abstract, shardings = steps.abstract_train_state(config, mesh, tx)
+    state = _abstract(abstract, shardings)
+    train_step = steps.make_train_step(graphdef, tx, config, mesh, shardings, lr)
+    eval_step = steps.make_eval_step(eval_graphdef, mesh, steps.formulation(config, mesh))
+    eval_params = state["ema_params"] if config.ema_decay else state["params"]
+    batch_sharding = sharding.batch_sharding(mesh)
+    frames, size = config.data.num_frames, config.data.crop_size
+    results = []
+    for b in per_device_batches:
+        n = b * mesh.size
+        clips = jax.ShapeDtypeStruct(
+            (n, frames, size, size, 3), getattr(jnp, config.data.dtype), sharding=batch_sharding
+        )
+        labels = jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)
+        for step in which:
+            log(f"compiling the {step} step, {b} clips per device, for {target.describe()} ...")
+            start = time.perf_counter()
+            if step == "train":
+                lowered = train_step.lower(state, {"clip": clips, "label": labels})
+                analytic = 3 * 2 * macs * b
+            else:
+                lowered = eval_step.lower(eval_params, state["batch_stats"], clips)
+                analytic = 2 * macs * b
+            device_bytes, refusal = target.facts.hbm_bytes, ""
+            try:
+                compiled = lowered.compile()
+                memory, text = _memory(compiled), compiled.as_text()
+            except jax.errors.JaxRuntimeError as error:
+                if (oom := _out_of_memory(error, device_bytes)) is None:
+                    raise
+                (memory, device_bytes), compiled, text = oom, None, ""
+                refusal = str(error).splitlines()[0]
+            seconds = time.perf_counter() - start
+            flops, bytes_accessed = _cost(compiled, lowered)
+            results.append(
+                Compiled(
+                    step,
+                    b,
+                    seconds,
+                    memory,
+                    device_bytes,
+                    flops,
+                    bytes_accessed,
+                    float(analytic),
+                    collectives_by_kind(collectives(text)),
+                    peak,
+                    target.facts.hbm_bandwidth,
+                    text,
+                    refusal,
+                )
+            )
+            log(f"  {seconds:.1f} s; {results[-1].memory['total'] / GIB:.2f} GiB per device")
+    return results
+
+
+def largest_fitting(results: Sequence[Compiled]) -> int | None:
+    """The largest per-device batch at which every compiled step fits (None: none fits)."""
+    batches = sorted({r.per_device_batch for r in results})
+    fitting = [b for b in batches if all(r.fits for r in results if r.per_device_batch == b)]
+    return fitting[-1] if fitting else None
+
+
+# --- Reporting --------------------------------------------------------------------------------------------------
+
+
+def _collectives_text(by_kind: dict[str, dict[str, Any]]) -> str:
+    if not by_kind:
+        return "none"
+    parts = []
+    for kind, e in sorted(by_kind.items()):
+        groups = "/".join(map(str, e["group_sizes"])) or "all"
+        parts.append(f"{kind} x{e['count']} {e['bytes'] / 1e6:.0f} MB (groups of {groups})")
+    return "; ".join(parts)
+
+
+def report(
+    config: ml_collections.ConfigDict, target: Target, results: Sequence[Compiled], command: str
+) -> dict[str, Any]:
+    """The JSON record of one `smallbig-jax compile` run."""
+    facts = target.facts
+    return {
+        "kind": "aot_compile",
+        "label": "analysis of the compiled program (XLA memory and cost analysis), not a measured speed",
+        "command": command,
+        "target": target.name,
+        "target_description": target.describe(),
+        "num_devices": target.num_devices,
+        "num_slices": target.num_slices,
+        "num_hosts": target.num_hosts,
+        "device": {
+            "name": facts.name,
+            "peak_flops": facts.peak_flops,
+            "hbm_bytes": facts.hbm_bytes,
+            "hbm_bandwidth": facts.hbm_bandwidth,
+            "source": facts.source,
+        },
+        "model": {
+            "variant": config.model.variant,
+            "dtype": config.model.dtype,
+            "param_dtype": config.model.param_dtype,
+            "frames": config.data.num_frames,
+            "crop_size": config.data.crop_size,
+        },
+        "params_sharding": config.params_sharding,
+        "batchnorm": config.batchnorm,
+        "remat": config.get("remat", "none"),
+        "grad_accum_steps": config.grad_accum_steps,
+        "largest_fitting_batch": largest_fitting(results),
+        "rows": [r.record() for r in results],
+        "jax": jax.__version__,
+    }
+
+
+def markdown(record: dict[str, Any]) -> str:
+    """The markdown table of a `report` record (one row per step and batch)."""
+    lines = [
+        f"**{record['target_description']}**, {record['model']['variant']} {record['model']['frames']}x"
+        f"{record['model']['crop_size']} {record['model']['dtype']}, params {record['params_sharding']}, remat "
+        f"{record['remat']}: analysis of the compiled program, not a measured speed. `{record['command']}`",
+        "",
+        "| step | clips/device | args GiB | outputs GiB | temps GiB | total GiB | fits in | XLA TFLOP | analytic TFLOP "
+        "| collectives (per device) | bound | roofline ms | clips/s/device ceiling | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in record["rows"]:
+        m = r["memory_bytes"]
+        fits = f"{'yes' if r['fits'] else '**no**'} ({r['device_bytes'] / GIB:.2f})"
+        xla = f"{r['xla_flops'] / 1e12:.2f}" if r["xla_flops"] else "n/a"
+        lines.append(
+            f"| {r['step']} | {r['per_device_batch']} | {m['arguments'] / GIB:.2f} | "
+            f"{(m['outputs'] - m['aliased']) / GIB:.2f} | {m['temporaries'] / GIB:.2f} | {m['total'] / GIB:.2f} | "
+            f"{fits} | {xla} | {r['analytic_flops'] / 1e12:.2f} | {_collectives_text(r['collectives'])} | "
+            f"{r['bound']} | {r['roofline_s'] * 1e3:.1f} | {r['clips_per_s_per_device_ceiling']:.0f} | "
+            f"{r['compile_s']:.0f} |"
+        )
+    lines += [
+        f"\n{r['step']} step at {r['per_device_batch']}: the compiler refused it: {r['out_of_memory']}"
+        for r in record["rows"]
+        if r["out_of_memory"]
+    ]
+    best = record["largest_fitting_batch"]
+    lines += ["", f"Largest listed batch that fits: {best if best is not None else 'none'} clips per device."]
+    return "\n".join(lines)
