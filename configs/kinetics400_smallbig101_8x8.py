@@ -18,9 +18,7 @@ from smallbig_jax.config import bfloat16, official_recipe, runlocal
 
 
 def get_config(arg: str | None = None):
-    config = official_recipe(
-        variant="smallbig101", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense"
-    )
+    config = official_recipe(variant="smallbig101", num_classes=400, num_frames=8, sampling="dense")
     args = set((arg or "").split(","))
     if "runlocal" in args:
         config = runlocal(config)

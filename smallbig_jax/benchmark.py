@@ -232,9 +232,7 @@ def benchmark_config(
 ) -> ml_collections.ConfigDict:
     """The official recipe (`config.official_recipe`: SGD momentum, weight decay on every parameter, per-device
     BatchNorm) for a model, when no config file is given."""
-    config = official_recipe(
-        variant=variant, num_classes=num_classes, num_frames=frames, dataset="benchmark", sampling="dense"
-    )
+    config = official_recipe(variant=variant, num_classes=num_classes, num_frames=frames, sampling="dense")
     config.model.base_width = base_width
     config.model.dtype = dtype
     config.data.crop_size = size

@@ -3,14 +3,18 @@
 Frame ``t`` of every fixture video encodes its index in the green channel's mean (``20 + 12*t``), and a
 horizontal ramp in red and a vertical ramp in blue, so tests can tell which frame, crop and flip they got.
 
-The longest tests are collected first, so that the two pytest-xdist workers of ``make test`` start on them and
-fill the rest of the time with the short ones. One persistent JAX compilation cache, new for each pytest run, is
-shared by the workers and by the training processes that tests start: compilation is most of the suite's time, and
-many tests compile the same tiny training step.
+The longest tests are collected first, so that the two pytest-xdist workers of ``make test`` start on them and fill the
+rest of the time with the short ones. A test that starts a process (through `tests/helpers.py` or `subprocess`) or runs
+a whole training (`train_and_evaluate`), itself, through a function of its module or through a fixture, is marked
+``slow`` here (`make test-fast` leaves those out); a test may also say ``@pytest.mark.slow``. One persistent JAX
+compilation cache, new for each pytest run, is shared by the workers and by the training processes that tests start:
+compilation is most of the suite's time, and many tests compile the same tiny training step.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import shutil
 import tempfile
@@ -86,7 +90,46 @@ def sbdata_dir(tmp_path_factory) -> str:
 LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py", "test_faults.py")
 
 
+# What makes a test slow when it calls it: a new process (tests/helpers.py, or `subprocess` itself) or a training run.
+SLOW_CALLS = {"run_python", "run_cli", "start_python", "train_and_evaluate"}
+
+
+@functools.cache
+def _slow_functions(path: str) -> frozenset[str]:
+    """Names of the module-level functions of the file at `path` (tests and fixtures) that reach a `SLOW_CALLS` name
+    or `subprocess`, directly or through other functions of the module."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    calls = {}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            used = set()
+            for n in ast.walk(node):
+                if isinstance(n, ast.Name):
+                    used.add(n.id)
+                elif isinstance(n, ast.Attribute):
+                    used.add(n.attr)
+            calls[node.name] = used
+    slow = {name for name, used in calls.items() if used & (SLOW_CALLS | {"subprocess"})}
+    while grown := {name for name, used in calls.items() if name not in slow and used & slow}:
+        slow |= grown
+    return frozenset(slow)
+
+
+def _is_slow(item) -> bool:
+    if item.get_closest_marker("slow"):
+        return True
+    module = _slow_functions(str(item.fspath))
+    conftest = _slow_functions(__file__)
+    name = getattr(item, "originalname", item.name)
+    return name in module or any(f in module or f in conftest for f in getattr(item, "fixturenames", ()))
+
+
 def pytest_collection_modifyitems(items):
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
+
     def rank(item):
         name = os.path.basename(str(item.fspath))
         return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)

@@ -19,7 +19,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=4, dataset="synthetic", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=4, sampling="dense")
     config.model.base_width = 4
     config.batch_size = 8
     config.num_epochs = 2
@@ -191,7 +191,7 @@ def test_sharded_step_on_8_devices_equals_one_device_fsdp_equals_replicated_and_
     """The sharding logic, in the plain formulation. In the CPU formulation, whose convolutions run on XLA's Eigen
     conv, one step on 8 devices differs from one device by up to 8e-5 in the stem kernel (2e-4 of its largest
     value; plain: 6e-8): Eigen's results depend on the per-device batch, and the max-pools' gradient routing
-    probably amplifies that. The two formulations are tested equal on one device (tests/test_conv_impl.py)."""
+    probably amplifies that. The two formulations are tested equal on one device (tests/test_formulations.py)."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
     code = MULTI_DEVICE.format(tests=os.path.join(REPO, "tests"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)

@@ -64,7 +64,7 @@ def tiny_config():
     """SmallBig-23, width 4, 5 classes, 2 frames of 64x64, bfloat16: every part of the check, on a CPU, in about a
     minute (mostly compiling). 64 px rather than 32: at 32 px, 2 clips give layer4's BatchNorm 4 values per channel,
     whose statistics amplify rounding (the update check then differs by 6e-3 between two correct programs)."""
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     config.model.base_width, config.model.dtype = 4, "bfloat16"
     config.data.crop_size = 64
     return config

@@ -42,7 +42,6 @@ def main() -> int | None:
             variant=_VARIANT.value,
             num_classes=_NUM_CLASSES.value,
             num_frames=_FRAMES.value,
-            dataset="-",
             sampling="dense",
         )
         config.model.base_width = _BASE_WIDTH.value

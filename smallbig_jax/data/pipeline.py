@@ -72,32 +72,6 @@ from smallbig_jax.errors import DataError
 log = logging.getLogger(__name__)
 
 
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
-    choices = {
-        "format": ("frames", "video", "arrayrecord"),
-        "sampling": ("dense", "segment"),
-        "num_crops": (1, 3),
-        "bad_input": ("error", "resample"),
-        "eval_bad_input": ("error", "exclude"),
-    }
-    for field, allowed in choices.items():
-        if cfg[field] not in allowed:
-            raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
-    if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
-        raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
-    for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
-        if int(cfg[field]) < 1:
-            raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
-    if cfg.num_crops == 1 and cfg.crop_size > cfg.scale_size:
-        raise ValueError(
-            f"data.crop_size={cfg.crop_size} is larger than data.scale_size={cfg.scale_size}: the evaluation crop "
-            "is cut from frames resized to a short side of scale_size"
-        )
-    if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
-        raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
-
-
 def _min_decode_side(cfg) -> int:
     """Smallest short side worth decoding training clips at, so JPEG DCT scaling / swscale can shrink big frames
     early. (Evaluation decodes frames at their stored size: the official resize then sees the same pixels.)"""
@@ -111,8 +85,6 @@ class TrainExample:
     def __init__(self, source, cfg: ml_collections.ConfigDict, seed: int):
         self.source, self.seed, self.n = source, seed, len(source)
         self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        if self.cfg["bad_input"] not in ("error", "resample"):
-            raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
         self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg))
         self._reported: set[int] = set()
 
@@ -157,8 +129,6 @@ class EvalExample:
     def __init__(self, source, cfg: ml_collections.ConfigDict):
         self.source = source
         self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        if self.cfg["eval_bad_input"] not in ("error", "exclude"):
-            raise ValueError(f"eval_bad_input must be 'error' or 'exclude', got {self.cfg['eval_bad_input']!r}")
         c = self.cfg
         self.views = c["num_clips"] * c["num_crops"]
         self.total = len(source) * self.views
@@ -274,7 +244,6 @@ def train_dataset(
     """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
     every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
     ``ShardByJaxProcess``. Labels must be in ``[0, num_classes)``."""
-    check_config(cfg)
     source = source if source is not None else sources.make_source(cfg, "train", num_classes)
     shard = _shard_options(shard_options)
     example = TrainExample(source, cfg, seed)
@@ -302,7 +271,6 @@ def eval_dataset(
 
 def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pad_to):
     """:func:`eval_dataset` and its :class:`EvalExample`."""
-    check_config(cfg)
     source = source if source is not None else sources.make_source(cfg, "val", num_classes)
     shard = _shard_options(shard_options)
     example = EvalExample(source, cfg)
