@@ -32,10 +32,13 @@ def make_mesh(devices: Sequence[jax.Device] | None = None, *, num_devices: int |
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The one batch sharding: the leading (batch) dimension split over the mesh's 'data' axis. The loaders, the
+    steps, the benchmarks and the checks all place their batches with it."""
     return NamedSharding(mesh, P(DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of `mesh`."""
     return NamedSharding(mesh, P())
 
 

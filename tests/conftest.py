@@ -91,26 +91,27 @@ LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py",
 
 
 # What makes a test slow when it calls it: a new process (tests/helpers.py, or `subprocess` itself) or a training run.
-SLOW_CALLS = {"run_python", "run_cli", "start_python", "train_and_evaluate"}
+HELPERS, TRAINING_RUN = "helpers", "train_and_evaluate"
 
 
 @functools.cache
 def _slow_functions(path: str) -> frozenset[str]:
-    """Names of the module-level functions of the file at `path` (tests and fixtures) that reach a `SLOW_CALLS` name
-    or `subprocess`, directly or through other functions of the module."""
+    """Names of the module-level functions of the file at `path` (tests and fixtures) that start a process (a
+    function imported from `tests/helpers.py`, or `subprocess`) or run a training, directly or through other
+    functions of the module."""
     with open(path) as f:
         tree = ast.parse(f.read())
+    starts = {"subprocess", HELPERS}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == HELPERS:
+            starts.update(a.asname or a.name for a in node.names)
     calls = {}
     for node in tree.body:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            used = set()
-            for n in ast.walk(node):
-                if isinstance(n, ast.Name):
-                    used.add(n.id)
-                elif isinstance(n, ast.Attribute):
-                    used.add(n.attr)
-            calls[node.name] = used
-    slow = {name for name, used in calls.items() if used & (SLOW_CALLS | {"subprocess"})}
+            names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+            attrs = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute)}
+            calls[node.name] = names | ({TRAINING_RUN} & (names | attrs))
+    slow = {name for name, used in calls.items() if used & (starts | {TRAINING_RUN})}
     while grown := {name for name, used in calls.items() if name not in slow and used & slow}:
         slow |= grown
     return frozenset(slow)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_python
 
 from smallbig_jax import accelerator_check as check
 
@@ -17,10 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_check_on_two_cpu_devices(tmp_path):
     results, table = tmp_path / "checks.jsonl", tmp_path / "check.md"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [
-        sys.executable,
+    r = run_python(
         os.path.join(ROOT, "scripts", "accelerator_check.py"),
         "--tiny",
         "--peak_tflops",
@@ -29,8 +25,10 @@ def test_tiny_check_on_two_cpu_devices(tmp_path):
         str(results),
         "--markdown",
         str(table),
-    ]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (line,) = results.read_text().splitlines()
     rec = json.loads(line)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
+from helpers import run_python
 
 from smallbig_jax import benchmark as bm
 
@@ -72,16 +71,14 @@ def test_script_end_to_end_with_torch(tmp_path):
     """scripts/benchmark.py eval + train with --compare-torch, JSON appended (2 devices: the FLOPs test below)."""
     pytest.importorskip("torch")
     results = tmp_path / "results.jsonl"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
-        sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--variant", "smallbig23", "--base_width", "4",
+        os.path.join(ROOT, "scripts", "benchmark.py"), "--variant", "smallbig23", "--base_width", "4",
         "--num_classes", "5", "--frames", "2", "--size", "32", "--batch_per_device", "2",
         "--steps", "2", "--warmup", "1", "--compare-torch", "--torch_threads", "1", "--peak_tflops", "1.0",
         "--results", str(results),
     ]  # fmt: skip
     results.write_text('{"earlier": "record"}\n')  # appended to, never overwritten
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    r = run_python(*cmd, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PyTorch median / JAX median" in r.stdout
     lines = results.read_text().splitlines()
@@ -124,9 +121,7 @@ def test_per_device_flops_match_single_device_program():
         "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'],"
         " b['timings'][0]['gflops_per_step_per_device']]))"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    r = run_python("-c", code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = json.loads(r.stdout.strip().splitlines()[-1])
     assert two == pytest.approx(one, rel=0.02)

@@ -7,10 +7,10 @@ from __future__ import annotations
 import importlib
 import os
 import subprocess
-import sys
 import tomllib
 
 import pytest
+from helpers import run_cli
 
 from smallbig_jax import cli, commands
 
@@ -19,14 +19,7 @@ ISSUE_COMMANDS = ("train", "evaluate", "convert", "benchmark", "prepare", "check
 
 
 def smallbig_jax(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smallbig_jax", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO},
-    )
+    return run_cli(*args, timeout=300)
 
 
 def test_pyproject_console_script_resolves_to_the_dispatcher():

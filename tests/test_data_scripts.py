@@ -3,10 +3,9 @@
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
+from helpers import run_python
 
 from smallbig_jax.data import check, pipeline, sources, synthetic, writers
 
@@ -49,9 +48,8 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
     broken = check.check_source(src, workers=1, progress=False)
     assert [b.split(": ")[0].rsplit(":", 1)[1] for b in broken] == ["2", "3", "4"]
     assert "missing.mp4 does not exist" in broken[0] and "shorter than its 40 frames" in broken[2]
-    r = subprocess.run(
-        [
-            sys.executable,
+    r = run_python(
+        *[
             f"{ROOT}/scripts/check_dataset.py",
             "--num_classes",
             "3",
@@ -65,9 +63,6 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
             "2",
             "--quiet",
         ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
         timeout=120,
     )
     assert r.returncode == 1, r.stderr
@@ -97,10 +92,8 @@ def test_synthetic_classes_are_axes_of_motion():
 
 def test_scripts_command_lines(sbdata_dir, tmp_path):
     """make_synthetic_dataset.py and prepare_dataset.py as users run them (counts per split, failed list)."""
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    r = subprocess.run(
-        [
-            sys.executable,
+    r = run_python(
+        *[
             f"{ROOT}/scripts/make_synthetic_dataset.py",
             "--out",
             str(tmp_path / "syn"),
@@ -111,9 +104,6 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
             "--workers",
             "1",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
         timeout=180,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -121,7 +111,6 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "Downloading and preparing" not in r.stdout + r.stderr and "Generating" not in r.stdout + r.stderr  # TFDS
     assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
     again = [
-        sys.executable,
         f"{ROOT}/scripts/make_synthetic_dataset.py",
         "--out",
         str(tmp_path / "syn"),
@@ -133,16 +122,15 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
         "1",
         "--if_missing",
     ]
-    r = subprocess.run(again, capture_output=True, text=True, env=env, timeout=180)
+    r = run_python(*again, timeout=180)
     assert r.returncode == 0 and "already holds" in r.stdout, r.stderr[-2000:]
-    r = subprocess.run(
-        again[:-4] + ["6", "--workers", "1", "--if_missing"], capture_output=True, text=True, env=env, timeout=180
+    r = run_python(
+        *again[:-4], "6", "--workers", "1", "--if_missing", timeout=180
     )  # 6 held-out videos: not the dataset that is there, so it is rewritten
     assert r.returncode == 0 and "wrote {'train': 5, 'val': 6} videos" in r.stdout, r.stderr[-2000:]
     (tmp_path / "l.txt").write_text("vid00 16 0\nvid01 16 1\nnot_there 16 2\n")
-    r = subprocess.run(
-        [
-            sys.executable,
+    r = run_python(
+        *[
             f"{ROOT}/scripts/prepare_dataset.py",
             "--input_format",
             "frames",
@@ -159,9 +147,6 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
             "--workers",
             "2",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
         timeout=180,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -170,7 +155,6 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "train videos" in r.stderr  # progress bar
     assert "Downloading and preparing" not in r.stdout  # TFDS's own line: nothing is downloaded
     args = [
-        sys.executable,
         f"{ROOT}/scripts/prepare_dataset.py",
         "--input_format",
         "frames",
@@ -183,9 +167,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
         "--out",
         str(tmp_path / "ar"),
     ]
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+    r = run_python(*args, timeout=180)
     assert r.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in r.stderr
-    r = subprocess.run(args + ["--overwrite", "--quiet"], capture_output=True, text=True, env=env, timeout=180)
+    r = run_python(*args, "--overwrite", "--quiet", timeout=180)
     assert r.returncode == 0 and "train: 12 videos written, 0 unreadable" in r.stdout, r.stderr[-2000:]
     assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train", num_classes=12)) == 12
 

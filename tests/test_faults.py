@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_python
 
 from smallbig_jax import checkpointing, cli, evaluate, steps, train
 from smallbig_jax import config as config_lib
@@ -341,14 +340,7 @@ def test_every_rule_has_a_field_and_every_shipped_config_passes():
 
 
 def script(name, *args):
-    return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", name), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    return run_python(os.path.join(REPO, "scripts", name), *args, timeout=300)
 
 
 def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset, tmp_path):
@@ -400,11 +392,12 @@ def test_evaluate_names_missing_steps_and_missing_metrics(dataset, clean_run):
         evaluate.evaluate_checkpoint(tiny_config(dataset, **{"model.base_width": 8}), workdir=clean_run)
 
 
-def test_checkpoints_without_any_manifest_are_restored_unverified(clean_run, tmp_path, caplog):
-    """Written by a version without manifests: the newest is taken, with a warning, rather than refused."""
+def test_checkpoints_without_any_manifest_are_refused(clean_run, tmp_path):
+    """A checkpoint without its manifest is damaged (its save did not complete), also when none has one: nothing
+    is restored unverified, and nothing is moved."""
     workdir = copy_of(clean_run, tmp_path)
     for step in checkpointing.list_steps(workdir):
         os.remove(os.path.join(workdir, "checkpoints", str(step), checkpointing.MANIFEST))
-    with caplog.at_level(logging.WARNING, logger="smallbig_jax"):
-        assert checkpointing.find_intact(workdir, set_aside=True) == LAST
-    assert "restored unverified" in caplog.text and not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+    with pytest.raises(checkpointing.CheckpointError, match=r"no intact checkpoint in .*\n  step 8: no checksums"):
+        checkpointing.find_intact(workdir, set_aside=True)
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from helpers import run
 
 from smallbig_jax.distributed import distributed_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, env=None, timeout=30):
-    return subprocess.run(
-        [os.path.join(ROOT, "scripts", args[0]), *args[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+def _run(*args, drop=(), timeout=30):
+    return run([os.path.join(ROOT, "scripts", args[0]), *args[1:]], drop=drop, timeout=timeout)
 
 
 def test_tpu_pod_dry_run_prints_gcloud_command():
@@ -185,13 +178,10 @@ def test_distributed_settings_from_environment():
 
 def test_real_two_process_run_on_loopback():
     """Two CPU processes, one device each, joined by jax.distributed on 127.0.0.1 through the local launcher."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMALLBIG_", "XLA_FLAGS"))}
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = _run(
         "launch_local.sh", "-n", "2", "--timeout", "100", "--",
         sys.executable, "scripts/distributed_check.py", "--init_timeout", "60",
-        env=env, timeout=600,
+        drop=("SMALLBIG_", "XLA_FLAGS"), timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     results = {}

@@ -4,14 +4,13 @@ with bit-exact resumption, checkpoints onto another mesh, and evaluation countin
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_python, start_python
 
 from smallbig_jax.data import writers
 
@@ -29,8 +28,8 @@ def dataset(tmp_path_factory):
 
 
 def train_command(dataset, workdir, *extra):
+    """The arguments of `python` that train on `dataset` in `workdir`."""
     return [
-        sys.executable,
         os.path.join(REPO, "scripts", "train.py"),
         f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
         f"--workdir={workdir}",
@@ -38,15 +37,11 @@ def train_command(dataset, workdir, *extra):
     ]
 
 
-def env():
-    # Inherits the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
-    return {**os.environ, "JAX_PLATFORMS": "cpu"}
+# The processes inherit the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
 
 
 def run(dataset, workdir, *extra):
-    out = subprocess.run(
-        train_command(dataset, workdir, *extra), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
-    )
+    out = run_python(*train_command(dataset, workdir, *extra))
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -109,14 +104,7 @@ def wait_for(predicate, proc, timeout=300):
 def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, sig):
     ref_workdir, _ = reference_run
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(
-        train_command(dataset, workdir, "--config.final_eval=False"),
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = start_python(*train_command(dataset, workdir, "--config.final_eval=False"))
     try:
         # SIGTERM once the first checkpoint is complete; SIGKILL right after the second save has started.
         target = 2 if sig == signal.SIGTERM else 4
@@ -160,9 +148,8 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
         "--config.batchnorm=per_device",
     ]
     single = str(tmp_path / "single")
-    eight = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    out = subprocess.run(
-        train_command(dataset, single, *extra), env=eight, capture_output=True, text=True, timeout=600, cwd=REPO
+    out = run_python(
+        *train_command(dataset, single, *extra), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     )
     assert out.returncode == 0, out.stderr[-4000:]
     multi = str(tmp_path / "multi")
@@ -170,22 +157,12 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
     procs = []
     for i in range(2):
         proc_env = {
-            **env(),
             "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
             "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}",
             "SMALLBIG_NUM_PROCESSES": "2",
             "SMALLBIG_PROCESS_ID": str(i),
         }
-        procs.append(
-            subprocess.Popen(
-                train_command(dataset, multi, *extra),
-                env=proc_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-            )
-        )
+        procs.append(start_python(*train_command(dataset, multi, *extra), env=proc_env))
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
     finally:

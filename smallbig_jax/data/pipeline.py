@@ -66,8 +66,9 @@ from absl import flags
 from jax.sharding import Mesh
 
 from smallbig_jax.data import sampling, sources, transforms
-from smallbig_jax.data.device_iterator import DeviceIterator, batch_spec
+from smallbig_jax.data.device_iterator import DeviceIterator
 from smallbig_jax.errors import DataError
+from smallbig_jax.sharding import DATA
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,6 @@ def make_train_loader(
     seed: int,
     num_classes: int,
     mesh: Mesh,
-    batch_axis=None,
 ) -> DeviceIterator:
     """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
     source = sources.make_source(data_config, "train", num_classes)
@@ -325,7 +325,6 @@ def make_train_loader(
         global_batch_size=global_batch_size,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
-        batch_axis=batch_axis,
         epoch_size=len(source),
         restart=make,
         layout=layout,
@@ -338,14 +337,12 @@ def make_eval_loader(
     global_batch_size: int,
     num_classes: int,
     mesh: Mesh,
-    batch_axis=None,
 ) -> DeviceIterator:
     """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``.
 
     ``global_batch_size`` views per batch whatever the device count: each batch is padded with masked views to a
     multiple of the devices it is sharded over (4 views on 3 devices: batches of 6 with 2 masked)."""
-    spec = batch_spec(mesh, batch_axis)[0]
-    shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec)]))
+    shards = mesh.shape[DATA]  # the batch is split over the mesh's data axis (`sharding.batch_sharding`)
     source = sources.make_source(data_config, "val", num_classes)
     ds, example = _eval_dataset(data_config, global_batch_size, num_classes, None, source, shards)
     return DeviceIterator(
@@ -355,6 +352,5 @@ def make_eval_loader(
         global_batch_size=-(-global_batch_size // shards) * shards,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
-        batch_axis=batch_axis,
         explain=example.failure,
     )
