@@ -124,7 +124,7 @@ def test_resize_crop_takes_the_box():
 def test_flip_mirrors_width():
     clip = sbdata_video(2, 8, 10)
     f = transforms.resize_crop(clip, (0, 0, 10, 8), 8, flip=True)  # the whole frame, mirrored (and squeezed)
-    assert f[0, 0, 0, 0] >= 250 and f[0, 0, -1, 0] <= 5 and clip[0, 0, 0, 0] == 0
+    assert (np.diff(f[0, 0, :, 0].astype(int)) < 0).all() and (np.diff(clip[0, 0, :, 0].astype(int)) > 0).all()
     box = (2, 1, 9, 8)
     mirror = lambda x: x[:, :, ::-1]
     np.testing.assert_array_equal(
