@@ -117,8 +117,53 @@ def _slow_functions(path: str) -> frozenset[str]:
     return frozenset(slow)
 
 
+# In-process tests that compile a whole network, a train step or a full-size model (tens of CPU seconds each, up to
+# minutes): slow as well. Kept here, by module and name, so that the test files need no marker.
+HEAVY = {
+    "test_convert.py": (
+        "test_parity_smallbig50_full_size_8x224",
+        "test_parity_other_variants",
+        "test_parity_smallbig50_small_shapes",
+        "test_imagenet_inflation_smallbig50",
+        "test_imagenet_inflation_temporal_kernels_and_r101",
+        "test_export_files_and_parity_back_in_torch",
+        "test_reference_matches_key_table_and_spec_params",
+        "test_reference_runs_channels_last_3d",
+        "test_round_trip_jax_torch_jax_exact",
+        "test_script_converts_and_checkpoint_loads_ready_model",
+        "test_init_from",
+    ),
+    "test_model.py": (
+        "test_whole_network_equals_its_3d_reference_in_value_and_gradient",
+        "test_one_set_of_weights_serves_8_16_32_frames",
+        "test_bfloat16_compute_stays_close_to_float32",
+        "test_time_reversal_invariance_holds_and_frame_permutation_breaks_it",
+        "test_smallbig_at_init_equals_res50_with_the_same_small_view_weights",
+        "test_every_block_kind_runs_forward_and_backward",
+        "test_initialisation_follows_the_official_code",
+    ),
+    "test_formulations.py": (
+        "test_block_same_under_both_formulations",
+        "test_bfloat16_block_gradient_same_under_both_formulations",
+    ),
+    "test_steps.py": (
+        "test_training_and_evaluation_take_their_steps_from_the_builder",
+        "test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_loader",
+    ),
+    "test_train.py": ("test_gradient_accumulation_equals_one_batch_with_one_batchnorm_group_per_micro_batch",),
+    "test_eval_protocol.py": (
+        "test_every_view_equals_the_official_protocol",
+        "test_a_broken_view_excludes_its_whole_video",
+        "test_real_footage_prepared_and_evaluated_10x3",
+    ),
+    "test_runtime.py": ("test_step_profiler_traces_the_asked_steps_into_the_logdir",),
+}
+
+
 def _is_slow(item) -> bool:
     if item.get_closest_marker("slow"):
+        return True
+    if getattr(item, "originalname", item.name) in HEAVY.get(os.path.basename(str(item.fspath)), ()):
         return True
     module = _slow_functions(str(item.fspath))
     conftest = _slow_functions(__file__)

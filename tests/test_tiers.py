@@ -3,9 +3,11 @@ finds them through the functions and fixtures they use, so a new test of that ki
 
 from __future__ import annotations
 
+import ast
+import os
 import textwrap
 
-from conftest import _slow_functions
+from conftest import HEAVY, _slow_functions
 
 MODULE = textwrap.dedent(
     """
@@ -54,3 +56,12 @@ def test_tests_that_start_processes_or_train_are_found(tmp_path):
 def test_the_slow_marker_is_registered(pytestconfig):
     """Registered in pyproject.toml: `-m "not slow"` selects by a known marker (pytest warns on unknown ones)."""
     assert any(m.startswith("slow:") for m in pytestconfig.getini("markers"))
+
+
+def test_every_heavy_test_named_in_conftest_exists():
+    """A renamed test must not fall back into the fast tier unnoticed: each name in `HEAVY` is a test."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    for module, names in HEAVY.items():
+        tree = ast.parse(open(os.path.join(tests, module)).read())
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert set(names) - defined == set(), module
