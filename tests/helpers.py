@@ -19,11 +19,11 @@ TESTS = os.path.join(REPO, "tests")
 
 
 def python_env(env: dict[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
-    """The test run's environment with this checkout and `tests/` first on PYTHONPATH, JAX on the CPU, `env` added
-    and the variables in `drop` (names or name prefixes) removed."""
+    """The test run's environment with this checkout and `tests/` first on PYTHONPATH and JAX on the CPU, less the
+    variables in `drop` (names or name prefixes), plus `env`."""
     path = [REPO, TESTS] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
-    out = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path), **(env or {})}
-    return {k: v for k, v in out.items() if not k.startswith(tuple(drop))}
+    base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
+    return {**{k: v for k, v in base.items() if not k.startswith(tuple(drop))}, **(env or {})}
 
 
 def run(
