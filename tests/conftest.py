@@ -117,8 +117,9 @@ def _slow_functions(path: str) -> frozenset[str]:
     return frozenset(slow)
 
 
-# In-process tests that compile a whole network, a train step or a full-size model (tens of CPU seconds each, up to
-# minutes): slow as well. Kept here, by module and name, so that the test files need no marker.
+# In-process tests that compile a whole network, a train step or a full-size model, or start grain's worker processes
+# (tens of CPU seconds each, up to minutes; the longest of the fast tier in a `--durations` run): slow as well. Kept
+# here, by module and name, so that the test files need no marker.
 HEAVY = {
     "test_convert.py": (
         "test_parity_smallbig50_full_size_8x224",
@@ -132,6 +133,7 @@ HEAVY = {
         "test_round_trip_jax_torch_jax_exact",
         "test_script_converts_and_checkpoint_loads_ready_model",
         "test_init_from",
+        "test_parity_report_names_first_differing_stage",
     ),
     "test_model.py": (
         "test_whole_network_equals_its_3d_reference_in_value_and_gradient",
@@ -141,7 +143,12 @@ HEAVY = {
         "test_smallbig_at_init_equals_res50_with_the_same_small_view_weights",
         "test_every_block_kind_runs_forward_and_backward",
         "test_initialisation_follows_the_official_code",
+        "test_model_train_and_eval_modes_switch_every_batchnorm",
+        "test_bad_arguments_get_clear_errors",
     ),
+    "test_docs.py": ("test_model_md_and_readme_macs_are_the_models", "test_model_md_parameter_counts_are_the_models"),
+    "test_data_pipeline.py": ("test_train_deterministic_across_worker_counts_and_resumable_with_workers",),
+    "test_data_scripts.py": ("test_synthetic_needs_temporal_context",),
     "test_formulations.py": (
         "test_block_same_under_both_formulations",
         "test_bfloat16_block_gradient_same_under_both_formulations",
