@@ -7,14 +7,21 @@ The argument may name the dataset, "v1" (default) or "v2" (both train with this 
 "v2,runlocal") shrinks everything; "bf16" (e.g. "v2,bf16") computes in bfloat16 with float32 parameters, the setting
 for GPUs and TPUs.
 
-  python scripts/model_summary.py --config configs/something_smallbig50_8f.py:v2
+  smallbig-jax summary --config configs/something_smallbig50_8f.py:v2
 """
 
-from smallbig_jax.config import bfloat16, official_recipe, runlocal
+from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
+
+ARGS = {
+    "v1": "Something-Something V1 (the default)",
+    "v2": "Something-Something V2",
+    "runlocal": "the run shrunk to one CPU",
+    "bf16": "bfloat16 compute, float32 parameters",
+}
 
 
 def get_config(arg: str | None = None):
-    args = set((arg or "v1").split(","))
+    args = config_args(arg, ARGS)
     config = official_recipe(variant="smallbig50", num_classes=174, num_frames=8, sampling="segment")
     if "runlocal" in args:
         config = runlocal(config)

@@ -16,6 +16,7 @@ damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save thos
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -44,6 +45,31 @@ NO_MANIFEST = f"no {MANIFEST} (its save did not complete)"
 
 def _checkpoints_dir(workdir: str) -> epath.Path:
     return epath.Path(workdir if "://" in workdir else os.path.abspath(workdir)) / "checkpoints"
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises the `OSError` a run in `workdir` would meet first (a file where the folder should be, a folder this
+    user or a read-only file system does not let it write, a full disk) before anything is computed, naming the
+    folder: a probe file is written and removed there, or in its nearest existing parent (the workdir itself is not
+    created here). Object-store workdirs (`gs://...`) are left to their first write."""
+    if "://" in workdir:
+        return
+    folder = os.path.abspath(workdir)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), folder)
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}-{jax.process_index()}")
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(4096))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, folder) from None
+    finally:
+        if os.path.exists(probe):
+            os.remove(probe)
 
 
 def _sha256(path: epath.Path) -> str:

@@ -6,27 +6,41 @@ INFO logs (orbax, TFDS, absl) again.
 
 Every command parses its own absl flags (`FlagValues`, one per command module: commands share flag names such as
 `--num_classes`, and tests call several in one process) with `run_command`: `--help` prints the command's docstring
-and flags, a flag spelled with dashes (`--num-classes`) is read as its underscore spelling, and a bad flag ends in
-one message and exit status 2 like any other user error.
+and flags, and a bad flag ends in one message and exit status 2 like any other user error. A command that takes a
+config defines it with `define_config_flag` (ml_collections' `--config=file.py[:arg]` plus `--config.<field>=<value>`
+overrides) and reads it with `config_value`.
 """
 
 from __future__ import annotations
 
+import difflib
+import errno
 import functools
+import importlib.util
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from absl import app, flags
+from ml_collections.config_flags import config_flags  # its _ConfigFlag: the module, not the package
 
-from smallbig_jax.errors import USER_ERRORS
+from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 _debug_flag = False  # --debug of the command running in this process
+# The command line being parsed (`run_command` fills it): config_flags finds the `--config.<field>` overrides in it,
+# rather than in sys.argv, so that a command run in-process (tests, `commands.run`) takes its own overrides.
+_command_line: list[str] = []
+# (id(FlagValues), flag name) -> the config file a command loads when the flag is not given.
+_default_configs: dict[tuple[int, str], str] = {}
 
 
 def debug_requested() -> bool:
@@ -42,6 +56,43 @@ def quiet_library_logs() -> None:
         logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "Unable to initialize backend 'tpu'"
 
 
+# The machine's errors a user fixes (a full disk, a read-only or foreign folder, a file where a folder should be):
+# errno -> what to do. They end as `error: <path>: <what>` like bad input, not as a traceback.
+MACHINE_ERRORS = {
+    errno.ENOSPC: "no space left on the device: free space there or choose another folder",
+    errno.EDQUOT: "disk quota exceeded: free space there or choose another folder",
+    errno.EROFS: "read-only file system: choose a writable folder",
+    errno.EACCES: "permission denied: this user cannot write (or read) there",
+    errno.EPERM: "operation not permitted: this user cannot write (or read) there",
+    errno.ENOTDIR: "not a folder: a file is where a folder should be",
+    errno.EISDIR: "is a folder, where a file is expected",
+    errno.EEXIST: "already exists",  # + as a file or a folder: see machine_error_message
+    errno.ENOENT: "no such file or folder",
+}
+
+
+def machine_error_message(error: OSError) -> str | None:
+    """`<path>: <what to do>` for an `OSError` a user can fix (`MACHINE_ERRORS`), else None (a traceback)."""
+    what = MACHINE_ERRORS.get(error.errno)
+    if what is None:
+        return None
+    path = error.filename
+    if path is None:
+        return what
+    if error.errno == errno.EEXIST and os.path.lexists(str(path)):
+        what += " as a folder" if os.path.isdir(str(path)) else " as a file, where a folder should be"
+    if error.filename2 is not None:
+        path = f"{path} -> {error.filename2}"
+    return f"{path}: {what}"
+
+
+def error_text(error: BaseException) -> str:
+    """What `error: ...` says about a user error: a machine error's path and fix, else its message, without the
+    terminal colour codes that some libraries' messages carry (torch's)."""
+    message = machine_error_message(error) if isinstance(error, OSError) else None
+    return ANSI_ESCAPE.sub("", message or str(error))
+
+
 def user_errors_exit(main: Callable) -> Callable:
     """`main` with its library logs quieted and a user error printed as `error: <message>` (exit status 2)."""
 
@@ -51,12 +102,179 @@ def user_errors_exit(main: Callable) -> Callable:
         try:
             return main(*args, **kwargs)
         except Exception as e:
-            if debug_requested() or not isinstance(e, USER_ERRORS):
+            message = machine_error_message(e) if isinstance(e, OSError) else None
+            if debug_requested() or not (isinstance(e, USER_ERRORS) or message):
                 raise
-            print(f"error: {e}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
+            print(f"error: {error_text(e)}\n({DEBUG_ENV}=1 shows the full traceback)", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 
     return wrapped
+
+
+# --- --config=<file.py>[:arg] and its --config.<field>=<value> overrides -----------------------------------------
+
+
+def _failing_line(path: str, error: BaseException) -> str:
+    """`:<line>` of the deepest frame of `error`'s traceback in the file `path`, or ''."""
+    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if os.path.abspath(f.filename) == path]
+    return f":{lines[-1]}" if lines else ""
+
+
+def load_config_file(argument: str) -> Any:
+    """`get_config(arg)` of `path.py:arg` (ml_collections' convention; `get_config()` without a colon), every
+    problem of the file (missing, a folder, unreadable, a syntax error, an exception, an unknown argument) a
+    one-line `ConfigError` naming the file (and line)."""
+    path, colon, arg = argument.partition(":")
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path}: no such file")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path}: is a folder, not a config file (configs/*.py)")
+    where = os.path.abspath(path)
+    try:
+        spec = importlib.util.spec_from_file_location(f"config_file_{abs(hash(where))}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if not callable(get_config):
+            raise ConfigError(f"config file {path}: defines no get_config(arg) function")
+        return get_config(arg) if colon else get_config()
+    except ConfigError as e:
+        raise ConfigError(f"config {argument}: {e}") from e
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path}:{e.lineno}: {e.msg} (the file does not parse)") from e
+    except OSError as e:
+        raise ConfigError(f"config file {path}: {e.strerror or e}") from e
+    except Exception as e:  # a config file that raises: one line that names it, --debug shows the traceback
+        raise ConfigError(f"config {argument}{_failing_line(where, e)}: {type(e).__name__}: {e}") from e
+
+
+def _field_paths(config: Any, prefix: str = "") -> list[str]:
+    """Every field of a (nested) config as a dotted path, its sub-configs included."""
+    out = []
+    for key, value in config.items():
+        out.append(prefix + key)
+        if isinstance(value, Mapping) or hasattr(value, "items") and callable(value.items):
+            out += _field_paths(value, f"{prefix}{key}.")
+    return out
+
+
+def unknown_field_error(config: Any, field: str, flag: str = "config") -> ConfigError | None:
+    """`ConfigError` for a `--config.<field>` override that names no field of `config`, with the nearest field."""
+    paths = _field_paths(config)
+    if re.sub(r"\[[^]]*\]", "", field) in paths:
+        return None
+    near = difflib.get_close_matches(field, paths, n=1, cutoff=0.6)
+    if not near:  # a mistyped leaf name under another parent: compare the last part alone
+        leaves = {p.rsplit(".", 1)[-1]: p for p in paths}
+        near = [leaves[m] for m in difflib.get_close_matches(field.rsplit(".", 1)[-1], list(leaves), n=1)]
+    if near:
+        hint = f"; did you mean --{flag}.{near[0]}?"
+    else:  # nothing close: the fields at the level the path stops matching
+        parent = field.rsplit(".", 1)[0] if "." in field else ""
+        while parent and parent not in paths:
+            parent = parent.rsplit(".", 1)[0] if "." in parent else ""
+        depth = parent.count(".") + 1 if parent else 0
+        level = [p for p in paths if p.startswith(f"{parent}.") or not parent]
+        hint = "; its fields" + (f" under {parent}" if parent else "") + ": "
+        hint += ", ".join(p for p in level if p.count(".") == depth)
+    return ConfigError(f"--{flag}.{field}: the config has no field {field!r}{hint}")
+
+
+class _LoadedConfigParser(flags.ArgumentParser):
+    """Hands `_CheckedConfigFlag` the config it loaded (one load per parse), locked like ml_collections' parser."""
+
+    def __init__(self, lock_config: bool):
+        self.lock_config = lock_config
+        self.loaded: Any = None
+
+    def parse(self, argument: str) -> Any:
+        config, self.loaded = (self.loaded if self.loaded is not None else load_config_file(argument)), None
+        if self.lock_config and callable(getattr(config, "lock", None)):
+            config.lock()
+        return config
+
+    def flag_type(self) -> str:
+        return "config object"
+
+
+class _CheckedConfigFlag(config_flags._ConfigFlag):
+    """ml_collections' config-file flag whose problems (the file, its argument, an unknown `--config.<field>`) are
+    kept as `error` instead of escaping absl's parsing as a traceback: `config_value` raises it."""
+
+    error: ConfigError | None = None
+
+    def _parse(self, argument: str) -> Any:
+        self.error = None
+        try:
+            config = load_config_file(argument)
+            for field in self._GetOverrides(self._GetArgv()):
+                unknown = unknown_field_error(config, field, self.name)
+                if unknown is not None:
+                    raise unknown
+        except ConfigError as e:
+            self.error = e
+            for field in self._GetOverrides(self._GetArgv()):  # absl must still accept the override flags
+                if f"{self.name}.{field}" not in self.flag_values:
+                    placeholder = flags.Flag(
+                        flags.ArgumentParser(), None, f"{self.name}.{field}", None, "(config not loaded)", boolean=True
+                    )
+                    placeholder.allow_override = True  # a later parse in this process defines the real flag
+                    flags.DEFINE_flag(placeholder, self.flag_values)
+            return self.error  # not None, which a required --config would report instead; config_value raises it
+        self.parser.loaded = config
+        return super()._parse(argument)
+
+
+class ConfigHolder:
+    """What `define_config_flag` returns: `.value` is the loaded config with its overrides (`config_value`)."""
+
+    def __init__(self, flag: _CheckedConfigFlag):
+        self.flag = flag
+
+    @property
+    def value(self) -> Any:
+        return config_value(self)
+
+    @property
+    def present(self) -> bool:
+        return bool(self.flag.present)
+
+
+def define_config_flag(
+    flag_values: flags.FlagValues,
+    help_string: str = "A config file in configs/ (file.py[:arg]).",
+    *,
+    default: str | None = None,
+    name: str = "config",
+    lock_config: bool = True,
+) -> ConfigHolder:
+    """`--config=file.py[:arg]` (the file's `get_config(arg)`) with `--config.<field>=<value>` overrides: how every
+    command that takes a config loads it (ml_collections' `config_flags`; the config is locked: an override must
+    name an existing field). A command given no `--config` loads `default` (a path relative to the working
+    directory, as any `--config`) when there is one. `name` names a second config flag (its overrides
+    `--<name>.<field>`). Read it with `config_value` (or the holder's `.value`): a broken file, an unknown argument
+    or field is a one-line `ConfigError` there."""
+    if default is not None:
+        _default_configs[id(flag_values), name] = default
+    flag = _CheckedConfigFlag(
+        parser=_LoadedConfigParser(lock_config),
+        serializer=flags.ArgumentSerializer(),
+        name=name,
+        default=None,
+        help_string=help_string,
+        flag_values=flag_values,
+        sys_argv=_command_line,
+    )
+    flags.DEFINE_flag(flag, flag_values)
+    return ConfigHolder(flag)
+
+
+def config_value(holder: ConfigHolder) -> Any:
+    """The config the command line gave (None if `--config` was not given); a missing or broken config file, an
+    unknown config argument or `--config.<field>` raise their one-line `ConfigError` here."""
+    if holder.flag.error is not None:
+        raise holder.flag.error
+    return holder.flag.value
 
 
 def define_debug_flag(flag_values: flags.FlagValues) -> None:
@@ -64,18 +282,6 @@ def define_debug_flag(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_bool(
         "debug", False, f"Full tracebacks and library INFO logs (or set {DEBUG_ENV}=1).", flag_values=flag_values
     )
-
-
-def underscored(args: list[str]) -> list[str]:
-    """`--num-classes=3` -> `--num_classes=3`: absl flags are spelled with underscores; the dashed spelling that
-    some commands used to take keeps working. Values are left as they are."""
-    out = []
-    for a in args:
-        if a.startswith("--"):
-            name, eq, value = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + value
-        out.append(a)
-    return out
 
 
 def run_command(
@@ -88,8 +294,12 @@ def run_command(
         print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help()}")
         return 0
     flag_values.unparse_flags()
+    for (owner, name), default in _default_configs.items():
+        if owner == id(flag_values) and not any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args):
+            args = [f"--{name}={default}", *args]
+    _command_line[:] = [prog, *args]
     try:
-        rest = flag_values([prog, *underscored(args)])
+        rest = flag_values(list(_command_line))
         if len(rest) > 1:
             raise app.UsageError(f"unexpected arguments {' '.join(rest[1:])} (flags are --name=value)")
     except (flags.Error, app.UsageError) as e:

@@ -10,6 +10,7 @@ counted once over all hosts; padding views are ignored; a video with any broken 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,9 +23,12 @@ from jax.experimental import multihost_utils
 from smallbig_jax import checkpointing, sharding, steps
 from smallbig_jax.config import ConfigError, check_config, resume_changes
 from smallbig_jax.convert import load_converted_model
-from smallbig_jax.data import pipeline
+from smallbig_jax.data import lists, pipeline
+from smallbig_jax.data.lists import DataError
 from smallbig_jax.optim import make_optimizer
 from smallbig_jax.steps import make_eval_step  # the one eval step, shared with the benchmark
+
+log = logging.getLogger(__name__)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -53,8 +57,9 @@ class VideoScores:
     ) -> None:
         scores = logits.astype(np.float64)
         if self.average == "softmax":
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
+            with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits: refused in result(), by name
+                scores = np.exp(scores - scores.max(axis=1, keepdims=True))
+                scores /= scores.sum(axis=1, keepdims=True)
         real = video_index >= 0
         self.labels[video_index[real]] = labels[real]
         if broken is not None:
@@ -63,16 +68,32 @@ class VideoScores:
         np.add.at(self.sums, video_index[keep], scores[keep])
         np.add.at(self.views, video_index[keep], 1)
 
-    def result(self) -> dict[str, Any]:
+    def result(self, name_of: Callable[[int], str] | None = None) -> dict[str, Any]:
+        """Top-1/top-5 over the videos seen and their predictions. Raises `DataError` when no video was evaluated
+        and `FloatingPointError` when any video's fused score is NaN or infinite (naming how many, and the first
+        few by `name_of(index)`): a metric from such scores would look valid and mean nothing."""
         seen = (self.views > 0) & ~self.broken  # One broken view excludes the whole video.
+        if not seen.any():
+            raise DataError(
+                f"no video was evaluated ({len(self.views)} listed, {int(self.broken.sum())} excluded as "
+                "unreadable): an accuracy over 0 videos is not a result"
+            )
         scores = self.sums[seen] / self.views[seen, None]
+        bad = np.flatnonzero(seen)[~np.isfinite(scores).all(axis=1)]
+        if len(bad):
+            names = [name_of(int(v)) if name_of else f"video {int(v)}" for v in bad[:3]]
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise FloatingPointError(
+                f"{len(bad)} of {int(seen.sum())} videos have non-finite (NaN or infinite) scores, e.g. "
+                f"{', '.join(names)}{more}: the weights (or the inputs) hold NaN or infinite values; no metric "
+                "is computed from them"
+            )
         labels = self.labels[seen]
         top5 = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         top1_correct = top5[:, 0] == labels
         top5_correct = (top5 == labels[:, None]).any(axis=1)
         n = int(seen.sum())
-        top1 = float(top1_correct.mean()) if n else float("nan")
-        top5_acc = float(top5_correct.mean()) if n else float("nan")
+        top1, top5_acc = float(top1_correct.mean()), float(top5_correct.mean())
         return {
             "top1": top1,
             "top5": top5_acc,
@@ -102,15 +123,29 @@ def evaluate(
     num_videos: int,
     num_classes: int,
     average: str = "softmax",
+    name_of: Callable[[int], str] | None = None,
 ) -> dict[str, Any]:
-    """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions."""
+    """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions
+    (`VideoScores.result`: no metric from non-finite scores, `name_of(index)` names the videos)."""
     scores = VideoScores(num_videos, num_classes, average)
     for batch in batches:
         logits = eval_step(params, batch_stats, batch["clip"])
         host = {k: _to_host(batch[k]) for k in ("label", "video_index", "mask") if k in batch}
         broken = _to_host(batch["broken"]) if "broken" in batch else None
         scores.add(np.asarray(jax.device_get(logits)), host["label"], host["video_index"], host["mask"], broken)
-    return scores.result()
+    return scores.result(name_of)
+
+
+_warned_lists: set[str] = set()  # list files whose duplicate lines were reported (validation runs many times)
+
+
+def _warn_duplicates(source) -> None:
+    """Warns once per list file about videos listed more than once: each of its lines counts in the metrics."""
+    found = lists.duplicates(getattr(source, "entries", []))
+    list_file = next(iter(found.values()))[0].rsplit(":", 1)[0] if found else ""
+    if found and list_file not in _warned_lists:
+        _warned_lists.add(list_file)
+        log.warning("%s: %s; each line counts in the metrics", list_file, lists.describe_duplicates(found))
 
 
 def evaluate_dataset(
@@ -120,6 +155,7 @@ def evaluate_dataset(
     loader = pipeline.make_eval_loader(
         data_config, global_batch_size=config.eval_batch_size, num_classes=config.model.num_classes, mesh=mesh
     )
+    _warn_duplicates(loader.source)
     try:
         result = evaluate(
             make_eval_step(eval_graphdef, mesh, steps.formulation(config, mesh)),
@@ -129,6 +165,7 @@ def evaluate_dataset(
             num_videos=loader.num_videos,
             num_classes=config.model.num_classes,
             average=config.eval_average,
+            name_of=loader.source.name,
         )
     finally:
         loader.close()
@@ -140,14 +177,17 @@ def evaluate_dataset(
 def write_predictions(path: str, result: dict[str, Any]) -> None:
     """One JSON line per video: index, name (`result["names"]`, when known), label, top-5 classes, top score, and
     the fused scores of the top-5 classes."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     names = result.get("names", {})
-    with open(path + ".tmp", "w") as f:
-        for p in result["predictions"]:
-            if p["video"] in names:
-                p = {"name": names[p["video"]], **p}
-            f.write(json.dumps(p) + "\n")
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            for p in result["predictions"]:
+                if p["video"] in names:
+                    p = {"name": names[p["video"]], **p}
+                f.write(json.dumps(p, allow_nan=False) + "\n")  # strict JSON: no bare NaN
+        os.replace(path + ".tmp", path)
+    except OSError as err:  # named by the file asked for, not by its temporary sibling
+        raise OSError(err.errno, err.strerror, path if err.filename == path + ".tmp" else err.filename) from err
 
 
 def evaluate_checkpoint(
@@ -160,10 +200,16 @@ def evaluate_checkpoint(
     _, eval_graphdef = steps.model_graphdefs(config, mesh)
     if converted is not None:
         model = load_converted_model(converted)
-        if (model.variant, model.num_classes) != (config.model.variant, config.model.num_classes):
+        fields = ("variant", "num_classes", "base_width")
+        changed = [
+            f"model.{f}: {getattr(model, f)!r} there, {config.model[f]!r} in the config"
+            for f in fields
+            if getattr(model, f) != config.model[f]
+        ]
+        if changed:
             raise ConfigError(
-                f"{converted} holds {model.variant} with {model.num_classes} classes; the config says "
-                f"{config.model.variant} with {config.model.num_classes}"
+                f"{converted} holds another model than the config's; set (--config.model.<field>=...): "
+                + "; ".join(changed)
             )
         _, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         params, batch_stats = jax.device_put((params, batch_stats), sharding.replicated(mesh))

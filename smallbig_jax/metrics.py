@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -11,12 +12,15 @@ from matplotlib.figure import Figure
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+log = logging.getLogger(__name__)
+
 
 class MetricWriter:
     """Scalars to `<workdir>/tensorboard` (TensorBoard event files) and `<workdir>/metrics.jsonl`.
 
-    `resumed_at`: the step a resumed run restarts from; rows of later steps (written before a kill, about to be
-    trained again) and a line cut by the kill are dropped from `metrics.jsonl`, so each step has one row per split."""
+    `resumed_at`: the step the run starts from (0: a fresh run); rows of later steps (written before a kill, about to
+    be trained again, also by a run killed before its first checkpoint) and a line cut by the kill are dropped from
+    `metrics.jsonl`, so each step has one row per split."""
 
     def __init__(self, workdir: str, resumed_at: int = 0):
         self.enabled = jax.process_index() == 0
@@ -24,7 +28,7 @@ class MetricWriter:
         self._events = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            if resumed_at and os.path.exists(self.path):
+            if os.path.exists(self.path):
                 self._drop_rows_after(resumed_at)
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
 
@@ -88,5 +92,9 @@ def plot_curves(workdir: str) -> str | None:
         ax.legend()
     fig.tight_layout()
     path = os.path.join(workdir, "curves.png")
-    fig.savefig(path, dpi=100)
+    try:
+        fig.savefig(path, dpi=100)
+    except OSError as err:  # a convenience: written at the end of a run, it must not hide what ended the run
+        log.warning("curves not drawn: %s: %s", path, err.strerror or err)
+        return None
     return path

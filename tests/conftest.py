@@ -87,7 +87,7 @@ def sbdata_dir(tmp_path_factory) -> str:
     return root
 
 
-LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py", "test_faults.py")
+LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py", "test_faults.py", "test_elastic.py")
 
 
 # What makes a test slow when it calls it: a new process (tests/helpers.py, or `subprocess` itself) or a training run.

@@ -1,11 +1,12 @@
-"""The data scripts: synthetic dataset (deterministic, all three forms readable) and check_dataset."""
+"""The data commands: synthetic dataset (deterministic, all three forms readable), `check` and `prepare`."""
 
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
-from helpers import run_python
 
 from smallbig_jax.data import check, pipeline, sources, synthetic, writers
 
@@ -48,9 +49,12 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
     broken = check.check_source(src, workers=1, progress=False)
     assert [b.split(": ")[0].rsplit(":", 1)[1] for b in broken] == ["2", "3", "4"]
     assert "missing.mp4 does not exist" in broken[0] and "shorter than its 40 frames" in broken[2]
-    r = run_python(
-        *[
-            f"{ROOT}/scripts/check_dataset.py",
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smallbig_jax",
+            "check",
             "--num_classes",
             "3",
             "--format",
@@ -63,6 +67,9 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
             "2",
             "--quiet",
         ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": ROOT},
         timeout=120,
     )
     assert r.returncode == 1, r.stderr
@@ -90,11 +97,15 @@ def test_synthetic_classes_are_axes_of_motion():
                 assert corr < -0.5
 
 
-def test_scripts_command_lines(sbdata_dir, tmp_path):
-    """make_synthetic_dataset.py and prepare_dataset.py as users run them (counts per split, failed list)."""
-    r = run_python(
-        *[
-            f"{ROOT}/scripts/make_synthetic_dataset.py",
+def test_data_command_lines(sbdata_dir, tmp_path):
+    """`smallbig-jax synthetic` and `smallbig-jax prepare` as users run them (counts per split, failed list)."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smallbig_jax",
+            "synthetic",
             "--out",
             str(tmp_path / "syn"),
             "--num_train",
@@ -104,6 +115,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
             "--workers",
             "1",
         ],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=180,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -111,7 +125,10 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "Downloading and preparing" not in r.stdout + r.stderr and "Generating" not in r.stdout + r.stderr  # TFDS
     assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
     again = [
-        f"{ROOT}/scripts/make_synthetic_dataset.py",
+        sys.executable,
+        "-m",
+        "smallbig_jax",
+        "synthetic",
         "--out",
         str(tmp_path / "syn"),
         "--num_train",
@@ -122,16 +139,19 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
         "1",
         "--if_missing",
     ]
-    r = run_python(*again, timeout=180)
+    r = subprocess.run(again, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0 and "already holds" in r.stdout, r.stderr[-2000:]
-    r = run_python(
-        *again[:-4], "6", "--workers", "1", "--if_missing", timeout=180
+    r = subprocess.run(
+        again[:-4] + ["6", "--workers", "1", "--if_missing"], capture_output=True, text=True, env=env, timeout=180
     )  # 6 held-out videos: not the dataset that is there, so it is rewritten
     assert r.returncode == 0 and "wrote {'train': 5, 'val': 6} videos" in r.stdout, r.stderr[-2000:]
     (tmp_path / "l.txt").write_text("vid00 16 0\nvid01 16 1\nnot_there 16 2\n")
-    r = run_python(
-        *[
-            f"{ROOT}/scripts/prepare_dataset.py",
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smallbig_jax",
+            "prepare",
             "--input_format",
             "frames",
             "--num_classes",
@@ -147,6 +167,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
             "--workers",
             "2",
         ],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=180,
     )
     assert r.returncode == 0, r.stderr[-2000:]
@@ -155,7 +178,10 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "train videos" in r.stderr  # progress bar
     assert "Downloading and preparing" not in r.stdout  # TFDS's own line: nothing is downloaded
     args = [
-        f"{ROOT}/scripts/prepare_dataset.py",
+        sys.executable,
+        "-m",
+        "smallbig_jax",
+        "prepare",
         "--input_format",
         "frames",
         "--num_classes",
@@ -167,9 +193,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
         "--out",
         str(tmp_path / "ar"),
     ]
-    r = run_python(*args, timeout=180)
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in r.stderr
-    r = run_python(*args, "--overwrite", "--quiet", timeout=180)
+    r = subprocess.run(args + ["--overwrite", "--quiet"], capture_output=True, text=True, env=env, timeout=180)
     assert r.returncode == 0 and "train: 12 videos written, 0 unreadable" in r.stdout, r.stderr[-2000:]
     assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train", num_classes=12)) == 12
 

@@ -1,19 +1,20 @@
 """The official multi-view test protocol on frames of the sizes real datasets have: every view of the evaluation loader
 equals the independent reference's (tests/protocol_reference.py): frame indices, crop corners and pixels; broken views
 exclude their video; evaluation batches of any size on 3 devices; real footage (bigbuckbunny.mp4) through
-prepare_dataset.py and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
-convert_pytorch.py and evaluate.py to the PyTorch reference's per-video scores."""
+`smallbig-jax prepare` and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
+`smallbig-jax convert` and `smallbig-jax evaluate` to the PyTorch reference's per-video scores."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 
 import numpy as np
 import protocol_reference as ref
 import pytest
-from helpers import run_python
 
 from smallbig_jax.data import lists, pipeline, sources, transforms, writers
 from smallbig_jax.data.config import default_data_config
@@ -188,10 +189,17 @@ def test_eval_batch_of_4_on_3_devices_evaluates_every_video_once(sbdata_dir, tmp
     cfg.format, cfg.root, cfg.val_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size, cfg.num_clips = 4, 2, 32, 40, 2
     (tmp_path / "three.py").write_text(THREE_DEVICES)
-    r = run_python(
-        tmp_path / "three.py",
-        json.dumps(cfg.to_dict()),
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
+    env = {
+        **os.environ,
+        "PYTHONPATH": ROOT,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
+    }
+    r = subprocess.run(
+        [sys.executable, str(tmp_path / "three.py"), json.dumps(cfg.to_dict())],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -245,8 +253,8 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
 
 
 def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path):
-    """Official-format checkpoint (random weights, PyTorch reference) -> scripts/convert_pytorch.py ->
-    scripts/evaluate.py with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
+    """Official-format checkpoint (random weights, PyTorch reference) -> `smallbig-jax convert` ->
+    `smallbig-jax evaluate` with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
     to the PyTorch reference model run on the reference views and averaged."""
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
     import torch_reference
@@ -263,12 +271,21 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     torch.save(checkpoint, tmp_path / "model_best_smallbig23.pth")
     sizes = [(426, 320, 40), (176, 100, 25), (240, 427, 20)]
     write_real_frames(str(tmp_path / "frames"), sizes)
-    r = run_python(
-        f"{ROOT}/scripts/convert_pytorch.py",
-        "--input",
-        tmp_path / "model_best_smallbig23.pth",
-        "--output",
-        tmp_path / "converted",
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smallbig_jax",
+            "convert",
+            "--input",
+            str(tmp_path / "model_best_smallbig23.pth"),
+            "--output",
+            str(tmp_path / "converted"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -284,15 +301,23 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
         "data.num_crops": 3,
         "eval_batch_size": 30,
     }
-    r = run_python(
-        f"{ROOT}/scripts/evaluate.py",
-        "--config",
-        f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
-        "--converted",
-        tmp_path / "converted",
-        "--predictions",
-        tmp_path / "pred.jsonl",
-        *[f"--config.{k}={v}" for k, v in overrides.items()],
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "smallbig_jax",
+            "evaluate",
+            "--config",
+            f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
+            "--converted",
+            str(tmp_path / "converted"),
+            "--predictions",
+            str(tmp_path / "pred.jsonl"),
+        ]
+        + [f"--config.{k}={v}" for k, v in overrides.items()],
+        capture_output=True,
+        text=True,
+        env=env,
         timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

@@ -4,13 +4,14 @@ with bit-exact resumption, checkpoints onto another mesh, and evaluation countin
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import run_python, start_python
 
 from smallbig_jax.data import writers
 
@@ -28,20 +29,26 @@ def dataset(tmp_path_factory):
 
 
 def train_command(dataset, workdir, *extra):
-    """The arguments of `python` that train on `dataset` in `workdir`."""
     return [
-        os.path.join(REPO, "scripts", "train.py"),
+        sys.executable,
+        "-m",
+        "smallbig_jax",
+        "train",
         f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
         f"--workdir={workdir}",
         *extra,
     ]
 
 
-# The processes inherit the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
+def env():
+    # Inherits the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def run(dataset, workdir, *extra):
-    out = run_python(*train_command(dataset, workdir, *extra))
+    out = subprocess.run(
+        train_command(dataset, workdir, *extra), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -104,7 +111,14 @@ def wait_for(predicate, proc, timeout=300):
 def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, sig):
     ref_workdir, _ = reference_run
     workdir = str(tmp_path / "run")
-    proc = start_python(*train_command(dataset, workdir, "--config.final_eval=False"))
+    proc = subprocess.Popen(
+        train_command(dataset, workdir, "--config.final_eval=False"),
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         # SIGTERM once the first checkpoint is complete; SIGKILL right after the second save has started.
         target = 2 if sig == signal.SIGTERM else 4
@@ -148,8 +162,9 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
         "--config.batchnorm=per_device",
     ]
     single = str(tmp_path / "single")
-    out = run_python(
-        *train_command(dataset, single, *extra), env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    eight = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = subprocess.run(
+        train_command(dataset, single, *extra), env=eight, capture_output=True, text=True, timeout=600, cwd=REPO
     )
     assert out.returncode == 0, out.stderr[-4000:]
     multi = str(tmp_path / "multi")
@@ -157,12 +172,22 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
     procs = []
     for i in range(2):
         proc_env = {
+            **env(),
             "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
             "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}",
             "SMALLBIG_NUM_PROCESSES": "2",
             "SMALLBIG_PROCESS_ID": str(i),
         }
-        procs.append(start_python(*train_command(dataset, multi, *extra), env=proc_env))
+        procs.append(
+            subprocess.Popen(
+                train_command(dataset, multi, *extra),
+                env=proc_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+        )
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
     finally:

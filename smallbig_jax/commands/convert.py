@@ -115,6 +115,6 @@ def main() -> int:
     except (ConversionError, CheckpointFormatError, FileExistsError) as e:
         if cli.debug_requested():
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {cli.error_text(e)}", file=sys.stderr)
         print("nothing was written", file=sys.stderr)
         return 2

@@ -105,7 +105,10 @@ class BadInputLog:
         for v in [] if broken is None else sorted(set(int(v) for v in broken)):
             name = self._source.name(v)
             if name not in self.excluded:
-                self.excluded[name] = self._explain(v) if self._explain else ""
+                reason = self._explain(v) if self._explain else ""
+                for where in (name, name.split(" ", 1)[0]):  # the reason's own `file:line: `, already in the name
+                    reason = reason.removeprefix(f"{where}: ")
+                self.excluded[name] = reason
         if self._epoch_size is None:
             return
         epoch = position // self._epoch_size

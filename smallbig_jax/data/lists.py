@@ -16,8 +16,10 @@ column count is decided by its first line, and a line with another count is an e
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
 import os
 
 from smallbig_jax.errors import DataError
@@ -56,13 +58,50 @@ def kinetics_folder_name(name: str) -> str:
     return os.path.splitext(os.path.basename(name))[0][:11]
 
 
+def read_text(list_file: str) -> str:
+    """A list file's text: UTF-8, a leading byte-order mark (written by some Windows editors) dropped; other bytes
+    (a Latin-1 list, say) are a :class:`DataError` naming the line and the fix, not a traceback."""
+    with open(list_file, "rb") as f:
+        data = f.read()
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{list_file}:{line}: not UTF-8 text (byte {data[err.start]:#04x}); save the list as UTF-8 "
+            "(from Latin-1: iconv -f latin1 -t utf-8)"
+        ) from None
+
+
 def _lines(list_file: str):
     """(``file:line``, fields, raw line) of each non-empty, non-comment line of a list file."""
-    with open(list_file) as f:
-        for n, line in enumerate(f, start=1):
-            parts = line.split()
-            if parts and not parts[0].startswith("#"):
-                yield f"{list_file}:{n}", parts, line
+    for n, line in enumerate(io.StringIO(read_text(list_file)), start=1):  # \n, \r\n or \r ends a line
+        parts = line.split()
+        if parts and not parts[0].startswith("#"):
+            yield f"{list_file}:{n}", parts, line
+
+
+def _not_empty(entries: list[VideoEntry], list_file: str) -> list[VideoEntry]:
+    if not entries:
+        raise DataError(f"{list_file}: lists no video (empty, or only blank and # lines)")
+    return entries
+
+
+def duplicates(entries: list[VideoEntry]) -> dict[str, list[str]]:
+    """Paths listed more than once -> the ``file:line`` of each of their lines (in evaluation such a video would
+    count once per line)."""
+    lines: dict[str, list[str]] = {}
+    for e in entries:
+        lines.setdefault(e.path, []).append(e.source)
+    return {path: where for path, where in lines.items() if len(where) > 1}
+
+
+def describe_duplicates(found: dict[str, list[str]], n: int = 3) -> str:
+    """`2 videos listed more than once: a.mp4 (list:1, list:7), ...`: a line that stays short."""
+    shown = "; ".join(f"{path} ({', '.join(where)})" for path, where in list(found.items())[:n])
+    more = f"; and {len(found) - n} more" if len(found) > n else ""
+    return f"{len(found)} video{'s' if len(found) > 1 else ''} listed more than once: {shown}{more}"
 
 
 def read_frame_list(list_file: str, num_classes: int) -> list[VideoEntry]:
@@ -75,7 +114,7 @@ def read_frame_list(list_file: str, num_classes: int) -> list[VideoEntry]:
         if num_frames <= 0:
             raise DataError(f"{where}: num_frames must be positive, got {num_frames}")
         entries.append(VideoEntry(parts[0], _label(parts[2], num_classes, where), num_frames, where))
-    return entries
+    return _not_empty(entries, list_file)
 
 
 _VIDEO_FORMATS = {2: "<path> <label>", 3: "<path> <num_frames> <label>"}
@@ -101,12 +140,12 @@ def read_video_list(list_file: str, num_classes: int) -> list[VideoEntry]:
             )
         num_frames = _int(parts[1], "num_frames", where) if columns == 3 else -1
         entries.append(VideoEntry(parts[0], _label(parts[-1], num_classes, where), num_frames, where))
-    return entries
+    return _not_empty(entries, list_file)
 
 
 def _read_video_csv(list_file: str, num_classes: int) -> list[VideoEntry]:
     entries = []
-    with open(list_file, newline="") as f:
+    with io.StringIO(read_text(list_file), newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         if "path" not in fields or "label" not in fields:
@@ -119,7 +158,7 @@ def _read_video_csv(list_file: str, num_classes: int) -> list[VideoEntry]:
                 raise DataError(f"{where}: missing 'path' or 'label' in {row}")
             frames = _int(row.get("num_frames") or "-1", "num_frames", where)
             entries.append(VideoEntry(row["path"], _label(row["label"], num_classes, where), frames, where))
-    return entries
+    return _not_empty(entries, list_file)
 
 
 def write_frame_list(list_file: str, rows: list[tuple[str, int, int]]) -> None:

@@ -178,7 +178,7 @@ class EvalExample:
                 self.source.label(v)
             except Exception as err:
                 return str(err) if isinstance(err, DataError) else f"{type(err).__name__}: {err}"
-        return "a view could not be cut (see the warning logged for it)"
+        return "a view could not be cut (--debug logs why)"
 
     def __call__(self, q: int) -> dict[str, np.ndarray]:
         c = self.cfg
@@ -201,7 +201,7 @@ class EvalExample:
         except Exception as err:  # Any failure to produce a view: the whole video is broken.
             if c["eval_bad_input"] == "error":
                 raise
-            log.warning("excluded from evaluation: %s: %s", self.source.name(v), err)
+            log.debug("excluded from evaluation: %s: %s", self.source.name(v), err)  # reported once, at the end
             return {**empty, "label": np.int32(-1), "video_index": np.int32(v), "broken": np.bool_(True)}
         return {**empty, "clip": view, "label": label, "video_index": np.int32(v), "mask": np.bool_(True)}
 

@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -174,8 +175,17 @@ def prepare_dataset(
     anything is written. An existing build is an error unless ``overwrite`` (TFDS would silently keep the old
     one)."""
     existing = os.path.join(out, "small_big_video", config)
+    entries = sorted(os.listdir(existing)) if os.path.isdir(existing) else []
+    incomplete = [e for e in entries if e.startswith("incomplete.")]  # TFDS's folder of a build in progress
     if os.path.exists(existing) and not overwrite:
+        if incomplete and len(incomplete) == len(entries):
+            raise FileExistsError(
+                f"{existing} holds only an incomplete build ({incomplete[0]}: an interrupted prepare); pass "
+                "overwrite=True (--overwrite) to remove it and rebuild"
+            )
         raise FileExistsError(f"{existing} exists; pass overwrite=True (--overwrite) to rebuild it")
+    for name in incomplete if overwrite else []:
+        shutil.rmtree(os.path.join(existing, name))
     spec = {
         name: {
             "split": name,

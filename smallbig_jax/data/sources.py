@@ -50,11 +50,15 @@ def decode_jpeg(data: bytes | str, min_short_side: int | None = None) -> np.ndar
     return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))  # convert() would copy an RGB image
 
 
-def _stack(frames: list[np.ndarray], where: str, inverse: np.ndarray) -> np.ndarray:
-    """``[K, H, W, 3]`` of the decoded distinct frames put back in the requested order."""
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise DataError(f"{where}: frames of different sizes {sorted(shapes)}")
+def _stack(frames: list[np.ndarray], where: str, inverse: np.ndarray, names: list[str]) -> np.ndarray:
+    """``[K, H, W, 3]`` of the decoded distinct frames put back in the requested order; ``names`` (a frame's file,
+    or its index) name the first frame whose size differs from the first one's."""
+    odd = next((j for j, f in enumerate(frames) if f.shape != frames[0].shape), None)
+    if odd is not None:
+        raise DataError(
+            f"{where}: frames of different sizes: {names[odd]} is {frames[odd].shape[1]}x{frames[odd].shape[0]}, "
+            f"{names[0]} is {frames[0].shape[1]}x{frames[0].shape[0]} (width x height)"
+        )
     if len(inverse) == len(frames) and np.array_equal(inverse, np.arange(len(frames))):
         return np.stack(frames)  # Already in order: skip a copy.
     return np.stack(frames)[inverse]
@@ -105,15 +109,15 @@ class FrameFolderSource:
         if not os.path.isdir(folder):
             raise DataError(f"{e.source}: frame folder {folder} does not exist")
         frames = []
-        for k in uniq:
-            path = os.path.join(folder, self.template.format(int(k) + 1))
+        paths = [os.path.join(folder, self.template.format(int(k) + 1)) for k in uniq]
+        for path in paths:
             try:
                 frames.append(decode_jpeg(path, min_short_side))
             except FileNotFoundError:
                 raise DataError(f"{e.source}: missing frame {path} (the list claims {e.num_frames} frames)") from None
             except (OSError, ValueError) as err:
                 raise DataError(f"{e.source}: cannot decode frame {path}: {err}") from None
-        return _stack(frames, e.source, inverse), indices
+        return _stack(frames, e.source, inverse, paths), indices
 
 
 def _count_frames(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
@@ -139,8 +143,10 @@ def decode_video(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Decodes the chosen frames of a video with PyAV: ``(frames [K, H, W, 3], indices, num_frames)``.
 
-    Seeks to the key frame before the first wanted frame and stops after the last one. Frame positions come
-    from timestamps (exact for constant frame rate, the norm for datasets)."""
+    Frame k is the k-th frame the stream shows. With a constant frame rate (the norm for datasets) its timestamp
+    places it, so decoding seeks to the key frame before the first wanted frame and stops after the last one. When
+    the timestamps do not step by one frame at the average rate (a variable-frame-rate video, as phones record),
+    the clip is decoded again from the start, counting frames."""
     name = file if isinstance(file, str) else "<bytes>"
     try:
         container = av.open(file)
@@ -159,45 +165,68 @@ def decode_video(
                 raise DataError(f"{where}: {name} has no frames")
             indices = np.asarray(choose(num_frames))
             uniq, inverse = _unique(indices)
-            wanted = {int(k): j for j, k in enumerate(uniq)}
-            last = int(uniq[-1])
-            start = stream.start_time or 0
-            rate = stream.average_rate
-            seeked = bool(uniq[0] > 0 and rate)
-            if seeked:
-                target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
-                container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
-            size = None
-            # One reformatter for the whole clip: it keeps its swscale context, where frame.to_ndarray builds a new
-            # one per frame (3-7x slower on 64x64 frames in a micro-benchmark).
-            reformatter = VideoReformatter()
-            out: list[np.ndarray | None] = [None] * len(uniq)
-            count = 0
-            for frame in container.decode(stream):
-                if frame.pts is None and seeked:
-                    raise DataError(
-                        f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
-                        "(or prepare it as JPEG frames)"
-                    )
-                idx = _frame_index(frame, stream, start) if (frame.pts is not None and rate) else count
-                count += 1
-                if idx in wanted:
-                    if size is None:
-                        size = _decode_size(frame.height, frame.width, min_short_side)
-                    out[wanted[idx]] = reformatter.reformat(
-                        frame, format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR"
-                    ).to_ndarray()
-                if idx >= last:
-                    break
+            out, irregular = _decode_frames(container, stream, uniq, where, name, min_short_side, by_count=False)
+            if irregular:
+                container.seek(0, stream=stream, backward=True, any_frame=False)
+                out, _ = _decode_frames(container, stream, uniq, where, name, min_short_side, by_count=True)
         except av.error.FFmpegError as err:
             raise DataError(f"{where}: corrupt video {name}: {err}") from None
     missing = [int(k) for k, f in zip(uniq, out) if f is None]
     if missing:
         raise DataError(
             f"{where}: {name} is shorter than its {num_frames} frames: {len(missing)} of the {len(uniq)} frames "
-            f"wanted could not be decoded ({_first(missing)}; truncated or corrupt video)"
+            f"wanted could not be decoded ({_first(missing)}; "
+            + (
+                "a variable frame rate video whose frames cannot all be placed: re-encode it at a constant rate, "
+                "e.g. ffmpeg -i in.mp4 -fps_mode cfr out.mp4)"
+                if irregular
+                else "truncated or corrupt video)"
+            )
         )
-    return _stack(out, where, inverse), indices, num_frames
+    return _stack(out, where, inverse, [f"{name} frame {int(k)}" for k in uniq]), indices, num_frames
+
+
+def _decode_frames(
+    container, stream, uniq: np.ndarray, where: str, name: str, min_short_side: int | None, by_count: bool
+) -> tuple[list[np.ndarray | None], bool]:
+    """The frames `uniq` (sorted indices; None for those not reached) and whether the timestamps were irregular.
+    `by_count`: from the current position (the start), each decoded frame is the next index; else each frame's
+    index comes from its timestamp, after a seek to the key frame before the first wanted one."""
+    wanted = {int(k): j for j, k in enumerate(uniq)}
+    last = int(uniq[-1])
+    start = stream.start_time or 0
+    rate = stream.average_rate
+    seeked = bool(not by_count and uniq[0] > 0 and rate)
+    if seeked:
+        target = start + int(float(uniq[0]) / float(rate) / float(stream.time_base)) - 1
+        container.seek(max(target, start), stream=stream, backward=True, any_frame=False)
+    size = None
+    # One reformatter for the whole clip: it keeps its swscale context, where frame.to_ndarray builds a new
+    # one per frame (3-7x slower on 64x64 frames in a micro-benchmark).
+    reformatter = VideoReformatter()
+    out: list[np.ndarray | None] = [None] * len(uniq)
+    count, previous = 0, None
+    for frame in container.decode(stream):
+        if frame.pts is None and seeked:
+            raise DataError(
+                f"{where}: {name} has frames without timestamps: cannot seek in it; re-encode it "
+                "(or prepare it as JPEG frames)"
+            )
+        timed = not by_count and frame.pts is not None and rate
+        idx = _frame_index(frame, stream, start) if timed else count
+        if timed and previous is not None and idx != previous + 1:
+            return out, True  # variable frame rate: timestamps do not give positions
+        previous = idx
+        count += 1
+        if idx in wanted:
+            if size is None:
+                size = _decode_size(frame.height, frame.width, min_short_side)
+            out[wanted[idx]] = reformatter.reformat(
+                frame, format="rgb24", width=size[1], height=size[0], interpolation="BILINEAR"
+            ).to_ndarray()
+        if idx >= last:
+            break
+    return out, False
 
 
 def _first(items: list[int], n: int = 5) -> str:
@@ -332,7 +361,7 @@ class ArrayRecordSource:
                 frames = [decode_jpeg(r["frames"][int(k)], min_short_side) for k in uniq]
             except (OSError, ValueError) as err:
                 raise DataError(f"{where}: cannot decode a JPEG frame: {err}") from None
-            return _stack(frames, where, inverse), indices
+            return _stack(frames, where, inverse, [f"frame {int(k)}" for k in uniq]), indices
         frames, indices, _ = decode_video(io.BytesIO(r["video"]), choose, where, n, min_short_side)
         return frames, indices
 
