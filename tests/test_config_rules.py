@@ -27,6 +27,7 @@ ALLOWED = {
     ("smallbig_jax/data/transforms.py", "eval_crop_size"): "one-line guard of a public leaf function",
     ("smallbig_jax/data/transforms.py", "eval_crop_corners"): "one-line guard of a public leaf function",
     ("smallbig_jax/models/smallbig.py", "__init__"): "one-line guard of the model's constructor (build_model)",
+    ("smallbig_jax/commands/check.py", "main"): "names the command's own flags (--format, --num_classes)",
 }
 
 
