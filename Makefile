@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 SOURCES := pyproject.toml
 
-.PHONY: setup run lint format test summary benchmark benchmark-torch clean
+.PHONY: setup run lint format test test-fast summary benchmark benchmark-torch clean
 
 $(STAMP): $(SOURCES)
 	@test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ format: $(STAMP)
 
 test: lint
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+# The fast tier, for the edit-test loop: every test but those marked slow (processes started, training runs; see
+# tests/conftest.py). CI runs `make test`, all of them.
+test-fast: lint
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
 
 summary: $(STAMP)
 	$(VENV)/bin/python -m smallbig_jax summary

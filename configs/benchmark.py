@@ -35,7 +35,6 @@ def get_config(arg: str | None = None):
         variant=variant,
         num_classes=5 if "tiny" in args else 400,
         num_frames=2 if "tiny" in args else 8,
-        dataset="benchmark",
         sampling="dense",
     )
     if "tiny" in args:

@@ -20,9 +20,7 @@ ARGS = {"runlocal": "the run shrunk to one CPU", "bf16": "bfloat16 compute, floa
 
 
 def get_config(arg: str | None = None):
-    config = official_recipe(
-        variant="smallbig101", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense"
-    )
+    config = official_recipe(variant="smallbig101", num_classes=400, num_frames=8, sampling="dense")
     args = config_args(arg, ARGS)
     if "runlocal" in args:
         config = runlocal(config)

@@ -35,9 +35,7 @@ def get_config(arg: str | None = None):
     args = config_args(arg, ARGS)
     data_dir = str(args.get("dir", "data/synthetic"))
     variant = "res50" if "res50" in args else "smallbig23"
-    config = official_recipe(
-        variant=variant, num_classes=len(CLASSES), num_frames=8, dataset="synthetic", sampling="dense"
-    )
+    config = official_recipe(variant=variant, num_classes=len(CLASSES), num_frames=8, sampling="dense")
     config.data = data_config(data_dir)  # 8 frames at stride 2, 48x48 crops, no flip
     config.data.num_clips, config.data.num_crops = 2, 3  # final test: 2 clips x 3 crops
     config.model.base_width = 8

@@ -11,8 +11,7 @@ checkpoint also holds `checksums.json`, the size and sha256 of every file in it,
 has finished writing and before orbax commits (renames) the folder. `find_intact` checks it before anything is
 restored: a checkpoint with a missing, truncated or changed file, or without the manifest (a save that did not
 complete), is reported with its step and what is wrong and skipped for the newest intact one; training moves
-damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save those steps again. A folder where no
-checkpoint has a manifest (written by a version without them) is restored unverified, with a warning.
+damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save those steps again.
 """
 
 from __future__ import annotations
@@ -145,17 +144,7 @@ def find_intact(workdir: str, step: int | None = None, *, set_aside: bool = Fals
     checkpoints present but none intact, a `CheckpointError` lists each and nothing is moved."""
     root = _checkpoints_dir(workdir)
     steps = list_steps(workdir)
-    # Written before checkpoints had manifests: restored unverified rather than refused.
-    legacy = bool(steps) and not any((root / str(s) / MANIFEST).exists() for s in steps)
-    if legacy:
-        log.warning(
-            "the checkpoints in %s have no %s (written by an older version): restored unverified", root, MANIFEST
-        )
-
-    def problem_of(s: int) -> str | None:
-        problem = verify(root / str(s))
-        return None if legacy and problem == NO_MANIFEST else problem
-
+    problem_of = lambda s: verify(root / str(s))
     if step is not None:
         if step not in steps:
             there = ", ".join(map(str, steps)) or "none"
@@ -210,8 +199,7 @@ class Manager(ocp.CheckpointManager):
 
     def __init__(self, directory: epath.Path, options: ocp.CheckpointManagerOptions, item_names: tuple[str, ...]):
         self._step_in_flight: int | None = None
-        if options.enable_async_checkpointing:
-            options.async_options = ocp.AsyncOptions(post_finalization_callback=self._write_manifest_in_flight)
+        options.async_options = ocp.AsyncOptions(post_finalization_callback=self._write_manifest_in_flight)
         super().__init__(directory, options=options, item_names=item_names)
 
     def _write_manifest_in_flight(self) -> None:
@@ -226,16 +214,12 @@ class Manager(ocp.CheckpointManager):
     def save(self, step: int, *args, **kwargs) -> bool:
         self.wait_until_finished()  # the previous save's manifest is written before `_step_in_flight` changes
         self._step_in_flight = step
-        saved = super().save(step, *args, **kwargs)
-        if saved and not self._options.enable_async_checkpointing and jax.process_index() == 0:
-            write_manifest(self.directory / str(step))
-        return saved
+        return super().save(step, *args, **kwargs)
 
 
-def make_manager(
-    workdir: str, *, keep: int = 2, save_every: int = 0, async_save: bool = True, read_only: bool = False
-) -> ocp.CheckpointManager:
-    """A manager for `<workdir>/checkpoints`: last `keep` checkpoints plus the best by `BEST_METRIC`.
+def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager for `<workdir>/checkpoints` (asynchronous saves): last `keep` checkpoints plus the best by
+    `BEST_METRIC`.
     `read_only` (evaluation) creates and cleans up nothing (orbax's own `read_only` option logs warnings)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
@@ -246,9 +230,8 @@ def make_manager(
         ]
     )
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=max(save_every, 1),
         preservation_policy=policy,
-        enable_async_checkpointing=async_save,
+        enable_async_checkpointing=True,
         cleanup_tmp_directories=not read_only,
         create=not read_only,
     )

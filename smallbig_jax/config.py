@@ -11,21 +11,18 @@ the official code (docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD mome
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
-import numpy as np
 
-from smallbig_jax.data.config import default_data_config
+from smallbig_jax.data.config import DATA_CROSS_RULES, DATA_RULES, default_data_config
 from smallbig_jax.errors import ConfigError
+from smallbig_jax.rules import BOOLEAN, DTYPES, TEXT, Rule, integer, number, one_of
 from smallbig_jax.variants import VARIANTS
 
-DTYPES = ("float32", "bfloat16", "float16")  # names of the compute and parameter dtypes a config may ask for
 # How the model writes the ops whose fastest form depends on the compiler (smallbig_jax/models/smallbig.py): "auto"
 # is "cpu" on a CPU backend and "plain" elsewhere. Named here, not imported, so that a config loads without JAX.
 FORMULATIONS = ("auto", "plain", "cpu")
@@ -33,9 +30,7 @@ FORMULATIONS = ("auto", "plain", "cpu")
 REMAT = ("none", "block", "block_keep_convs")
 
 
-def official_recipe(
-    *, variant: str, num_classes: int, num_frames: int, dataset: str, sampling: str
-) -> ml_collections.ConfigDict:
+def official_recipe(*, variant: str, num_classes: int, num_frames: int, sampling: str) -> ml_collections.ConfigDict:
     """The recipe of the official `scripts/kinetics.sh` / `main.py` for one model and dataset."""
     config = ml_collections.ConfigDict()
     config.seed = 1  # torch.manual_seed(1) in the official main.py
@@ -58,11 +53,9 @@ def official_recipe(
     config.data.crop_size = 224
     config.data.scale_size = 256  # short side before the evaluation crops
     config.data.train_short_side = 320  # the official frames were extracted at short side 320
-    config.data.scales = (1.0, 0.875, 0.75, 0.66)
     config.data.flip = sampling == "dense"  # off for Something-Something: its labels name left and right
     config.data.num_clips = 10 if sampling == "dense" else 2  # final multi-view test
     config.data.num_crops = 3  # 256x256 crops: centre, top-left, bottom-right
-    config.dataset = dataset
 
     config.batch_size = 64  # global: 8 GPUs x 8 clips
     config.num_epochs = 100
@@ -145,53 +138,10 @@ def config_args(arg: str | None, allowed: Mapping[str, str]) -> dict[str, str | 
 # --- The one config check ---------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Rule:
-    """A field's valid values: `valid(value)` and the same in words for the message."""
-
-    valid: Callable[[Any], bool]
-    expected: str
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return (_is_int(v) or isinstance(v, (float, np.floating))) and math.isfinite(v)
-
-
-def integer(low: int, high: int | None = None) -> Rule:
-    words = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-    return Rule(lambda v: _is_int(v) and v >= low and (high is None or v <= high), words)
-
-
-def number(low: float, high: float | None = None, *, low_open: bool = False, high_open: bool = False) -> Rule:
-    """A finite real in the interval; `low_open`/`high_open` exclude the bounds."""
-    above = (lambda v: v > low) if low_open else (lambda v: v >= low)
-    below = (lambda v: True) if high is None else (lambda v: v < high) if high_open else (lambda v: v <= high)
-    words = f"a number {'>' if low_open else '>='} {low}"
-    if high is not None:
-        words = f"a number in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    return Rule(lambda v: _is_number(v) and above(v) and below(v), words)
-
-
-def one_of(*choices: Any) -> Rule:
-    return Rule(lambda v: not isinstance(v, bool) and v in choices, "one of " + ", ".join(map(repr, choices)))
-
-
-BOOLEAN = Rule(lambda v: isinstance(v, bool), "True or False")
-TEXT = Rule(lambda v: isinstance(v, str), "a string")
-SCALES = Rule(
-    lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(_is_number(s) and 0 < s <= 1 for s in v),
-    "a non-empty list of numbers in (0, 1]",
-)
-
 # Every field of the recipe (`official_recipe`) and of the data config (`default_data_config`): add a row with each
 # new field. `check_config` refuses a field that has no row, which catches misspelt fields in config files.
 RULES: dict[str, Rule] = {
     "seed": integer(0),
-    "dataset": TEXT,
     "model.variant": one_of(*VARIANTS),
     "model.num_classes": integer(1),
     "model.base_width": integer(1),
@@ -231,38 +181,7 @@ RULES: dict[str, Rule] = {
         "space-separated --xla_... flags or ''",
     ),
     "profile_steps": integer(0),
-    "data.format": one_of("frames", "video", "arrayrecord"),
-    "data.root": TEXT,
-    "data.train_list": TEXT,
-    "data.val_list": TEXT,
-    "data.frame_template": Rule(
-        lambda v: isinstance(v, str) and "{" in v, "a str.format template such as 'img_{:05d}.jpg'"
-    ),
-    "data.kinetics_ids": BOOLEAN,
-    "data.arrayrecord_dir": TEXT,
-    "data.train_split": TEXT,
-    "data.val_split": TEXT,
-    "data.num_frames": integer(1),
-    "data.stride": integer(1),
-    "data.sampling": one_of("dense", "segment"),
-    "data.crop_size": integer(1),
-    "data.scale_size": integer(1),
-    "data.train_short_side": integer(0),
-    "data.scales": SCALES,
-    "data.max_distort": integer(0),
-    "data.flip": BOOLEAN,
-    "data.num_clips": integer(1),
-    "data.num_crops": one_of(1, 3),
-    "data.bad_input": one_of("error", "resample"),
-    "data.max_resample": integer(0),
-    "data.eval_bad_input": one_of("error", "exclude"),
-    "data.worker_count": integer(0),
-    "data.worker_buffer_size": integer(1),
-    "data.reader_threads": integer(1),
-    "data.reader_buffer": integer(1),
-    "data.device_prefetch": integer(1),
-    "data.dtype": one_of(*DTYPES),
-    "data.decode_threads": BOOLEAN,
+    **DATA_RULES,  # beside their defaults in smallbig_jax/data/config.py
 }
 
 # Rules between fields: (fields named in the message, valid(config), what is expected).
@@ -272,20 +191,9 @@ CROSS_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
         lambda c: c.batch_size % c.grad_accum_steps == 0,
         "batch_size divisible by grad_accum_steps",
     ),
-    (
-        ("data.scale_size", "data.crop_size"),
-        lambda c: c.data.scale_size >= c.data.crop_size,
-        "data.scale_size >= data.crop_size (evaluation crops are cut from the resized frames)",
-    ),
-    (
-        ("data.sampling", "data.num_clips"),
-        lambda c: c.data.sampling != "segment" or c.data.num_clips in (1, 2),
-        "data.num_clips 1 or 2 with segment sampling",
-    ),
-    (
-        ("data.format", "data.train_list", "data.val_list"),
-        lambda c: c.data.format == "arrayrecord" or bool(c.data.train_list or c.data.val_list),
-        "data.train_list or data.val_list set when data.format is 'frames' or 'video'",
+    *(
+        (fields, lambda c, valid=valid: valid(c.data), expected)  # the data rules get the data config
+        for fields, valid, expected in DATA_CROSS_RULES
     ),
 ]
 

@@ -44,11 +44,14 @@ def make_mesh(
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Batches split over every device: along 'data', and over 'slice' outside it on a multi-slice mesh."""
+    """The one batch sharding: the leading (batch) dimension split over every device, along 'data' (and over 'slice'
+    outside it on a multi-slice mesh). The loaders, the steps, the benchmarks and the checks all place their batches
+    with it."""
     return NamedSharding(mesh, P(tuple(mesh.axis_names) if SLICE in mesh.axis_names else DATA))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of `mesh`."""
     return NamedSharding(mesh, P())
 
 
@@ -64,10 +67,9 @@ def _fsdp_spec(shape: tuple[int, ...], size: int) -> P:
 
 
 def state_shardings(abstract_state: Any, mesh: Mesh, strategy: str = "replicate") -> Any:
-    """A sharding for every array of a (possibly abstract) pytree of model/optimizer state."""
-    if strategy == "replicate":
-        return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+    """A sharding for every array of a (possibly abstract) pytree of model/optimizer state: `strategy` 'fsdp' or
+    'replicate' (`config.params_sharding`, checked by `config.check_config`)."""
     if strategy == "fsdp":
         size = mesh.shape[DATA]
         return jax.tree.map(lambda x: NamedSharding(mesh, _fsdp_spec(x.shape, size)), abstract_state)
-    raise ValueError(f"params_sharding={strategy!r}; expected 'replicate' or 'fsdp'")
+    return jax.tree.map(lambda _: replicated(mesh), abstract_state)

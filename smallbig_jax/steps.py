@@ -23,10 +23,8 @@ from flax import nnx
 from jax import lax
 
 from smallbig_jax import sharding
-from smallbig_jax.config import DTYPES
 from smallbig_jax.convert import init_from
 from smallbig_jax.models import (
-    VARIANTS,
     Formulation,
     SmallBigNet,
     build_model,
@@ -42,24 +40,14 @@ def formulation(config: ml_collections.ConfigDict, mesh=None) -> Formulation:
     """The model's formulation, `config.model.formulation` ("auto": "cpu" when `mesh`, or without one JAX's default
     backend, is on the CPU, "plain" elsewhere); it brings the compile options of the steps built here."""
     platform = mesh.devices.flat[0].platform if mesh is not None else None
-    try:
-        return resolve_formulation(config.model.formulation, platform)
-    except ValueError as error:
-        raise ValueError(f"config.model.{error}") from None
+    return resolve_formulation(config.model.formulation, platform)
 
 
 def model_from_config(config: ml_collections.ConfigDict, mesh=None) -> SmallBigNet:
-    """A fresh model for `config.model` (seeded by `config.seed`, dtype names checked, in its `formulation`) and,
-    given the `mesh` it trains on, its BatchNorms set for `config.batchnorm` (per-device statistics: one group per
-    device)."""
+    """A fresh model for `config.model` (seeded by `config.seed`, in its `formulation`) and, given the `mesh` it
+    trains on, its BatchNorms set for `config.batchnorm` (per-device statistics: one group per device). The config
+    is one `config.check_config` has passed."""
     model_config = config.model
-    for key in ("dtype", "param_dtype"):
-        if model_config[key] not in DTYPES:
-            raise ValueError(f"config.model.{key}={model_config[key]!r}; expected one of {sorted(DTYPES)}")
-    if model_config.variant not in VARIANTS:
-        raise ValueError(f"config.model.variant={model_config.variant!r}; expected one of {sorted(VARIANTS)}")
-    if config.batchnorm not in ("per_device", "global"):
-        raise ValueError(f"config.batchnorm={config.batchnorm!r}; expected 'per_device' or 'global'")
     model = build_model(
         model_config.variant,
         model_config.num_classes,

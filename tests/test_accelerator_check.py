@@ -80,7 +80,7 @@ def test_sweep_stops_each_mode_at_out_of_memory_and_reraises_anything_else():
     from smallbig_jax import sharding
     from smallbig_jax.config import official_recipe
 
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     mesh = sharding.make_mesh()
     calls = []
 

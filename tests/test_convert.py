@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import subprocess
-import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import run_python
 
 from smallbig_jax import commands
 from smallbig_jax.convert import keys as keymap
@@ -705,8 +704,7 @@ def test_init_from(torch, ref, tmp_path):
 def test_import_without_torch():
     """`import smallbig_jax.convert` must not import torch (it is an optional extra)."""
     code = "import sys, smallbig_jax, smallbig_jax.convert; assert 'torch' not in sys.modules, 'torch imported'"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+    run_python("-c", code, check=True)
 
 
 def test_reference_runs_channels_last_3d(torch, ref):

@@ -5,12 +5,11 @@ evaluation sees every video exactly once. Also: batches on a 2x2 device mesh in 
 import json
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 from conftest import SBDATA_VIDEOS
+from helpers import run_python, start_python
 
 from smallbig_jax.data import lists, pipeline, transforms
 from smallbig_jax.data.config import default_data_config
@@ -63,21 +62,15 @@ def test_two_processes_build_the_single_host_batches(sbdata_dir, tmp_path):
     cfg.device_prefetch = 1
     (tmp_path / "worker.py").write_text(WORKER)
     port = _free_port()
-    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                str(tmp_path / "worker.py"),
-                str(i),
-                str(port),
-                json.dumps(cfg.to_dict()),
-                str(tmp_path / f"out{i}.json"),
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+        start_python(
+            tmp_path / "worker.py",
+            i,
+            port,
+            json.dumps(cfg.to_dict()),
+            tmp_path / f"out{i}.json",
+            env={"XLA_FLAGS": ""},
+            merge_stderr=True,
         )
         for i in range(2)
     ]
@@ -104,7 +97,7 @@ SHARDED = textwrap.dedent("""
     from smallbig_jax.data import pipeline, transforms
     cfg = ml_collections.ConfigDict(json.loads(sys.argv[1]))
     mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 2), ("data", "model"))
-    loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=8, seed=0, mesh=mesh, batch_axis="data")
+    loader = pipeline.make_train_loader(cfg, num_classes=12, global_batch_size=8, seed=0, mesh=mesh)
     b = next(loader)
     loader.close()
     ref = next(iter(pipeline.train_dataset(cfg, num_classes=12, global_batch_size=8, seed=0)))
@@ -121,17 +114,10 @@ def test_batches_sharded_over_a_device_mesh_in_bfloat16(sbdata_dir, tmp_path):
     cfg.format, cfg.root, cfg.train_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.dtype = 4, 2, 32, "bfloat16"
     (tmp_path / "sharded.py").write_text(SHARDED)
-    env = {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-    }
-    r = subprocess.run(
-        [sys.executable, str(tmp_path / "sharded.py"), json.dumps(cfg.to_dict())],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = run_python(
+        tmp_path / "sharded.py",
+        json.dumps(cfg.to_dict()),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"},
         timeout=600,
     )
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-2000:] + r.stderr[-3000:]

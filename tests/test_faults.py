@@ -401,11 +401,12 @@ def test_evaluate_names_missing_steps_and_missing_metrics(dataset, clean_run):
         evaluate.evaluate_checkpoint(tiny_config(dataset, **{"model.base_width": 8}), workdir=clean_run)
 
 
-def test_checkpoints_without_any_manifest_are_restored_unverified(clean_run, tmp_path, caplog):
-    """Written by a version without manifests: the newest is taken, with a warning, rather than refused."""
+def test_checkpoints_without_any_manifest_are_refused(clean_run, tmp_path):
+    """A checkpoint without its manifest is damaged (its save did not complete), also when none has one: nothing
+    is restored unverified, and nothing is moved."""
     workdir = copy_of(clean_run, tmp_path)
     for step in checkpointing.list_steps(workdir):
         os.remove(os.path.join(workdir, "checkpoints", str(step), checkpointing.MANIFEST))
-    with caplog.at_level(logging.WARNING, logger="smallbig_jax"):
-        assert checkpointing.find_intact(workdir, set_aside=True) == LAST
-    assert "restored unverified" in caplog.text and not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+    with pytest.raises(checkpointing.CheckpointError, match=r"no intact checkpoint in .*\n  step 8: no checksums"):
+        checkpointing.find_intact(workdir, set_aside=True)
+    assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))

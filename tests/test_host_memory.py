@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import platform
-import subprocess
 import sys
 import textwrap
+
+from helpers import run_python
 
 from smallbig_jax.host_memory import OPT_OUT, TUNABLES
 
@@ -35,10 +35,9 @@ SCRIPT = textwrap.dedent(
 def run(tmp_path, **env_changes) -> list[str]:
     script = tmp_path / "entry.py"
     script.write_text(SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT, "JAX_PLATFORMS")}
-    env.update(env_changes)
-    command = [sys.executable, "-u", str(script), "--flag"]
-    out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    out = run_python(
+        "-u", script, "--flag", env=env_changes, drop=("GLIBC_TUNABLES", OPT_OUT, "JAX_PLATFORMS"), check=True
+    )
     return out.stdout.split("\n")
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ast
 import json
 import os
-import subprocess
-import sys
+
+from helpers import run_python
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "smallbig_jax"
@@ -21,9 +21,11 @@ ALLOWED = {
     f"{PACKAGE}.errors": (),
     f"{PACKAGE}.variants": (),
     f"{PACKAGE}.models": (f"{PACKAGE}.models", f"{PACKAGE}.variants"),
-    f"{PACKAGE}.data": (f"{PACKAGE}.data", f"{PACKAGE}.errors"),
+    # The data package places its batches with the one batch sharding (`sharding` imports nothing of the package).
+    f"{PACKAGE}.data": (f"{PACKAGE}.data", f"{PACKAGE}.errors", f"{PACKAGE}.rules", f"{PACKAGE}.sharding"),
     f"{PACKAGE}.convert": (f"{PACKAGE}.convert", f"{PACKAGE}.models", f"{PACKAGE}.errors"),
-    f"{PACKAGE}.config": (f"{PACKAGE}.data.config", f"{PACKAGE}.variants", f"{PACKAGE}.errors"),
+    f"{PACKAGE}.config": (f"{PACKAGE}.data.config", f"{PACKAGE}.variants", f"{PACKAGE}.errors", f"{PACKAGE}.rules"),
+    f"{PACKAGE}.rules": (),
     f"{PACKAGE}.sharding": (),
     f"{PACKAGE}.optim": (),
     f"{PACKAGE}.steps": (
@@ -188,13 +190,6 @@ heavy = ("jax", "flax", "grain", "av", "tensorflow_datasets", "cv2", "orbax.chec
          "smallbig_jax.models", "smallbig_jax.data.pipeline")
 print(json.dumps({{"loaded": [m for m in heavy if m in sys.modules], "cli_loads_jax": cli_loads_jax}}))
 """
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": REPO},
-        timeout=120,
-    )
+    out = run_python("-c", code, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.splitlines()[-1]) == {"loaded": [], "cli_loads_jax": False}

@@ -47,7 +47,7 @@ def test_compilation_cache_settings(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="needs a workdir"):
         runtime.compilation_cache_dir("workdir", None)
 
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     before = jax.config.jax_compilation_cache_dir
     try:
         jax.config.update("jax_compilation_cache_dir", None)
@@ -70,12 +70,12 @@ def test_xla_gpu_flags_keep_the_users_own_and_fields_are_checked():
     )
     assert merged == "--xla_gpu_enable_latency_hiding_scheduler=false --xla_foo=1 --xla_bar=2"
     assert runtime.merged_xla_flags("", runtime.DEFAULT_XLA_GPU_FLAGS) == runtime.DEFAULT_XLA_GPU_FLAGS
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     for key, bad, message in (
         ("profile_steps", -1, "config.profile_steps=-1"),
         ("xla_gpu_flags", "latency_hiding", "config.xla_gpu_flags="),
     ):
-        c = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="x", sampling="dense")
+        c = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
         c[key] = bad
         with pytest.raises(ConfigError, match=message):
             check_config(c)

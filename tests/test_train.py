@@ -1,8 +1,6 @@
 """Training: optimizer and schedule, BatchNorm modes on a mesh, gradient accumulation, evaluation, checkpoints."""
 
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from helpers import run_python
 
 from smallbig_jax import evaluate, optim, sharding, steps
 from smallbig_jax.config import official_recipe
@@ -19,7 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=4, dataset="synthetic", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=4, sampling="dense")
     config.model.base_width = 4
     config.batch_size = 8
     config.num_epochs = 2
@@ -143,7 +142,6 @@ MULTI_DEVICE = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
-    sys.path.insert(0, {tests!r})
     from test_train import tiny_config as recipe, batch, make_stepper, run_step
     from smallbig_jax import sharding
     assert jax.device_count() == 8
@@ -165,13 +163,13 @@ MULTI_DEVICE = textwrap.dedent(
     plain = dict(optimizer=dict(name="sgd", momentum=0.0, nesterov=False, weight_decay=0.0, decay_all_params=True))
     per_device = run_step(tiny_config(batchnorm="per_device", **plain), sharding.make_mesh(), data)
     on_one = make_stepper(tiny_config(batchnorm="global", **plain), sharding.make_mesh(jax.devices()[:1]))
-    parts = [on_one({{k: v[2 * i:2 * i + 2] for k, v in data.items()}}) for i in range(8)]
+    parts = [on_one({k: v[2 * i:2 * i + 2] for k, v in data.items()}) for i in range(8)]
     def diff(a, b):
         pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b))
         return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)
     manual_params = jax.tree.map(lambda *p: np.mean(p, axis=0), *[p[0]["params"] for p in parts])
     manual_stats = jax.tree.map(lambda *s: np.mean(s, axis=0), *[p[0]["batch_stats"] for p in parts])
-    print(json.dumps({{
+    print(json.dumps({
         "global_params": diff(one[0]["params"], eight[0]["params"]),
         "global_stats": diff(one[0]["batch_stats"], eight[0]["batch_stats"]),
         "global_loss": abs(float(one[1]["loss"]) - float(eight[1]["loss"])),
@@ -182,7 +180,7 @@ MULTI_DEVICE = textwrap.dedent(
         "per_device_vs_manual_params": diff(per_device[0]["params"], manual_params),
         "per_device_vs_manual_stats": diff(per_device[0]["batch_stats"], manual_stats),
         "per_device_loss_vs_manual": abs(float(per_device[1]["loss"]) - float(np.mean([p[1]["loss"] for p in parts]))),
-    }}))
+    }))
     """
 )
 
@@ -191,10 +189,8 @@ def test_sharded_step_on_8_devices_equals_one_device_fsdp_equals_replicated_and_
     """The sharding logic, in the plain formulation. In the CPU formulation, whose convolutions run on XLA's Eigen
     conv, one step on 8 devices differs from one device by up to 8e-5 in the stem kernel (2e-4 of its largest
     value; plain: 6e-8): Eigen's results depend on the per-device batch, and the max-pools' gradient routing
-    probably amplifies that. The two formulations are tested equal on one device (tests/test_conv_impl.py)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    code = MULTI_DEVICE.format(tests=os.path.join(REPO, "tests"))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    probably amplifies that. The two formulations are tested equal on one device (tests/test_formulations.py)."""
+    out = run_python("-c", MULTI_DEVICE, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
     assert out.returncode == 0, out.stderr[-3000:]
     import json
 

@@ -16,13 +16,11 @@ import numpy as np
 from absl import flags
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.models import build_model
-from smallbig_jax.sharding import make_mesh
+from smallbig_jax.sharding import batch_sharding, make_mesh, replicated
 
 FLAGS = flags.FlagValues()
 _CLIPS = flags.DEFINE_integer(
@@ -46,15 +44,14 @@ def main() -> int | None:
     local = np.full(shape, float(index + 1), np.float32) + np.arange(np.prod(shape), dtype=np.float32).reshape(
         shape
     ) / np.prod(shape)
-    sharding = NamedSharding(mesh, P("data"))
-    clips = jax.make_array_from_process_local_data(sharding, local)
+    clips = jax.make_array_from_process_local_data(batch_sharding(mesh), local)
 
-    total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, P()))(clips)
+    total = jax.jit(lambda x: x.sum(), out_shardings=replicated(mesh))(clips)
     model = build_model("smallbig23", 5, base_width=4, seed=0)
     model.eval()
     graphdef, state = nnx.split(model)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x), out_shardings=NamedSharding(mesh, P()))
+    state = jax.device_put(state, replicated(mesh))
+    forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x), out_shardings=replicated(mesh))
     logits = forward(state, clips)
     gathered = multihost_utils.process_allgather(clips.addressable_shards[0].data.sum(), tiled=False)
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
 import sys
 
 import av
 import numpy as np
 from tqdm import tqdm
 
+from smallbig_jax.data.pool import parallel_map
 from smallbig_jax.errors import DataError
 
 _SOURCE = {}
@@ -37,10 +36,5 @@ def _work(i: int) -> tuple[int, str]:
 def check_source(source, workers: int = 1, progress: bool = True) -> list[str]:
     """Error messages of every unreadable video of ``source``, in list order (decodes all frames)."""
     n = len(source)
-    if workers <= 1:
-        results = ((i, check_one(source, i)) for i in range(n))
-        return [err for _, err in tqdm(results, total=n, disable=not progress, file=sys.stderr) if err]
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,)) as pool:
-        results = pool.map(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
-        return [err for _, err in tqdm(results, total=n, disable=not progress, file=sys.stderr) if err]
+    results = parallel_map(_work, range(n), workers=workers, initializer=_init, initargs=(source,))
+    return [err for _, err in tqdm(results, total=n, disable=not progress, file=sys.stderr) if err]

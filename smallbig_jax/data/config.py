@@ -1,9 +1,77 @@
-"""Every data option and its default, without loading the input pipeline (grain, PyAV, JAX): a config file builds
-its data config from `default_data_config()` in a fraction of a second."""
+"""Every data option with its default and its rule, side by side, without loading the input pipeline (grain, PyAV,
+JAX): a config file builds its data config from `default_data_config()` in a fraction of a second, and
+`smallbig_jax.config.check_config` checks it against `DATA_RULES` and `DATA_CROSS_RULES`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import ml_collections
+
+from smallbig_jax.rules import BOOLEAN, DTYPES, SCALES, TEXT, Rule, integer, one_of
+
+# The official multi-scale crop's scales (`GroupMultiScaleCrop`, docs/protocol.md#training-recipe).
+MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+# Every data option: name -> (default, rule). A new option is one row here.
+FIELDS: dict[str, tuple[Any, Rule]] = {
+    "format": ("arrayrecord", one_of("frames", "video", "arrayrecord")),
+    "root": ("", TEXT),
+    "train_list": ("", TEXT),
+    "val_list": ("", TEXT),
+    "frame_template": (
+        "img_{:05d}.jpg",
+        Rule(lambda v: isinstance(v, str) and "{" in v, "a str.format template such as 'img_{:05d}.jpg'"),
+    ),
+    "kinetics_ids": (False, BOOLEAN),
+    "arrayrecord_dir": ("", TEXT),
+    "train_split": ("train", TEXT),
+    "val_split": ("val", TEXT),
+    "num_frames": (8, integer(1)),
+    "stride": (8, integer(1)),
+    "sampling": ("dense", one_of("dense", "segment")),
+    "crop_size": (224, integer(1)),
+    "scale_size": (256, integer(1)),
+    "train_short_side": (0, integer(0)),
+    "scales": (MULTISCALE_SCALES, SCALES),
+    "max_distort": (1, integer(0)),
+    "flip": (True, BOOLEAN),
+    "num_clips": (1, integer(1)),
+    "num_crops": (1, one_of(1, 3)),
+    "bad_input": ("error", one_of("error", "resample")),
+    "max_resample": (10, integer(0)),
+    "eval_bad_input": ("error", one_of("error", "exclude")),
+    "worker_count": (0, integer(0)),
+    "worker_buffer_size": (2, integer(1)),
+    "reader_threads": (2, integer(1)),
+    "reader_buffer": (2, integer(1)),
+    "device_prefetch": (2, integer(1)),
+    "dtype": ("float32", one_of(*DTYPES)),
+    "decode_threads": (False, BOOLEAN),
+}
+
+# The rules of the data options as `config.RULES` names them.
+DATA_RULES: dict[str, Rule] = {f"data.{field}": rule for field, (_, rule) in FIELDS.items()}
+
+# Rules between data options: (fields named in the message, valid(data config), what is expected).
+DATA_CROSS_RULES: list[tuple[tuple[str, ...], Callable[[Any], bool], str]] = [
+    (
+        ("data.scale_size", "data.crop_size"),
+        lambda d: d.scale_size >= d.crop_size,
+        "data.scale_size >= data.crop_size (evaluation crops are cut from the resized frames)",
+    ),
+    (
+        ("data.sampling", "data.num_clips"),
+        lambda d: d.sampling != "segment" or d.num_clips in (1, 2),
+        "data.num_clips 1 or 2 with segment sampling",
+    ),
+    (
+        ("data.format", "data.train_list", "data.val_list"),
+        lambda d: d.format == "arrayrecord" or bool(d.train_list or d.val_list),
+        "data.train_list or data.val_list set when data.format is 'frames' or 'video'",
+    ),
+]
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -23,34 +91,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       ``device_prefetch`` (global batches on the devices ahead), ``dtype``, ``decode_threads`` (PyAV threads).
     """
     c = ml_collections.ConfigDict()
-    c.format = "arrayrecord"
-    c.root = ""
-    c.train_list = ""
-    c.val_list = ""
-    c.frame_template = "img_{:05d}.jpg"
-    c.kinetics_ids = False
-    c.arrayrecord_dir = ""
-    c.train_split = "train"
-    c.val_split = "val"
-    c.num_frames = 8
-    c.stride = 8
-    c.sampling = "dense"
-    c.crop_size = 224
-    c.scale_size = 256
-    c.train_short_side = 0
-    c.scales = (1.0, 0.875, 0.75, 0.66)
-    c.max_distort = 1
-    c.flip = True
-    c.num_clips = 1
-    c.num_crops = 1
-    c.bad_input = "error"
-    c.max_resample = 10
-    c.eval_bad_input = "error"
-    c.worker_count = 0
-    c.worker_buffer_size = 2
-    c.reader_threads = 2
-    c.reader_buffer = 2
-    c.device_prefetch = 2
-    c.dtype = "float32"
-    c.decode_threads = False
+    for field, (default, _) in FIELDS.items():  # assigned in order: the saved config lists them so
+        c[field] = default
     return c

@@ -26,21 +26,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from smallbig_jax.data import transforms
+from smallbig_jax.sharding import batch_sharding
 
 log = logging.getLogger(__name__)
-
-
-def batch_spec(mesh: Mesh, batch_axis=None) -> PartitionSpec:
-    """The batch dimension split over ``batch_axis`` (default: every axis of ``mesh``)."""
-    return PartitionSpec(batch_axis if batch_axis is not None else mesh.axis_names)
 
 
 class GlobalBatcher:
     """Host batches -> global ``jax.Array`` batches on ``mesh``; ``clip`` normalised on the devices into ``dtype``.
     ``bad_index`` (host bookkeeping) is dropped."""
 
-    def __init__(self, mesh: Mesh, batch_axis=None, dtype: str = "float32"):
-        self.sharding = NamedSharding(mesh, batch_spec(mesh, batch_axis))
+    def __init__(self, mesh: Mesh, dtype: str = "float32"):
+        self.sharding = batch_sharding(mesh)
         out = NamedSharding(mesh, PartitionSpec(*self.sharding.spec, None, None, None, None))
         self._normalize = jax.jit(lambda x: transforms.normalize(x, jnp.dtype(dtype)), out_shardings=out)
 
@@ -153,7 +149,6 @@ class DeviceIterator:
         global_batch_size: int,
         prefetch: int = 2,
         dtype: str = "float32",
-        batch_axis=None,
         epoch_size: int | None = None,
         restart: Callable[[int], grain.IterDataset] | None = None,
         layout: dict[str, int] | None = None,
@@ -162,7 +157,7 @@ class DeviceIterator:
         self._ds, self._source, self._restart = host_ds, source, restart
         self._layout = dict(layout or {}, global_batch_size=global_batch_size, start_position=0)
         self._global_batch, self._prefetch_size = global_batch_size, prefetch
-        self._to_global = GlobalBatcher(mesh, batch_axis, dtype)
+        self._to_global = GlobalBatcher(mesh, dtype)
         self._log = BadInputLog(source, epoch_size, explain)
         self._it = iter(host_ds)
         self._state = self._it.get_state()

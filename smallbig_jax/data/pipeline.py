@@ -66,36 +66,11 @@ from absl import flags
 from jax.sharding import Mesh
 
 from smallbig_jax.data import sampling, sources, transforms
-from smallbig_jax.data.device_iterator import DeviceIterator, batch_spec
+from smallbig_jax.data.device_iterator import DeviceIterator
 from smallbig_jax.errors import DataError
+from smallbig_jax.sharding import DATA
 
 log = logging.getLogger(__name__)
-
-
-def check_config(cfg: ml_collections.ConfigDict) -> None:
-    """Raises ``ValueError`` naming the field for a data config that cannot work, before any video is read."""
-    choices = {
-        "format": ("frames", "video", "arrayrecord"),
-        "sampling": ("dense", "segment"),
-        "num_crops": (1, 3),
-        "bad_input": ("error", "resample"),
-        "eval_bad_input": ("error", "exclude"),
-    }
-    for field, allowed in choices.items():
-        if cfg[field] not in allowed:
-            raise ValueError(f"data.{field} must be one of {allowed}, got {cfg[field]!r}")
-    if cfg.sampling == "segment" and cfg.num_clips not in (1, 2):
-        raise ValueError(f"data.num_clips must be 1 or 2 with segment sampling, got {cfg.num_clips}")
-    for field in ("num_frames", "stride", "crop_size", "scale_size", "num_clips"):
-        if int(cfg[field]) < 1:
-            raise ValueError(f"data.{field} must be positive, got {cfg[field]}")
-    if cfg.num_crops == 1 and cfg.crop_size > cfg.scale_size:
-        raise ValueError(
-            f"data.crop_size={cfg.crop_size} is larger than data.scale_size={cfg.scale_size}: the evaluation crop "
-            "is cut from frames resized to a short side of scale_size"
-        )
-    if cfg.format != "arrayrecord" and not cfg.train_list and not cfg.val_list:
-        raise ValueError(f"data.format={cfg.format!r} needs data.train_list or data.val_list")
 
 
 def _min_decode_side(cfg) -> int:
@@ -111,8 +86,6 @@ class TrainExample:
     def __init__(self, source, cfg: ml_collections.ConfigDict, seed: int):
         self.source, self.seed, self.n = source, seed, len(source)
         self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        if self.cfg["bad_input"] not in ("error", "resample"):
-            raise ValueError(f"bad_input must be 'error' or 'resample', got {self.cfg['bad_input']!r}")
         self.min_side = _min_decode_side(ml_collections.ConfigDict(self.cfg))
         self._reported: set[int] = set()
 
@@ -157,8 +130,6 @@ class EvalExample:
     def __init__(self, source, cfg: ml_collections.ConfigDict):
         self.source = source
         self.cfg = cfg.to_dict() if isinstance(cfg, ml_collections.ConfigDict) else dict(cfg)
-        if self.cfg["eval_bad_input"] not in ("error", "exclude"):
-            raise ValueError(f"eval_bad_input must be 'error' or 'exclude', got {self.cfg['eval_bad_input']!r}")
         c = self.cfg
         self.views = c["num_clips"] * c["num_crops"]
         self.total = len(source) * self.views
@@ -274,7 +245,6 @@ def train_dataset(
     """This host's training batches as a grain ``IterDataset`` of uint8 numpy dicts (infinite, reshuffled
     every epoch), from global stream position ``start_position``; ``shard_options`` defaults to
     ``ShardByJaxProcess``. Labels must be in ``[0, num_classes)``."""
-    check_config(cfg)
     source = source if source is not None else sources.make_source(cfg, "train", num_classes)
     shard = _shard_options(shard_options)
     example = TrainExample(source, cfg, seed)
@@ -302,7 +272,6 @@ def eval_dataset(
 
 def _eval_dataset(cfg, global_batch_size, num_classes, shard_options, source, pad_to):
     """:func:`eval_dataset` and its :class:`EvalExample`."""
-    check_config(cfg)
     source = source if source is not None else sources.make_source(cfg, "val", num_classes)
     shard = _shard_options(shard_options)
     example = EvalExample(source, cfg)
@@ -337,7 +306,6 @@ def make_train_loader(
     seed: int,
     num_classes: int,
     mesh: Mesh,
-    batch_axis=None,
 ) -> DeviceIterator:
     """Infinite training iterator of global batches ``{"clip" [N,T,H,W,3], "label" [N]}`` on ``mesh``."""
     source = sources.make_source(data_config, "train", num_classes)
@@ -357,7 +325,6 @@ def make_train_loader(
         global_batch_size=global_batch_size,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
-        batch_axis=batch_axis,
         epoch_size=len(source),
         restart=make,
         layout=layout,
@@ -370,14 +337,12 @@ def make_eval_loader(
     global_batch_size: int,
     num_classes: int,
     mesh: Mesh,
-    batch_axis=None,
 ) -> DeviceIterator:
     """One pass over every evaluation view: ``clip``, ``label``, ``video_index``, ``mask``, ``broken``.
 
     ``global_batch_size`` views per batch whatever the device count: each batch is padded with masked views to a
     multiple of the devices it is sharded over (4 views on 3 devices: batches of 6 with 2 masked)."""
-    spec = batch_spec(mesh, batch_axis)[0]
-    shards = int(np.prod([mesh.shape[a] for a in ((spec,) if isinstance(spec, str) else spec)]))
+    shards = mesh.shape[DATA]  # the batch is split over the mesh's data axis (`sharding.batch_sharding`)
     source = sources.make_source(data_config, "val", num_classes)
     ds, example = _eval_dataset(data_config, global_batch_size, num_classes, None, source, shards)
     return DeviceIterator(
@@ -387,6 +352,5 @@ def make_eval_loader(
         global_batch_size=-(-global_batch_size // shards) * shards,
         prefetch=data_config.device_prefetch,
         dtype=data_config.dtype,
-        batch_axis=batch_axis,
         explain=example.failure,
     )

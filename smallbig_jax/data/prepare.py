@@ -1,10 +1,8 @@
 """Writes a frame-folder or video dataset as ArrayRecord shards through the project's TFDS builder, in parallel,
 listing failures.
 
-The builder, `SmallBigVideo` (``small_big_video/jpeg`` and ``small_big_video/video``), stores one record per video:
-``name`` (bytes), ``label``, ``num_frames``, and either ``frames`` (the JPEG-encoded frames, config ``jpeg``) or
-``video`` (the encoded video file's bytes, config ``video``). ``tfds.features.Video`` and ``Image`` would need
-TensorFlow, so frames are stored as object (bytes) tensors and decoded by the source (only the frames a clip needs).
+The builder, `SmallBigVideo` (``small_big_video/jpeg`` and ``small_big_video/video``), stores one record per video
+(`smallbig_jax.data.records`: the JPEG frames with config ``jpeg``, the encoded video file with config ``video``).
 
 `prepare_dataset` (``smallbig-jax prepare``) writes ``manifest.json`` (each split's list file, input format and
 options) into the manual dir and calls ``download_and_prepare``; the builder turns each listed video into a record
@@ -15,11 +13,9 @@ and skipped instead of stopping the build. Readers need only the data dir (`sour
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -35,7 +31,8 @@ from tensorflow_datasets.core import file_adapters
 from tensorflow_datasets.core.utils import tqdm_utils
 from tqdm import tqdm
 
-from smallbig_jax.data import sources
+from smallbig_jax.data import records, sources
+from smallbig_jax.data.pool import parallel_map
 from smallbig_jax.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -60,17 +57,8 @@ class SmallBigVideo(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = "Run smallbig-jax prepare, which writes manifest.json here."
 
     def _info(self) -> tfds.core.DatasetInfo:
-        obj = lambda shape: tfds.features.Tensor(shape=shape, dtype=np.object_)
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict(
-                {
-                    "name": obj(()),
-                    "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-                    "num_frames": tfds.features.Tensor(shape=(), dtype=np.int64),
-                    "frames": obj((None,)),
-                    "video": obj(()),
-                }
-            ),
+            features=records.features(),
             supervised_keys=None,
             homepage="https://github.com/xhl-video/SmallBigNet",
             citation=_CITATION,
@@ -110,18 +98,11 @@ def make_example(source, i: int, config: str, quality: int = 90, short_side: int
     """The record of video ``i``. Every frame is decoded, so a broken video raises :class:`DataError` here and
     not during training."""
     e = source.entries[i]
-    empty = np.zeros((0,), np.object_)
     if config == "video":
         if not isinstance(source, sources.VideoFileSource):
             raise ValueError("config 'video' needs a video list as input")
         frames, _ = source.load(i, lambda n: np.arange(n))
-        return {
-            "name": e.path,
-            "label": e.label,
-            "num_frames": len(frames),
-            "frames": empty,
-            "video": _read_bytes(source.path(i)),
-        }
+        return records.record(e.path, e.label, len(frames), video=_read_bytes(source.path(i)))
     frames, _ = source.load(i, lambda n: np.arange(n))
     if isinstance(source, sources.FrameFolderSource) and not short_side:
         # The frames are JPEG files already (and decode, as just checked): store their bytes as they are.
@@ -129,9 +110,7 @@ def make_example(source, i: int, config: str, quality: int = 90, short_side: int
         data = [_read_bytes(os.path.join(folder, source.template.format(k + 1))) for k in range(len(frames))]
     else:
         data = [_encode_jpeg(f, quality, short_side) for f in frames]
-    arr = np.empty((len(data),), np.object_)
-    arr[:] = data
-    return {"name": e.path, "label": e.label, "num_frames": len(data), "frames": arr, "video": b""}
+    return records.record(e.path, e.label, len(data), frames=data)
 
 
 _WORKER: dict[str, Any] = {}
@@ -156,24 +135,18 @@ def generate_examples(spec: dict[str, Any], config: str) -> Iterator[tuple[str, 
     source = _source(spec)
     n, failed = len(source), []
     workers = int(spec.get("workers") or os.cpu_count() or 1)
-    # A process pool that fails loudly (BrokenProcessPool) if a worker dies, where multiprocessing.Pool would
-    # respawn workers forever. "spawn": safe whatever threads the parent (tfds, JAX) has started.
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=ctx, initializer=_init, initargs=(spec, config)
-    ) as pool:
-        results = pool.map(_work, range(n), chunksize=max(1, min(16, n // (4 * workers) or 1)))
-        for i, ex, err in tqdm(
-            results,
-            total=n,
-            desc=f"{spec.get('split', '')} videos",
-            file=sys.stderr,
-            disable=not spec.get("progress", True),
-        ):
-            if ex is None:
-                failed.append(f"{source.entries[i].source}\t{source.entries[i].path}\t{err}")
-                continue
-            yield f"{i:09d}", ex
+    results = parallel_map(_work, range(n), workers=workers, initializer=_init, initargs=(spec, config))
+    for i, ex, err in tqdm(
+        results,
+        total=n,
+        desc=f"{spec.get('split', '')} videos",
+        file=sys.stderr,
+        disable=not spec.get("progress", True),
+    ):
+        if ex is None:
+            failed.append(f"{source.entries[i].source}\t{source.entries[i].path}\t{err}")
+            continue
+        yield f"{i:09d}", ex
     if spec.get("failed_file"):
         with open(spec["failed_file"], "w") as f:
             f.writelines(line + "\n" for line in failed)

@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from smallbig_jax.data.config import MULTISCALE_SCALES
+
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
-MULTISCALE_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 Box = tuple[float, float, float, float]  # (left, top, right, bottom) in source pixels.
 
@@ -156,11 +157,6 @@ def resize_crop(frames: np.ndarray, box: Box, out_size: int, flip: bool = False)
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         out[i] = np.asarray(img)
     return out
-
-
-def flip(frames: np.ndarray) -> np.ndarray:
-    """Horizontal flip of a ``[T, H, W, C]`` clip."""
-    return np.ascontiguousarray(frames[:, :, ::-1])
 
 
 def normalize(frames, dtype=np.float32):

@@ -6,9 +6,7 @@ The project's one video writer: the synthetic dataset, the input-pipeline benchm
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
-import multiprocessing
 import os
 
 import av
@@ -16,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from smallbig_jax.data import prepare, synthetic
+from smallbig_jax.data.pool import parallel_map
 
 
 def write_mp4(
@@ -86,13 +85,8 @@ def write_synthetic_dataset(out: str, *, workers: int = 2, **arguments) -> dict[
         counts[split] = spec[split]
     with open(os.path.join(out, "classes.txt"), "w") as f:
         f.writelines(c + "\n" for c in synthetic.CLASSES)
-    if workers > 1:
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            list(pool.map(_write_synthetic_video, jobs, chunksize=16))
-    else:
-        for job in jobs:
-            _write_synthetic_video(job)
+    for _ in parallel_map(_write_synthetic_video, jobs, workers=workers):
+        pass
     if spec["arrayrecord"]:
         prepare.prepare_dataset(
             os.path.join(out, "arrayrecord"),

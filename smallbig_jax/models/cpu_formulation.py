@@ -13,7 +13,7 @@ producers into each of their consumers, recomputing them (and re-reading their i
 - programs are compiled with `COMPILER_OPTIONS` (`CPU.compiler_options("cpu")`), which keep convolutions with XLA's
   own conv.
 
-What each of these gains is measured against its plain form in BENCHMARKS.md; tests/test_conv_impl.py checks that
+What each of these gains is measured against its plain form in BENCHMARKS.md; tests/test_formulations.py checks that
 the whole formulation equals the plain one in value and gradient (float64).
 """
 
