@@ -31,6 +31,7 @@ from typing import Any
 from absl import app, flags
 from ml_collections.config_flags import config_flags  # its _ConfigFlag: the module, not the package
 
+from smallbig_jax.config import check_config
 from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
@@ -314,11 +315,15 @@ def define_config_flag(
 
 
 def config_value(holder: ConfigHolder) -> Any:
-    """The config the command line gave (None if `--config` was not given); a missing or broken config file, an
-    unknown config argument or `--config.<field>` raise their one-line `ConfigError` here."""
+    """The config the command line gave (None if `--config` was not given), checked against `config.RULES`: the
+    edge where every command's config is validated. A missing or broken config file, an unknown config argument or
+    `--config.<field>`, or a bad value raise their one-line `ConfigError` here."""
     if holder.flag.error is not None:
         raise holder.flag.error
-    return holder.flag.value
+    config = holder.flag.value
+    if config is not None:
+        check_config(config)
+    return config
 
 
 def run_command(

@@ -55,7 +55,7 @@ ALLOWED = {
         f"{PACKAGE}.runtime",
         f"{PACKAGE}.metrics",
     ),
-    f"{PACKAGE}.cli": (f"{PACKAGE}.errors",),
+    f"{PACKAGE}.cli": (f"{PACKAGE}.errors", f"{PACKAGE}.config"),  # config_value checks the config it loads
     f"{PACKAGE}.runtime": (),
     f"{PACKAGE}.metrics": (),
     f"{PACKAGE}.distributed": (),
