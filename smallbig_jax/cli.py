@@ -24,6 +24,9 @@ from smallbig_jax.errors import USER_ERRORS
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
+# A training run stopped by a preemption (SIGTERM, Ctrl-C) after saving its checkpoint: BSD's EX_TEMPFAIL, "try
+# again later". The launchers (scripts/launch_*.sh) requeue a job that exits with it.
+EXIT_PREEMPTED = 75
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 _debug_flag = False  # --debug of the command running in this process

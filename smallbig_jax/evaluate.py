@@ -104,10 +104,14 @@ def evaluate(
     num_videos: int,
     num_classes: int,
     average: str = "softmax",
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions."""
+    """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions.
+    `between_batches` is called before each batch (a training run's preemption check; it may raise)."""
     scores = VideoScores(num_videos, num_classes, average)
     for batch in batches:
+        if between_batches is not None:
+            between_batches()
         logits = eval_step(params, batch_stats, batch["clip"])
         host = {k: _to_host(batch[k]) for k in ("label", "video_index", "mask") if k in batch}
         broken = _to_host(batch["broken"]) if "broken" in batch else None
@@ -116,7 +120,13 @@ def evaluate(
 
 
 def evaluate_dataset(
-    config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any, mesh
+    config,
+    data_config,
+    eval_graphdef: nnx.GraphDef,
+    params: Any,
+    batch_stats: Any,
+    mesh,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
     loader = pipeline.make_eval_loader(
@@ -131,6 +141,7 @@ def evaluate_dataset(
             num_videos=loader.num_videos,
             num_classes=config.model.num_classes,
             average=config.eval_average,
+            between_batches=between_batches,
         )
     finally:
         loader.close()

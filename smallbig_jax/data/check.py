@@ -10,12 +10,14 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from smallbig_jax.data.workers import die_with_parent
 from smallbig_jax.errors import DataError
 
 _SOURCE = {}
 
 
 def _init(source) -> None:
+    die_with_parent()
     _SOURCE["s"] = source
 
 

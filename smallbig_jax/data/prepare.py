@@ -35,6 +35,7 @@ from tensorflow_datasets.core.utils import tqdm_utils
 from tqdm import tqdm
 
 from smallbig_jax.data import sources
+from smallbig_jax.data.workers import die_with_parent
 from smallbig_jax.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -137,6 +138,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init(spec: dict[str, Any], config: str) -> None:
+    die_with_parent()
     _WORKER.update(source=_source(spec), spec=spec, config=config)
 
 

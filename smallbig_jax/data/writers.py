@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from smallbig_jax.data import prepare, synthetic
+from smallbig_jax.data.workers import die_with_parent
 
 
 def write_mp4(
@@ -88,7 +89,7 @@ def write_synthetic_dataset(out: str, *, workers: int = 2, **arguments) -> dict[
         f.writelines(c + "\n" for c in synthetic.CLASSES)
     if workers > 1:
         ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) as pool:
             list(pool.map(_write_synthetic_video, jobs, chunksize=16))
     else:
         for job in jobs:
