@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,19 @@ EXIT_PREEMPTED = 75
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 _debug_flag = False  # --debug of the command running in this process
+
+
+def exit_on_early_preemption() -> None:
+    """Until a training run installs its own handling (`smallbig_jax.preemption`), SIGTERM and Ctrl-C stop the
+    process at once with `EXIT_PREEMPTED`: there is nothing to save yet (imports, start-up)."""
+
+    def stop(signum, frame):
+        del frame
+        print(f"{signal.Signals(signum).name} before the run started: nothing to save; exiting", file=sys.stderr)
+        os._exit(EXIT_PREEMPTED)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def debug_requested() -> bool:

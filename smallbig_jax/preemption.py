@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 EXIT_ABORTED = 130  # 128 + SIGINT, as a shell reports an interrupted command
 NOTICE_KEY = "RECEIVED_PREEMPTION_NOTICE"  # the key JAX's preemption sync manager watches
-EXIT_NOW_KEY = "smallbig_preempted_before_first_step"
+EXIT_NOW_KEY = "smallbig_preempted_before_first_step/"  # + process index: "exit", or "over" when the run ends
 SEEN_KEY = "smallbig_preempted_before_first_step_seen/"
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
 
@@ -83,11 +83,16 @@ class Preemption:
             self._previous[sig] = signal.signal(sig, lambda signum, frame: None)  # the watcher does the work
         self._previous_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
         threading.Thread(target=self._watch_signals, name="preemption-signals", daemon=True).start()
+        self._notice_thread = None
         if _client() is not None:
-            threading.Thread(target=self._watch_exit_now, name="preemption-notice", daemon=True).start()
+            self._notice_thread = threading.Thread(target=self._watch_exit_now, name="preemption-notice", daemon=True)
+            self._notice_thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._notice_thread is not None:  # not left blocked in the coordination service at interpreter exit
+            _client().key_value_set(EXIT_NOW_KEY + str(jax.process_index()), "over", allow_overwrite=True)
+            self._notice_thread.join()
         signal.set_wakeup_fd(self._previous_fd)
         for sig, previous in self._previous.items():
             # None: a handler installed outside Python (JAX's notifier); the default is the closest we can restore.
@@ -156,8 +161,9 @@ class Preemption:
         client = _client()
         if before_first_step:
             if client is not None:
-                client.key_value_set(EXIT_NOW_KEY, self._when())
-                return  # the notice watcher of this process exits too, with the others
+                for i in range(jax.process_count()):
+                    client.key_value_set(EXIT_NOW_KEY + str(i), "exit", allow_overwrite=True)
+                return  # the notice watcher of this process exits, with the others
             self._exit_before_first_step()
         what = "Ctrl-C" if signum == signal.SIGINT else self.signal_name
         log.warning(
@@ -173,16 +179,17 @@ class Preemption:
         client = _client()
         while True:
             try:
-                when = client.blocking_key_value_get(EXIT_NOW_KEY, 3_600_000)
+                what = client.blocking_key_value_get(EXIT_NOW_KEY + str(jax.process_index()), 3_600_000)
                 break
-            except Exception as e:  # a timeout: wait again; anything else (the run ended): stop watching
+            except Exception as e:  # a timeout: wait again; anything else: stop watching
                 if "DEADLINE_EXCEEDED" not in str(e):
                     return
+        if what != "exit":
+            return  # the run is over
         with self._lock:
             self._noticed = True
             if self.signal_time is None:
-                self.signal_name = "preemption notice"
-                self.signal_time = datetime.datetime.fromisoformat(when).timestamp()
+                self.signal_name, self.signal_time = "preemption notice", time.time()
         client.key_value_set(SEEN_KEY + str(jax.process_index()), "1")
         if jax.process_index() == 0:  # the coordination service lives here: the others must have read the key
             for i in range(1, jax.process_count()):

@@ -203,16 +203,29 @@ class Run:
         """The current (or EMA) weights on the validation split with `data_config`'s views, with a service point
         before each batch."""
         params = self.state.get("ema_params", self.state["params"])
+        batches = 0
+
+        def between_batches() -> None:
+            nonlocal batches
+            batches += 1
+            self.service()
+
         with self.goodput.phase("evaluation"):
-            result = evaluation.evaluate_dataset(
-                self.config,
-                data_config,
-                self.setup.eval_graphdef,
-                params,
-                self.state["batch_stats"],
-                self.mesh,
-                between_batches=self.service,
-            )
+            try:
+                result = evaluation.evaluate_dataset(
+                    self.config,
+                    data_config,
+                    self.setup.eval_graphdef,
+                    params,
+                    self.state["batch_stats"],
+                    self.mesh,
+                    between_batches=between_batches,
+                )
+            except Preempted:
+                log.warning(
+                    "%s of step %d stopped before its batch %d by the preemption", split_name, self.step, batches
+                )
+                raise
         log.info(
             "%s: top-1 %.4f  top-5 %.4f over %d videos (%d views each)",
             split_name,

@@ -55,6 +55,8 @@ def run(command: str, args: list[str] | None = None) -> int:
         args = sys.argv[1:]
         if command in KEEP_HOST_MEMORY:
             keep_freed_host_memory()
+    if command == "train":
+        cli.exit_on_early_preemption()
     module = importlib.import_module(f"{__name__}.{command}")  # only the chosen command's imports are paid for
     return cli.run_command(f"{PROG} {command}", module.__doc__ or "", module.FLAGS, module.main, list(args))
 
