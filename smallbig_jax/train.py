@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -437,13 +438,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started:
         )
         result = TrainResult(steps=run.start, total_steps=run.total_steps)
         writer = MetricWriter(workdir, resumed_at=run.start)
-        cleanup.callback(writer.close)
-        cleanup.callback(_write_goodput, run, writer, result, earlier)
-        cleanup.callback(plot_curves, workdir)
-        cleanup.callback(run.loader.close)
-        cleanup.callback(run.manager.close)
-        cleanup.callback(run.manager.wait_until_finished)
-        cleanup.callback(goodput.switch, "close")
+        for close, *args in (
+            (writer.close,),
+            (_write_goodput, run, writer, result),
+            (plot_curves, workdir),
+            (run.loader.close,),
+            (run.manager.close,),
+            (run.manager.wait_until_finished,),
+            (goodput.switch, "close"),
+        ):
+            cleanup.push(_closing(close, *args))
         try:
             with goodput.phase("train"):
                 train_steps(run, writer, result)
@@ -454,6 +458,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, started:
     return result
 
 
-def _write_goodput(run: Run, writer: MetricWriter, result: TrainResult, earlier: list[dict]) -> None:
+def _closing(close: Callable, *args: Any) -> Callable:
+    """An exit callback that calls `close(*args)`; while an error is already on its way out, a failure of `close` is
+    logged, not raised (a full disk fails the closing writes too): the first failure is the one reported."""
+
+    def exit_(exc_type, exc, traceback) -> bool:
+        del exc, traceback
+        if exc_type is None:
+            close(*args)
+            return False
+        try:
+            close(*args)
+        except Exception as e:
+            log.warning("while stopping: %s", str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+        return False
+
+    return exit_
+
+
+def _write_goodput(run: Run, writer: MetricWriter, result: TrainResult) -> None:
     result.goodput = run.goodput.row()
     writer.write(result.steps, "goodput", result.goodput)

@@ -53,7 +53,7 @@ def test_tpu_pod_worker_loop_requeues_only_on_the_preempted_status(tmp_path):
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--repo-dir", str(tmp_path), "--retries", "5",
              "--command", "bash step.sh", "--dry-run")  # fmt: skip
     remote = r.stdout.strip().split("--command='", 1)[1].rstrip("'")
-    (tmp_path / "step.sh").write_text('n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ $n -ge 2 ] || exit 75\n')
+    (tmp_path / "step.sh").write_text("n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ $n -ge 2 ] || exit 75\n")
     out = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and (tmp_path / "n").read_text().strip() == "3", out.stderr
     assert out.stderr.count("preempted (exit 75): resuming") == 2
