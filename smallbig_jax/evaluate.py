@@ -10,6 +10,7 @@ counted once over all hosts; padding views are ignored; a video with any broken 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -25,6 +26,8 @@ from smallbig_jax.convert import load_converted_model
 from smallbig_jax.data import pipeline
 from smallbig_jax.optim import make_optimizer
 from smallbig_jax.steps import make_eval_step  # the one eval step, shared with the benchmark
+
+log = logging.getLogger(__name__)
 
 
 def _to_host(x: jax.Array) -> np.ndarray:
@@ -183,22 +186,48 @@ def evaluate_checkpoint(
     else:
         if not checkpointing.list_steps(workdir):  # checked first: a mistyped workdir must not be created
             raise checkpointing.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
-        manager = checkpointing.make_manager(workdir, read_only=True)
-        try:
-            step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
-            saved_config, _ = checkpointing.restore_run_info(manager, step)
-            shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
-            changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
-            if changed:
-                raise ConfigError(
-                    f"checkpoint step {step} was trained with another model; set these fields as "
-                    "it was trained:\n  " + "\n  ".join(changed)
-                )
-            abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
-            state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
-        finally:
-            manager.close()
+        state, step = _restore_beside_training(config, workdir, mesh, step, best)
         params, batch_stats = state.get("ema_params", state["params"]), state["batch_stats"]
     result = evaluate_dataset(config, config.data, eval_graphdef, params, batch_stats, mesh)
     result["step"] = step
     return result
+
+
+def _restore_one(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    try:
+        step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
+        saved_config, _ = checkpointing.restore_run_info(manager, step)
+        shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
+        changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
+        if changed:
+            raise ConfigError(
+                f"checkpoint step {step} was trained with another model; set these fields as "
+                "it was trained:\n  " + "\n  ".join(changed)
+            )
+        abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
+        state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
+        return state, step
+    finally:
+        manager.close()
+
+
+def _restore_beside_training(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
+    """The train state of the newest (or `step`, or the best) checkpoint of `workdir`. A `train` running there deletes
+    old checkpoints as it saves new ones (`keep_checkpoints`): when the newest one disappears while it is read, the
+    newest is picked again, with a warning that says why (a step asked for by number is not replaced)."""
+    attempts = 0
+    while True:
+        before = checkpointing.list_steps(workdir)
+        try:
+            return _restore_one(config, workdir, mesh, step, best)
+        except Exception:
+            attempts += 1
+            vanished = [s for s in before if s not in checkpointing.list_steps(workdir)]
+            if step is not None or best or not vanished or attempts == 5:
+                raise
+            log.warning(
+                "checkpoint step %s was deleted while it was read (a running train keeps its newest checkpoints "
+                "only); evaluating the newest one again",
+                ", ".join(map(str, vanished)),
+            )
