@@ -66,8 +66,10 @@ def test_tpu_pod_custom_command_and_missing_arguments():
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "--project" not in r.stdout
-    assert "--command='cd /srv/code && pip install -e . && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 "
-    "python scripts/benchmark.py --dtype bfloat16; status=$?" in r.stdout
+    assert (
+        "--command='cd /srv/code && pip install -e . && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 "
+        "python scripts/benchmark.py --dtype bfloat16; status=$?"
+    ) in r.stdout
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--dry-run")
     assert r.returncode == 2 and "--zone" in r.stderr
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--dry-run")
