@@ -91,8 +91,11 @@ class Preemption:
 
     def __exit__(self, *exc) -> None:
         if self._notice_thread is not None:  # not left blocked in the coordination service at interpreter exit
-            _client().key_value_set(EXIT_NOW_KEY + str(jax.process_index()), "over", allow_overwrite=True)
-            self._notice_thread.join()
+            try:
+                _client().key_value_set(EXIT_NOW_KEY + str(jax.process_index()), "over", allow_overwrite=True)
+            except Exception as e:  # the service is gone: the thread's read has failed too
+                log.debug("ending the notice watcher: %s", e)
+            self._notice_thread.join(timeout=10)
         signal.set_wakeup_fd(self._previous_fd)
         for sig, previous in self._previous.items():
             # None: a handler installed outside Python (JAX's notifier); the default is the closest we can restore.
@@ -123,8 +126,10 @@ class Preemption:
         if self.signal_clock is not None:
             took = time.perf_counter() - self.signal_clock
         else:
-            client = _client()
-            notice = client.key_value_try_get(NOTICE_KEY) if client is not None else None
+            try:
+                notice = _client().key_value_try_get(NOTICE_KEY)
+            except Exception:  # not found: the notice came another way
+                notice = None
             self.signal_name = "preemption notice"
             self.signal_time = datetime.datetime.fromisoformat(notice).timestamp() if notice else time.time()
             took = time.time() - self.signal_time
@@ -139,8 +144,9 @@ class Preemption:
             try:
                 data = os.read(self._read_fd, 1)
             except OSError:
-                return
-            if not data:
+                data = b""
+            if not data:  # the write end closed: the run is over
+                os.close(self._read_fd)
                 return
             self._on_signal(data[0])
 

@@ -351,8 +351,8 @@ def train_steps(run: Run, writer: MetricWriter, result: TrainResult) -> None:
     try:
         if run.start and validation_due(config, run.steps_per_epoch, run.start):
             if checkpointing.BEST_METRIC not in (run.manager.metrics(run.start) or {}):
+                # Its checkpoint is not saved again: it keeps no metric for `evaluate --best`.
                 log.info("repeating the validation of step %d, which a preemption interrupted", run.start)
-                run.saved_step = -1  # saved again, with the metric
                 validate(run, writer, run.start)
         for step in range(run.start + 1, run.total_steps + 1):
             profiler.before(step)
