@@ -102,10 +102,6 @@ class Preemption:
             signal.signal(sig, signal.SIG_DFL if previous is None else previous)
         os.close(self._write_fd)  # ends the watcher's read
 
-    @property
-    def requested(self) -> bool:
-        return self._noticed
-
     def trained(self) -> None:
         with self._lock:
             self._trained = True

@@ -315,6 +315,7 @@ class TrainLog:
         rate = (step - self.since_step) * config.batch_size / (now - self.since)
         mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
         self.writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
+        self.writer.write(step, "goodput", run.goodput.row())  # the account so far, should the run be killed
         log.info(
             "step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s",
             step,
@@ -405,7 +406,7 @@ def save_preempted(run: Run, result: TrainResult) -> None:
 
 def _account_lost_steps(goodput: Goodput, earlier: list[dict], last_step: int, start: int) -> None:
     """Steps an earlier run trained past the checkpoint this run resumes from (a kill between checkpoints), timed at
-    that run's mean step time."""
+    that run's mean step time (its account is written with every log line)."""
     if earlier and last_step > start:
         previous = earlier[-1]
         per_step = previous["train_seconds"] / max(previous["steps_trained"], 1)
