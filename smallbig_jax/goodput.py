@@ -5,8 +5,9 @@ earlier run after its last checkpoint, then trained again).
 The loop times each phase it enters (`Goodput.phase`); JAX reports the time of each trace, lowering and XLA compile
 (`jax.monitoring`), which is moved from the phase it happened in to `compile`. The phases tile the run from the
 process start to the final line, so their sum is its wall time (a test holds them to 2%). Every run writes its
-account as a `goodput` row of `metrics.jsonl` (and TensorBoard scalars `goodput/...`); the next run of the workdir
-reads the earlier rows and reports the whole job: "goodput 87%: ..." counts training steps that were kept.
+account as a `goodput` row of `metrics.jsonl` (and TensorBoard scalars `goodput/...`; with each log line, the
+account so far as `goodput_so_far`); the next run of the workdir reads the earlier runs' rows and reports the whole
+job: "goodput 87%: ..." counts training steps that were kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ COMPILE_EVENTS = (
     "/jax/core/compile/backend_compile_duration",
 )
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
-SPLIT = "goodput"
+SPLIT = "goodput"  # the split of a run's final account in metrics.jsonl
+PARTIAL = "goodput_so_far"  # the account so far, written with every log line (a killed run leaves no final one)
 
 _active: Goodput | None = None
 
@@ -139,7 +141,7 @@ def earlier_runs(workdir: str) -> tuple[list[dict], int]:
                     row = json.loads(line)
                 except ValueError:
                     continue  # a line cut by a kill
-                if row.get("split") == SPLIT and "run_started" in row:
+                if row.get("split") in (SPLIT, PARTIAL) and "run_started" in row:
                     runs[row["run_started"]] = row
                 elif row.get("split") == "train":
                     last_step = max(last_step, int(row["step"]))

@@ -34,7 +34,7 @@ from smallbig_jax import evaluate as evaluation
 from smallbig_jax.config import ConfigError, check_config, resume_changes
 from smallbig_jax.data import pipeline
 from smallbig_jax.errors import CheckpointError
-from smallbig_jax.goodput import Goodput, earlier_runs, summary
+from smallbig_jax.goodput import PARTIAL, SPLIT, Goodput, earlier_runs, summary
 from smallbig_jax.metrics import MetricWriter, plot_curves
 from smallbig_jax.preemption import Preempted, Preemption
 from smallbig_jax.workdir_lock import WorkdirLock
@@ -315,7 +315,7 @@ class TrainLog:
         rate = (step - self.since_step) * config.batch_size / (now - self.since)
         mean = {k: float(np.mean([m[k] for _, m in history])) for k in history[-1][1]}
         self.writer.write(step, "train", {**mean, "clips_per_second_per_device": rate / devices})
-        self.writer.write(step, "goodput", run.goodput.row())  # the account so far, should the run be killed
+        self.writer.write(step, PARTIAL, run.goodput.row())  # the account so far, should the run be killed
         log.info(
             "step %d/%d  loss %.4f  acc %.3f  lr %.5f  %.1f clips/s/device  ETA %s",
             step,
@@ -479,4 +479,4 @@ def _closing(close: Callable, *args: Any) -> Callable:
 
 def _write_goodput(run: Run, writer: MetricWriter, result: TrainResult) -> None:
     result.goodput = run.goodput.row()
-    writer.write(result.steps, "goodput", result.goodput)
+    writer.write(result.steps, SPLIT, result.goodput)
