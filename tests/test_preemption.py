@@ -268,6 +268,7 @@ def test_one_run_per_workdir_no_orphans_and_ctrl_c(dataset, tmp_path):
     assert len(workers) >= 2, workers
     first.popen.send_signal(signal.SIGKILL)
     assert finish([first]) == [-signal.SIGKILL]
+    killed_at = max(train_rows(workdir))
     deadline = time.time() + 10
     while any(alive(w) for w in workers) and time.time() < deadline:
         time.sleep(0.1)
@@ -284,6 +285,9 @@ def test_one_run_per_workdir_no_orphans_and_ctrl_c(dataset, tmp_path):
     saved = durable_step(third)
     assert re.search(rf"SIGINT at \S+: checkpoint {saved} durable after", third.text)
     assert checkpointing.list_steps(workdir)[-1] == saved > resumed
+    # Goodput: the steps the killed run trained after its last checkpoint are counted as lost (and trained again).
+    account = json.loads(third.stdout.splitlines()[0])["goodput"]
+    assert account["lost_steps"] == killed_at - resumed and (account["lost_seconds"] > 0) == (killed_at > resumed)
     assert checkpointing.verify(checkpointing._checkpoints_dir(workdir) / str(saved)) is None
 
     # A second Ctrl-C aborts at once, without a checkpoint.
