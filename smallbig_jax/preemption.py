@@ -14,7 +14,9 @@ How several processes agree, without a host round trip per step. `multihost_util
 (JAX's preemption sync manager, on the coordination service that `jax.distributed.initialize` starts) is a local
 check at each service point, free until a notice arrives; the notice is a key in the coordination service that the
 signalled process sets, and each process's sync manager then publishes its service-point counter, waits at a
-barrier for the others' and takes the largest plus one: the point where all stop, each at the same training step. It
+barrier for the others' and takes the largest plus one: the point where all stop, each at the same training step
+(which assumes that no process gets two service points ahead of the slowest while that barrier waits, a few
+milliseconds: the collectives of every step keep the processes together). It
 was chosen over Orbax's preemption policy because it needs no change to how checkpoints are saved, and over a
 per-step `process_allgather` of a flag (what this replaced) because that made every step of every run wait for a
 host round trip. JAX's own notifier listens to SIGTERM only and its C handler would be replaced by the one here; the
