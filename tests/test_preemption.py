@@ -328,3 +328,37 @@ def test_a_failed_checkpoint_save_stops_the_run_in_one_line(dataset, tmp_path):
     assert errors[0].startswith(f"error: {workdir}/checkpoints/"), errors[0]
     trained = max(json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl"))
     assert failed <= trained <= failed + 1 < TOTAL
+
+
+def test_goodput_moves_compilation_out_of_its_phase_and_sums_to_the_wall_time(monkeypatch):
+    """The account's arithmetic, with a clock stepped by hand: 2 s of init, then 6 s in the train phase, 3 s of it a
+    compilation JAX reported and 1 s a checkpoint inside it; the summary of a second run adds both."""
+    from smallbig_jax import goodput
+
+    now = [100.0]
+    monkeypatch.setattr(goodput.time, "perf_counter", lambda: now[0])
+    monkeypatch.setattr(goodput.time, "time", lambda: now[0])
+    account = goodput.Goodput(started=98.0)
+    try:
+        with account.phase("train"):
+            now[0] += 1
+            goodput._on_duration(goodput.COMPILE_EVENTS[2], 3.0)
+            goodput._on_event(goodput.CACHE_HIT_EVENT)
+            now[0] += 3
+            with account.phase("checkpoint"):
+                now[0] += 1
+            now[0] += 1
+        row = account.row()
+    finally:
+        account.close()
+    assert (row["init_seconds"], row["compile_seconds"], row["train_seconds"], row["checkpoint_seconds"]) == (
+        2.0,
+        3.0,
+        2.0,
+        1.0,
+    )
+    assert row["wall_seconds"] == 8.0 == sum(row[f"{p}_seconds"] for p in goodput.PHASES)
+    assert row["cache_hits"] == 1
+    line = goodput.summary(row, [row])
+    assert line.startswith("goodput 25%: training 2.0 s of 8.0 s (init 2.0 s, compile 3.0 s (1 cache hits),")
+    assert line.endswith("; over 2 runs of this workdir: 25% of 16.0 s")
