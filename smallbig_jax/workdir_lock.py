@@ -30,10 +30,12 @@ class WorkdirLock:
         if enabled and not self.enabled:
             log.warning("%s is on an object store: nothing stops a second run from writing there too", workdir)
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> WorkdirLock:
         if not self.enabled:
             return self
+        self._created = not os.path.exists(os.path.dirname(self.path))
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -71,3 +73,5 @@ class WorkdirLock:
             os.unlink(self.path)  # under the lock: a run waiting to open it sees the inode change and retries
             os.close(self._fd)
             self._fd = None
+            if self._created and not os.listdir(os.path.dirname(self.path)):
+                os.rmdir(os.path.dirname(self.path))  # refused before it wrote anything: as it was
