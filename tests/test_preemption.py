@@ -151,6 +151,11 @@ def finish(procs) -> list[int]:
                 p.popen.kill()
 
 
+def result_line(proc) -> dict:
+    """The JSON line `train` prints (gloo prints its own lines to stdout too)."""
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
+
+
 def state_at(workdir, step):
     return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
 
@@ -196,7 +201,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_the_reruns_end_bit_for_b
     for p in procs:
         at, _ = p.line_with(r"goodput \d+%: ")
         (row,) = [r for r in train_rows(workdir, "goodput").values()][-1:]
-        account = json.loads(p.stdout.splitlines()[0])["goodput"]
+        account = result_line(p)["goodput"]
         parts = sum(account[f"{k}_seconds"] for k in ("init", "compile", "input", "train", "checkpoint"))
         parts += account["evaluation_seconds"] + account["close_seconds"]
         assert parts == pytest.approx(account["wall_seconds"], rel=0.02)
@@ -286,7 +291,7 @@ def test_one_run_per_workdir_no_orphans_and_ctrl_c(dataset, tmp_path):
     assert re.search(rf"SIGINT at \S+: checkpoint {saved} durable after", third.text)
     assert checkpointing.list_steps(workdir)[-1] == saved > resumed
     # Goodput: the steps the killed run trained after its last checkpoint are counted as lost (and trained again).
-    account = json.loads(third.stdout.splitlines()[0])["goodput"]
+    account = result_line(third)["goodput"]
     assert account["lost_steps"] == killed_at - resumed and (account["lost_seconds"] > 0) == (killed_at > resumed)
     assert checkpointing.verify(checkpointing._checkpoints_dir(workdir) / str(saved)) is None
 
