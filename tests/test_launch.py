@@ -41,7 +41,7 @@ def test_tpu_pod_dry_run_prints_gcloud_command():
     remote = out.split("--command='", 1)[1].rstrip("'")
     assert remote == (
         "cd $HOME/smallbig_jax && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 XLA_FLAGS=--xla_a=1\\ "
-        "--xla_b python scripts/train.py --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1; "
+        "--xla_b smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1; "
         "status=$?; [ $status -eq 75 ] || exit $status; "
         'echo "preempted (exit 75): resuming" >&2; done; exit 75'
     )
@@ -62,13 +62,13 @@ def test_tpu_pod_worker_loop_requeues_only_on_the_preempted_status(tmp_path):
 def test_tpu_pod_custom_command_and_missing_arguments():
     r = _run(
         "launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--repo-dir", "/srv/code", "--setup", "pip install -e .",
-        "--command", "python scripts/benchmark.py --dtype bfloat16", "--dry-run",
+        "--command", "smallbig-jax benchmark --config.model.dtype=bfloat16", "--dry-run",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "--project" not in r.stdout
     assert (
         "--command='cd /srv/code && pip install -e . && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 "
-        "python scripts/benchmark.py --dtype bfloat16; status=$?"
+        "smallbig-jax benchmark --config.model.dtype=bfloat16; status=$?"
     ) in r.stdout
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--dry-run")
     assert r.returncode == 2 and "--zone" in r.stderr
@@ -91,7 +91,7 @@ def test_slurm_dry_run_prints_batch_script(per_host):
     assert "export SMALLBIG_DISTRIBUTED=1" in lines
     assert ("export SMALLBIG_LOCAL_DEVICE_IDS=0,1,2,3" in lines) == per_host
     assert (
-        f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} python scripts/train.py "
+        f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} smallbig-jax train "
         "--config configs/kinetics400_smallbig50_8x8.py --workdir /shared/run1"
     ) in lines
     # Preemption: SIGTERM 120 s before the end, requeued when the run exits with the preempted status (75).
@@ -149,8 +149,7 @@ def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     assert container["command"] == [
         "bash",
         "-c",
-        "exec python scripts/train.py --config "
-        "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
+        "exec smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
     ]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["SMALLBIG_PROCESS_ID"] == {
@@ -221,7 +220,7 @@ def test_real_two_process_run_on_loopback():
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = _run(
         "launch_local.sh", "-n", "2", "--timeout", "100", "--",
-        sys.executable, "scripts/distributed_check.py", "--init_timeout", "60",
+        sys.executable, "-m", "smallbig_jax", "distributed_check", "--init_timeout=60",
         env=env, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
