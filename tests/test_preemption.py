@@ -157,7 +157,14 @@ def result_line(proc) -> dict:
 
 
 def state_at(workdir, step):
-    return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    """The saved state on this process's one device (saved by two processes: orbax needs the target layout)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), checkpointer.metadata(path).item_metadata
+    )
+    return checkpointer.restore(path, target)
 
 
 def durable_step(proc) -> int:
