@@ -14,17 +14,20 @@
 #   SMALLBIG_PROCESS_ID=<index>             the pod's completion index (annotation batch.kubernetes.io/job-completion-index)
 # Explicit coordinates need neither the `kubernetes` package nor pod-reading RBAC, which JAX's own Kubernetes
 # detection would. On TPU node pools GKE also sets TPU_WORKER_ID and TPU_WORKER_HOSTNAMES for the TPU runtime.
-# backoffLimit 0 and completions = parallelism = NODES: one failed pod fails the Job (all processes must run);
-# resubmit to resume from the workdir's last checkpoint. The workdir must be shared (gs:// with Workload Identity
-# giving the pods' service account --service-account storage access).
+# Preemption: a pod that exits 75 (a preempted run, its checkpoint saved; smallbig_jax.cli.EXIT_PREEMPTED) or is
+# evicted (condition DisruptionTarget: Spot reclaim, node drain) is recreated by the Job's podFailurePolicy (Ignore:
+# not counted against backoffLimit) and resumes from the workdir's last checkpoint; any other failure fails the Job
+# (backoffLimit 0: all processes must run). terminationGracePeriodSeconds (--grace, default 120) is the time between
+# SIGTERM and SIGKILL: it must cover one checkpoint save (README, "Preemption"). The workdir must be shared (gs://
+# with Workload Identity giving the pods' service account --service-account storage access).
 set -euo pipefail
 
 usage() {
-  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
   echo "options: --image IMAGE [--name NAME] [--namespace NS] [--accelerator gpu|tpu] [--nodes N]"
   echo "         [--gpus-per-node N] [--gpu-type TYPE] [--tpu-type TYPE] [--tpu-topology TOPO] [--tpu-chips-per-node N]"
   echo "         [--config FILE] [--workdir DIR] [--command CMD] [--repo-dir DIR] [--env K=V]... [--port P]"
-  echo "         [--service-account SA] [--dry-run]"
+  echo "         [--service-account SA] [--grace SECONDS] [--dry-run]"
 }
 
 NAME="smallbig"
@@ -43,6 +46,7 @@ COMMAND=""
 REPO_DIR="/app"
 PORT=1234
 SERVICE_ACCOUNT=""
+GRACE=120
 DRY_RUN=0
 ENVS=()
 while [[ $# -gt 0 ]]; do
@@ -64,6 +68,7 @@ while [[ $# -gt 0 ]]; do
     --env) ENVS+=("$2"); shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --service-account) SERVICE_ACCOUNT="$2"; shift 2 ;;
+    --grace) GRACE="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "launch_gke.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -73,6 +78,7 @@ die() { echo "launch_gke.sh: $*" >&2; exit 2; }
 [[ -n "$IMAGE" ]] || die "--image is required (a container image with this repository installed)"
 [[ "$ACCELERATOR" == gpu || "$ACCELERATOR" == tpu ]] || die "--accelerator must be gpu or tpu, got '$ACCELERATOR'"
 [[ "$NODES" =~ ^[1-9][0-9]*$ ]] || die "--nodes must be a positive whole number, got '$NODES'"
+[[ "$GRACE" =~ ^[1-9][0-9]*$ ]] || die "--grace must be a positive whole number of seconds, got '$GRACE'"
 [[ "$NAME" =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || die "--name must be a DNS label (lower case, digits, '-'), got '$NAME'"
 if [[ -z "$COMMAND" ]]; then
   [[ -n "$WORKDIR" ]] || die "--workdir is required (a gs:// path shared by all pods)"
@@ -129,10 +135,21 @@ spec:
   completions: $NODES
   parallelism: $NODES
   backoffLimit: 0
+  podFailurePolicy:
+    rules:
+    - action: Ignore
+      onExitCodes:
+        containerName: train
+        operator: In
+        values: [75]
+    - action: Ignore
+      onPodConditions:
+      - type: DisruptionTarget
   template:
     spec:
       subdomain: $NAME
-      restartPolicy: Never$SA_LINE
+      restartPolicy: Never
+      terminationGracePeriodSeconds: $GRACE$SA_LINE
       nodeSelector:
 $SELECTOR
       containers:

@@ -11,13 +11,17 @@
 # coordinator and process index. With one task per GPU, JAX gives task i the GPU SLURM_LOCALID; with --per-host the
 # script also sets SMALLBIG_LOCAL_DEVICE_IDS=0,...,G-1 so the single task per node drives all G GPUs. The workdir
 # must be on a file system that every node sees (or a gs:// path).
+# Preemption: the job is --requeue-able and asks SLURM for SIGTERM --grace seconds (default 120) before its time
+# limit or a preemption (--signal=TERM@GRACE); the run saves its checkpoint and exits 75
+# (smallbig_jax.cli.EXIT_PREEMPTED), on which the batch script requeues the job (scontrol requeue): it resumes from
+# the workdir's last checkpoint. Set the partition's GraceTime (preemption) to at least --grace too.
 set -euo pipefail
 
 usage() {
-  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   echo "options: --nodes N --gpus-per-node G [--per-host|--per-gpu] [--partition P] [--account A] [--time HH:MM:SS]"
   echo "         [--cpus-per-task C] [--job-name NAME] [--config FILE] [--workdir DIR] [--command CMD]"
-  echo "         [--repo-dir DIR] [--env K=V]... [--script FILE] [--dry-run]"
+  echo "         [--repo-dir DIR] [--env K=V]... [--script FILE] [--grace SECONDS] [--dry-run]"
 }
 
 NODES=1
@@ -33,6 +37,7 @@ WORKDIR=""
 COMMAND=""
 REPO_DIR="$(pwd)"
 SCRIPT=""
+GRACE=120
 DRY_RUN=0
 ENVS=()
 while [[ $# -gt 0 ]]; do
@@ -52,12 +57,13 @@ while [[ $# -gt 0 ]]; do
     --repo-dir) REPO_DIR="$2"; shift 2 ;;
     --env) ENVS+=("$2"); shift 2 ;;
     --script) SCRIPT="$2"; shift 2 ;;
+    --grace) GRACE="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "launch_slurm.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-for v in NODES GPUS; do
+for v in NODES GPUS GRACE; do
   [[ "${!v}" =~ ^[1-9][0-9]*$ ]] || { echo "launch_slurm.sh: --${v,,} must be a positive integer" >&2; exit 2; }
 done
 if [[ -z "$COMMAND" ]]; then
@@ -78,7 +84,9 @@ render() {
   [[ -n "$PARTITION" ]] && echo "#SBATCH --partition=$PARTITION"
   [[ -n "$ACCOUNT" ]] && echo "#SBATCH --account=$ACCOUNT"
   echo "#SBATCH --output=%x-%j.out"
-  echo "set -euo pipefail"
+  echo "#SBATCH --requeue"
+  echo "#SBATCH --signal=TERM@$GRACE"
+  echo "set -uo pipefail"
   echo "cd $(printf '%q' "$REPO_DIR")"
   echo "export SMALLBIG_DISTRIBUTED=1"
   if [[ $PER_HOST -eq 1 ]]; then
@@ -89,6 +97,11 @@ render() {
     echo "export ${kv%%=*}=$(printf '%q' "${kv#*=}")"
   done
   echo "srun --kill-on-bad-exit=1 --nodes=$NODES --ntasks-per-node=$TASKS_PER_NODE $COMMAND"
+  echo "status=\$?"
+  echo "if [[ \$status -eq 75 ]]; then  # preempted, checkpoint saved: run again from it"
+  echo "  scontrol requeue \"\$SLURM_JOB_ID\""
+  echo "fi"
+  echo "exit \$status"
 }
 
 BODY="$(render)"

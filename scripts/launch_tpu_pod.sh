@@ -13,12 +13,16 @@
 # that Orbax (through etils.epath) reads and writes from all workers; workers need storage access (the TPU VM's
 # service account with roles/storage.objectAdmin on the bucket). Output of all workers streams back, prefixed by
 # gcloud with the worker number.
+# Preemption: a maintenance event or a Spot notice sends SIGTERM; the run saves its checkpoint and exits 75
+# (smallbig_jax.cli.EXIT_PREEMPTED), and each worker runs the command again while it exits 75 (up to --retries times,
+# default 100) to resume from the workdir's last checkpoint. A VM that is deleted (Spot reclaim) comes back through
+# its queued resource: launch again. Spot TPU VMs get 30 s between the notice and the stop: the save must fit.
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
   echo "options: --tpu NAME --zone ZONE [--project P] [--config FILE] [--workdir gs://...] [--command CMD]"
-  echo "         [--repo-dir DIR] [--setup CMD] [--env K=V]... [--worker all|N] [--dry-run]"
+  echo "         [--repo-dir DIR] [--setup CMD] [--env K=V]... [--worker all|N] [--retries N] [--dry-run]"
 }
 
 TPU=""
@@ -30,6 +34,7 @@ COMMAND=""
 REPO_DIR="\$HOME/smallbig_jax"
 SETUP=""
 WORKER="all"
+RETRIES=100
 DRY_RUN=0
 ENVS=()
 while [[ $# -gt 0 ]]; do
@@ -44,6 +49,7 @@ while [[ $# -gt 0 ]]; do
     --setup) SETUP="$2"; shift 2 ;;
     --env) ENVS+=("$2"); shift 2 ;;
     --worker) WORKER="$2"; shift 2 ;;
+    --retries) RETRIES="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "launch_tpu_pod.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -65,7 +71,10 @@ for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
 done
 REMOTE="cd $REPO_DIR && "
 [[ -n "$SETUP" ]] && REMOTE+="$SETUP && "
-REMOTE+="env $ENV_WORDS $COMMAND"
+[[ "$RETRIES" =~ ^[0-9]+$ ]] || { echo "launch_tpu_pod.sh: --retries must be a whole number" >&2; exit 2; }
+# Exit status 75: preempted after saving; run again (resume) up to RETRIES times.
+REMOTE+="for try in \$(seq 0 $RETRIES); do env $ENV_WORDS $COMMAND; status=\$?; [ \$status -eq 75 ] || exit \$status; "
+REMOTE+="echo \"preempted (exit 75): resuming\" >&2; done; exit 75"
 
 GCLOUD=(gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE")
 [[ -n "$PROJECT" ]] && GCLOUD+=(--project="$PROJECT")

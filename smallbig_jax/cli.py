@@ -22,6 +22,7 @@ import logging
 import os
 import pathlib
 import re
+import signal
 import sys
 import traceback
 import types
@@ -36,6 +37,9 @@ from smallbig_jax.errors import USER_ERRORS, ConfigError
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
+# A training run stopped by a preemption (SIGTERM, Ctrl-C) after saving its checkpoint: BSD's EX_TEMPFAIL, "try
+# again later". The launchers (scripts/launch_*.sh) requeue a job that exits with it.
+EXIT_PREEMPTED = 75
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -45,6 +49,19 @@ _debug_flag = False  # --debug of the command running in this process
 _command_line: list[str] = []
 # (id(FlagValues), flag name) -> the config file a command loads when the flag is not given.
 _default_configs: dict[tuple[int, str], str] = {}
+
+
+def exit_on_early_preemption() -> None:
+    """Until a training run installs its own handling (`smallbig_jax.preemption`), SIGTERM and Ctrl-C stop the
+    process at once with `EXIT_PREEMPTED`: there is nothing to save yet (imports, start-up)."""
+
+    def stop(signum, frame):
+        del frame
+        print(f"{signal.Signals(signum).name} before the run started: nothing to save; exiting", file=sys.stderr)
+        os._exit(EXIT_PREEMPTED)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 def debug_requested() -> bool:

@@ -36,6 +36,10 @@ class CheckpointFormatError(ValueError):
     """A directory that is not a converted checkpoint, or one whose state does not fit its config."""
 
 
+class WorkdirBusyError(RuntimeError):
+    """A workdir that another running `train` holds (its pid and host named)."""
+
+
 # What the entry points report as `error: <message>` (exit status 2). FloatingPointError: the training loss diverged.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
@@ -46,4 +50,5 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     FileExistsError,
     FloatingPointError,
+    WorkdirBusyError,
 )

@@ -124,11 +124,15 @@ def evaluate(
     num_classes: int,
     average: str = "softmax",
     name_of: Callable[[int], str] | None = None,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Runs every batch of an evaluation loader and returns top-1/top-5 over videos plus per-video predictions
-    (`VideoScores.result`: no metric from non-finite scores, `name_of(index)` names the videos)."""
+    (`VideoScores.result`: no metric from non-finite scores, `name_of(index)` names the videos). `between_batches`
+    is called before each batch (a training run's preemption check; it may raise)."""
     scores = VideoScores(num_videos, num_classes, average)
     for batch in batches:
+        if between_batches is not None:
+            between_batches()
         logits = eval_step(params, batch_stats, batch["clip"])
         host = {k: _to_host(batch[k]) for k in ("label", "video_index", "mask") if k in batch}
         broken = _to_host(batch["broken"]) if "broken" in batch else None
@@ -149,7 +153,13 @@ def _warn_duplicates(source) -> None:
 
 
 def evaluate_dataset(
-    config, data_config, eval_graphdef: nnx.GraphDef, params: Any, batch_stats: Any, mesh
+    config,
+    data_config,
+    eval_graphdef: nnx.GraphDef,
+    params: Any,
+    batch_stats: Any,
+    mesh,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Evaluates `params` on `data_config`'s evaluation split with its views; the result names every video."""
     loader = pipeline.make_eval_loader(
@@ -166,6 +176,7 @@ def evaluate_dataset(
             num_classes=config.model.num_classes,
             average=config.eval_average,
             name_of=loader.source.name,
+            between_batches=between_batches,
         )
     finally:
         loader.close()
@@ -216,22 +227,48 @@ def evaluate_checkpoint(
     else:
         if not checkpointing.list_steps(workdir):  # checked first: a mistyped workdir must not be created
             raise checkpointing.CheckpointError(f"no checkpoint in {workdir}/checkpoints")
-        manager = checkpointing.make_manager(workdir, read_only=True)
-        try:
-            step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
-            saved_config, _ = checkpointing.restore_run_info(manager, step)
-            shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
-            changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
-            if changed:
-                raise ConfigError(
-                    f"checkpoint step {step} was trained with another model; set these fields as "
-                    "it was trained:\n  " + "\n  ".join(changed)
-                )
-            abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
-            state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
-        finally:
-            manager.close()
+        state, step = _restore_beside_training(config, workdir, mesh, step, best)
         params, batch_stats = state.get("ema_params", state["params"]), state["batch_stats"]
     result = evaluate_dataset(config, config.data, eval_graphdef, params, batch_stats, mesh)
     result["step"] = step
     return result
+
+
+def _restore_one(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    try:
+        step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
+        saved_config, _ = checkpointing.restore_run_info(manager, step)
+        shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
+        changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
+        if changed:
+            raise ConfigError(
+                f"checkpoint step {step} was trained with another model; set these fields as "
+                "it was trained:\n  " + "\n  ".join(changed)
+            )
+        abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
+        state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
+        return state, step
+    finally:
+        manager.close()
+
+
+def _restore_beside_training(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
+    """The train state of the newest (or `step`, or the best) checkpoint of `workdir`. A `train` running there deletes
+    old checkpoints as it saves new ones (`keep_checkpoints`): when the newest one disappears while it is read, the
+    newest is picked again, with a warning that says why (a step asked for by number is not replaced)."""
+    attempts = 0
+    while True:
+        before = checkpointing.list_steps(workdir)
+        try:
+            return _restore_one(config, workdir, mesh, step, best)
+        except Exception:
+            attempts += 1
+            vanished = [s for s in before if s not in checkpointing.list_steps(workdir)]
+            if step is not None or best or not vanished or attempts == 5:
+                raise
+            log.warning(
+                "checkpoint step %s was deleted while it was read (a running train keeps its newest checkpoints "
+                "only); evaluating the newest one again",
+                ", ".join(map(str, vanished)),
+            )

@@ -60,7 +60,7 @@ def dataset(tmp_path_factory):
 def clean_run(dataset, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("clean"))
     result = train.train_and_evaluate(tiny_config(dataset), workdir)
-    assert result["steps"] == LAST and checkpointing.list_steps(workdir) == list(range(1, LAST + 1))
+    assert result.steps == LAST and checkpointing.list_steps(workdir) == list(range(1, LAST + 1))
     return workdir
 
 
@@ -154,7 +154,7 @@ def test_each_damaged_checkpoint_is_reported_and_skipped_and_training_ends_as_a_
     assert "does not match its checksum" in warnings and "has 0 bytes" not in warnings
     assert f"resumed from {root} at step 2" in caplog.text
     assert sorted(os.listdir(os.path.join(workdir, "damaged_checkpoints"))) == ["3", "4", "5", "6", "7"]
-    assert result["steps"] == LAST
+    assert result.steps == LAST
     for step in range(3, LAST + 1):  # saved again, intact, equal to the clean run's
         assert checkpointing.verify(checkpointing._checkpoints_dir(workdir) / str(step)) is None
     assert_same_state(state_at(workdir, LAST), state_at(clean_run, LAST))
@@ -236,7 +236,7 @@ def test_resume_with_more_epochs_trains_exactly_the_added_epochs(dataset, clean_
         result = train.train_and_evaluate(tiny_config(dataset, num_epochs=3, log_every=2), workdir)
     assert "num_epochs 2 -> 3: continuing from step 8 (32 samples seen) to step 12" in caplog.text
     assert "log_every: 1 -> 2" in caplog.text  # a harmless change, reported and applied
-    assert result["steps"] == 12
+    assert result.steps == 12
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     assert [r["step"] for r in rows if r["split"] == "train"] == list(range(1, LAST + 1)) + [10, 12]
     assert checkpointing.list_steps(workdir)[-1] == 12

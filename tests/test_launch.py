@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from smallbig_jax.cli import EXIT_PREEMPTED
 from smallbig_jax.distributed import distributed_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,9 +40,23 @@ def test_tpu_pod_dry_run_prints_gcloud_command():
     )
     remote = out.split("--command='", 1)[1].rstrip("'")
     assert remote == (
-        "cd $HOME/smallbig_jax && env SMALLBIG_DISTRIBUTED=1 XLA_FLAGS=--xla_a=1\\ --xla_b "
-        "smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1"
+        "cd $HOME/smallbig_jax && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 XLA_FLAGS=--xla_a=1\\ "
+        "--xla_b smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1; "
+        "status=$?; [ $status -eq 75 ] || exit $status; "
+        'echo "preempted (exit 75): resuming" >&2; done; exit 75'
     )
+
+
+def test_tpu_pod_worker_loop_requeues_only_on_the_preempted_status(tmp_path):
+    """The remote command, run by bash with a stand-in for the training command: it runs again after exit 75 (a
+    preempted run) and stops with any other status."""
+    r = _run("launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--repo-dir", str(tmp_path), "--retries", "5",
+             "--command", "bash step.sh", "--dry-run")  # fmt: skip
+    remote = r.stdout.strip().split("--command='", 1)[1].rstrip("'")
+    (tmp_path / "step.sh").write_text("n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ $n -ge 2 ] || exit 75\n")
+    out = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and (tmp_path / "n").read_text().strip() == "3", out.stderr
+    assert out.stderr.count("preempted (exit 75): resuming") == 2
 
 
 def test_tpu_pod_custom_command_and_missing_arguments():
@@ -51,10 +66,10 @@ def test_tpu_pod_custom_command_and_missing_arguments():
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "--project" not in r.stdout
-    assert r.stdout.strip().endswith(
-        "--command='cd /srv/code && pip install -e . && env SMALLBIG_DISTRIBUTED=1 "
-        "smallbig-jax benchmark --config.model.dtype=bfloat16'"
-    )
+    assert (
+        "--command='cd /srv/code && pip install -e . && for try in $(seq 0 100); do env SMALLBIG_DISTRIBUTED=1 "
+        "smallbig-jax benchmark --config.model.dtype=bfloat16; status=$?"
+    ) in r.stdout
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--dry-run")
     assert r.returncode == 2 and "--zone" in r.stderr
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--dry-run")
@@ -79,6 +94,16 @@ def test_slurm_dry_run_prints_batch_script(per_host):
         f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} smallbig-jax train "
         "--config configs/kinetics400_smallbig50_8x8.py --workdir /shared/run1"
     ) in lines
+    # Preemption: SIGTERM 120 s before the end, requeued when the run exits with the preempted status (75).
+    assert "#SBATCH --requeue" in lines and "#SBATCH --signal=TERM@120" in lines
+    srun = lines.index(next(line for line in lines if line.startswith("srun ")))
+    assert lines[srun + 1 : srun + 6] == [
+        "status=$?",
+        "if [[ $status -eq 75 ]]; then  # preempted, checkpoint saved: run again from it",
+        '  scontrol requeue "$SLURM_JOB_ID"',
+        "fi",
+        "exit $status",
+    ]
 
 
 @pytest.mark.parametrize("accelerator", ["gpu", "tpu"])
@@ -113,6 +138,12 @@ def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     assert spec["completions"] == spec["parallelism"] == 4 and spec["backoffLimit"] == 0
     pod = spec["template"]["spec"]
     assert pod["subdomain"] == "k400" and pod["serviceAccountName"] == "trainer"
+    # Preemption: a pod that exits 75 (saved, preempted) or is evicted is recreated, not counted as a failure.
+    assert spec["podFailurePolicy"]["rules"] == [
+        {"action": "Ignore", "onExitCodes": {"containerName": "train", "operator": "In", "values": [EXIT_PREEMPTED]}},
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+    ]
+    assert pod["restartPolicy"] == "Never" and pod["terminationGracePeriodSeconds"] == 120
     (container,) = pod["containers"]
     assert container["image"] == "us-docker.pkg.dev/p/r/smallbig:1" and container["workingDir"] == "/app"
     assert container["command"] == [

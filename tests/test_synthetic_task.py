@@ -39,7 +39,7 @@ def test_smallbig_learns_the_motion_and_per_frame_res50_stays_near_chance(datase
     for variant in ("smallbig23", "res50"):
         config = synthetic_config(f"ci,dir={dataset}")
         config.model.variant = variant
-        top1[variant] = train.train_and_evaluate(config, str(tmp_path / variant))["top1"]
+        top1[variant] = train.train_and_evaluate(config, str(tmp_path / variant)).test["top1"]
     print(f"synthetic task at CI size, test top-1: {top1}")  # shown with `pytest -s`; BENCHMARKS.md quotes it
     assert top1["smallbig23"] >= 0.5, top1
     assert top1["res50"] <= 0.4, top1

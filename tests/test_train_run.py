@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from smallbig_jax import cli
 from smallbig_jax.data import writers
 
 pytestmark = pytest.mark.xdist_group("train_run")  # one worker: the tests share the module's reference run
@@ -134,7 +135,7 @@ def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, s
         if proc.poll() is None:
             proc.kill()
     if sig == signal.SIGTERM:
-        assert code == 0, proc.stderr.read()[-4000:]
+        assert code == cli.EXIT_PREEMPTED, proc.stderr.read()[-4000:]
         assert target <= checkpoint_steps(workdir)[-1] < TOTAL_STEPS  # saved where it stopped
     else:
         assert code == -signal.SIGKILL

@@ -48,6 +48,8 @@ def run(command: str, args: list[str]) -> int:
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return cli.EXIT_USER_ERROR
+    if command == "train":
+        cli.exit_on_early_preemption()
     module = importlib.import_module(f"{__name__}.{command}")  # only the chosen command's imports are paid for
     return cli.run_command(f"{PROG} {command}", module.__doc__ or "", module.FLAGS, module.main, list(args))
 

@@ -4,7 +4,8 @@ r"""Train (and evaluate) SmallBigNet from a config; resumes from the workdir's n
   smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/k400 \
       --config.data.arrayrecord_dir=/data/k400 --config.batch_size=256
 
-Any config field can be overridden with --config.<field>=<value>.
+Any config field can be overridden with --config.<field>=<value>. Exit status: 0 finished, 2 bad input, 75
+(`cli.EXIT_PREEMPTED`) stopped by SIGTERM or Ctrl-C after saving its checkpoint: run it again to resume.
 """
 
 import json
@@ -13,6 +14,7 @@ from absl import flags
 
 from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
+from smallbig_jax.goodput import process_start_time
 from smallbig_jax.train import train_and_evaluate
 
 FLAGS = flags.FlagValues()
@@ -26,14 +28,18 @@ def main() -> int | None:
     initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     workdir = _WORKDIR.value
     config = cli.config_value(_CONFIG)
-    result = train_and_evaluate(config, workdir)
-    print(json.dumps(result))
-    if "top1" in result:
+    result = train_and_evaluate(config, workdir, started=process_start_time())
+    print(json.dumps(result.to_json()))
+    if result.test:
         views = config.data.num_clips * config.data.num_crops
         print(
-            f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
-            f"{views} views"
+            f"\ntest top-1 {result.test['top1']:.4f}  top-5 {result.test['top5']:.4f}  over {result.test['videos']} "
+            f"videos x {views} views"
         )
     print(f"checkpoints: {workdir}/checkpoints   TensorBoard: {workdir}/tensorboard   log: {workdir}/metrics.jsonl")
-    predictions = f"   predictions: {workdir}/predictions_test.jsonl" if "top1" in result else ""  # final_eval
+    predictions = f"   predictions: {workdir}/predictions_test.jsonl" if result.test else ""  # final_eval
     print(f"curves: {workdir}/curves.png{predictions}")
+    if result.preempted:
+        print(f"preempted at step {result.steps}: run the same command again to resume (exit {cli.EXIT_PREEMPTED})")
+        return cli.EXIT_PREEMPTED
+    return None

@@ -67,6 +67,7 @@ from jax.sharding import Mesh
 
 from smallbig_jax.data import sampling, sources, transforms
 from smallbig_jax.data.device_iterator import DeviceIterator
+from smallbig_jax.data.workers import die_with_parent
 from smallbig_jax.errors import DataError
 from smallbig_jax.sharding import DATA
 
@@ -227,7 +228,8 @@ def _with_workers(ds: grain.MapDataset, cfg) -> grain.IterDataset:
         it = it.mp_prefetch(
             grain.multiprocessing.MultiprocessingOptions(
                 num_workers=cfg.worker_count, per_worker_buffer_size=cfg.worker_buffer_size
-            )
+            ),
+            worker_init_fn=die_with_parent,
         )
     return it
 
