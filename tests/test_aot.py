@@ -22,7 +22,7 @@ from smallbig_jax.config import official_recipe
 
 
 def get_config(arg=None):
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     config.model.base_width, config.model.dtype = 4, "bfloat16"
     config.data.crop_size = config.data.scale_size = 32
     config.batch_size = 4
@@ -53,7 +53,7 @@ def _status(args: list[str]) -> int:
 def _tiny_config(**fields):
     from smallbig_jax.config import official_recipe
 
-    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense")
+    config = official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     config.model.base_width, config.model.dtype = 4, "bfloat16"
     config.data.crop_size = config.data.scale_size = 32
     for key, value in fields.items():

@@ -17,9 +17,7 @@ def test_config_names_the_model_policies():
 
 
 def _step(remat: str):
-    config = config_lib.official_recipe(
-        variant="smallbig23", num_classes=5, num_frames=2, dataset="tiny", sampling="dense"
-    )
+    config = config_lib.official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     config.model.base_width, config.data.crop_size, config.remat = 4, 32, remat
     mesh = sharding.make_mesh(num_devices=1)
     setup = steps.train_setup(config, mesh, steps_per_epoch=10)
