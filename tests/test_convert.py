@@ -476,7 +476,7 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
 
 def _perturbed_jax_model(variant, num_classes, base_width, seed):
     """A JAX model with every array random (BN statistics and big-view BNs included)."""
-    from smallbig_jax.convert.pytorch import arrays_to_model
+    from smallbig_jax.convert.state import arrays_to_model
 
     rng = np.random.default_rng(seed)
     arrays = {}
