@@ -55,7 +55,6 @@ class KeySpec:
     kind: str  # "conv", "linear", "bn_param", "bn_stat", "bias"
     jax_shape: tuple[int, ...]
     torch_shape: tuple[int, ...]
-    collection: str  # "param" or "batch_stat"
 
     @property
     def bn_module(self) -> str | None:
@@ -117,7 +116,6 @@ def key_table(variant: str, num_classes: int, base_width: int = 64) -> tuple[Key
                 kind=kind,
                 jax_shape=shape,
                 torch_shape=_torch_shape(kind, shape),
-                collection="batch_stat" if isinstance(var, nnx.BatchStat) else "param",
             )
         )
     return tuple(sorted(specs, key=lambda s: _official_order(s.torch_key)))
