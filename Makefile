@@ -34,7 +34,7 @@ test: lint
 	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 summary: $(STAMP)
-	$(VENV)/bin/python -m smallbig_jax summary --variant smallbig50 --frames 8 --size 224
+	$(VENV)/bin/python -m smallbig_jax summary
 
 benchmark: $(STAMP)
 	$(VENV)/bin/python -m smallbig_jax benchmark

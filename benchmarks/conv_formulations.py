@@ -10,7 +10,7 @@ forward and the forward+backward (gradients of input and kernel) of:
   extra    `xla` compiled with `--extra_options` added (XLA:CPU options to try), if given
   torch    torch.nn.functional.conv2d, channels_last, same shapes (oneDNN)
 Rows alternate between formulations step by step, so machine load hits all of them alike. Results are printed as
-a table; the whole-model effect of a formulation is measured with scripts/benchmark.py --compare-torch.
+a table; the whole-model effect of a formulation is measured with `smallbig-jax benchmark --compare_torch`.
 """
 
 from __future__ import annotations

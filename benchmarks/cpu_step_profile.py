@@ -6,8 +6,9 @@ r"""Where a JAX step's time goes on CPU: step time, page faults, time per source
   python benchmarks/cpu_step_profile.py --by_line 20 --torch          # JAX and PyTorch time by op class
   python benchmarks/cpu_step_profile.py --kernels                      # BN sums over [1, N, C] and [N, C]
 
-The step is the training run's (`smallbig_jax.steps.train_setup` through `smallbig_jax.benchmark.jax_steps`),
-for SmallBig-R50, 8x224x224, batch 2, float32, the official recipe, as scripts/benchmark.py without --config.
+The step is the training run's (`smallbig_jax.steps.train_setup` through `smallbig_jax.tools.harness.jax_steps`),
+for SmallBig-R50, 8x224x224, batch 2, float32, the official recipe: `--config`, by default
+`configs/benchmark.py:smallbig50` as for `smallbig-jax benchmark`.
 `--by_line` traces one step with `jax.profiler`, reads the trace back with `jax.profiler.ProfileData` and maps each
 XLA fusion to the innermost smallbig_jax source line in the optimised HLO dump (thread time, summed over threads).
 `--kernels` times the microbenchmark behind BENCHMARKS.md's round 2, row 11; the convs' microbenchmarks are in
@@ -28,7 +29,9 @@ import tempfile
 import time
 
 from absl import app, flags
+from ml_collections import config_flags
 
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py:smallbig50", "The model (and its recipe).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step.")
 _STEPS = flags.DEFINE_integer("steps", 3, "Timed steps after one warm-up step.")
 _BY_LINE = flags.DEFINE_integer("by_line", 0, "Also print this many source lines with the most XLA time.")
@@ -198,24 +201,23 @@ def main(argv):
     if _BY_LINE.value:
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump_dir}"
     import jax
-    import numpy as np
 
-    from smallbig_jax import benchmark, sharding, steps
+    from smallbig_jax import sharding, steps
+    from smallbig_jax.tools import benchmark, harness
 
-    config = benchmark.benchmark_config("smallbig50", num_classes=400)
+    config = _CONFIG.value
     config.batch_size = 2
     mesh = sharding.make_mesh(num_devices=1)
-    setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
-    clips = np.random.default_rng(0).standard_normal((2, 8, 224, 224, 3), dtype=np.float32)
+    setup = steps.train_setup(config, mesh, harness.STEPS_PER_EPOCH)
+    clips, labels = harness.random_batch(config, seed=0)
     name = "train step" if _MODE.value == "train" else "eval forward"
-    labels = np.array([0, 1], np.int32)
     torch_steps = None
     if _TORCH.value:  # the weights, before the train step donates them
         from flax import nnx
 
         model = nnx.merge(setup.eval_graphdef, setup.state["params"], setup.state["batch_stats"])
         torch_steps = benchmark.TorchSteps(model, clips, labels)
-    step = benchmark.jax_steps(setup, mesh, clips, labels, modes=(_MODE.value,))[name]
+    step = harness.jax_steps(setup, mesh, clips, labels, modes=(_MODE.value,))[name]
     step()
     print(f"{name}: compiled in {step.compile_s:.1f} s; GLIBC_TUNABLES {os.environ.get('GLIBC_TUNABLES')}")
     times = []

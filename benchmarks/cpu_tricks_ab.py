@@ -4,12 +4,12 @@ r"""Same-process A/B of the CPU formulation's tricks: each one switched back to 
   python benchmarks/cpu_tricks_ab.py --variants base,opt:xla_cpu_use_onednn=true --mode eval
 
 Every variant is the training run's step (`smallbig_jax.steps`, SmallBig-R50 8x224x224, batch 2, float32, the
-official recipe, as scripts/benchmark.py without --config), built in a variant of the CPU formulation
-(`models/cpu_formulation.py`) with some of its tricks replaced by the plain form a reader would write; all variants
-are compiled first, then run in turn (base, A, B, base, A, B, ...), so machine load hits them alike. Prints, per
-variant, the median step time, the median of its per-round ratio to the first variant (robust to load that drifts
-between rounds), XLA's temporaries, the compile time and page faults. Variants (comma-separated; `-` switches a
-trick off):
+official recipe: `--config`, by default `configs/benchmark.py:smallbig50` as for `smallbig-jax benchmark`), built in
+a variant of the CPU formulation (`models/cpu_formulation.py`) with some of its tricks replaced by the plain form a
+reader would write; all variants are compiled first, then run in turn (base, A, B, base, A, B, ...), so machine load
+hits them alike. Prints, per variant, the median step time, the median of its per-round ratio to the first variant
+(robust to load that drifts between rounds), XLA's temporaries, the compile time and page faults. Variants (comma-
+separated; `-` switches a trick off):
 
   base          the CPU formulation as it is
   -stored       `cpu_formulation._stored` is the identity (the block-output ReLU and the pools' kept values are
@@ -41,20 +41,19 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
 from jax import lax
+from ml_collections import config_flags
 
-from smallbig_jax import benchmark, steps
+from smallbig_jax import sharding, steps
 from smallbig_jax.models import cpu_formulation, layers
 from smallbig_jax.models.cpu_formulation import CPU
+from smallbig_jax.tools import harness
 
 _VARIANTS = flags.DEFINE_list("variants", ["base", "-stored"], "Variants to compare (see the docstring).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Which step.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds after one warm-up round.")
-_FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
-_SIZE = flags.DEFINE_integer("size", 224, "Crop size.")
-_WIDTH = flags.DEFINE_integer("base_width", 64, "Base width.")
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/benchmark.py:smallbig50", "The model (and its recipe).")
 
 
 def _reduce_window_max(x, window, strides, padding):
@@ -146,15 +145,12 @@ def patched(replacements):
 
 def main(argv):
     del argv
-    config = benchmark.benchmark_config(
-        "smallbig50", num_classes=400, frames=_FRAMES.value, size=_SIZE.value, base_width=_WIDTH.value
-    )
+    config = _CONFIG.value
     config.batch_size = 2
-    mesh = benchmark.make_mesh(1)
-    setup = steps.train_setup(config, mesh, benchmark.STEPS_PER_EPOCH)
-    rng = np.random.default_rng(0)
-    clips = rng.standard_normal((2, _FRAMES.value, _SIZE.value, _SIZE.value, 3), dtype=np.float32)
-    batch = jax.device_put({"clip": clips, "label": np.array([0, 1], np.int32)}, steps.sharding.batch_sharding(mesh))
+    mesh = sharding.make_mesh(num_devices=1)
+    setup = steps.train_setup(config, mesh, harness.STEPS_PER_EPOCH)
+    clips, labels = harness.random_batch(config, seed=0)
+    batch = jax.device_put({"clip": clips, "label": labels}, sharding.batch_sharding(mesh))
     runs = {}
     for variant in _VARIANTS.value:
         formulation, functions = variant_of(variant)
@@ -165,10 +161,10 @@ def main(argv):
                 jitted = steps.make_train_step(
                     graphdef, setup.tx, config, mesh, setup.state_shardings, setup.lr_schedule
                 )
-                runs[variant] = benchmark.JaxStep(jitted, (state, batch), feeds_state=True)
+                runs[variant] = harness.JaxStep(jitted, (state, batch), feeds_state=True)
             else:
                 jitted = steps.make_eval_step(eval_graphdef, mesh, formulation)
-                runs[variant] = benchmark.JaxStep(
+                runs[variant] = harness.JaxStep(
                     jitted, (state["params"], state["batch_stats"], batch["clip"]), feeds_state=False
                 )
         print(

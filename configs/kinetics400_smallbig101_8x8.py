@@ -6,22 +6,24 @@ Reproduces: the paper's headline Kinetics-400 result, 77.4 top-1 / 93.3 top-5 wi
 ImageNet ResNet-101 (the official code loads ResNet-50 weights here by mistake;
 docs/model.md#quirks-and-bugs-of-the-official-code).
 
-  python scripts/model_summary.py --config configs/kinetics400_smallbig101_8x8.py
+  smallbig-jax summary --config configs/kinetics400_smallbig101_8x8.py
 
 Arguments (comma-separated): "runlocal" shrinks the run to one CPU; "bf16" computes in bfloat16 (float32 parameters),
 the setting for GPUs and TPUs:
 
-  python scripts/train.py --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
+  smallbig-jax train --config configs/kinetics400_smallbig101_8x8.py:bf16 --workdir gs://bucket/run
 """
 
-from smallbig_jax.config import bfloat16, official_recipe, runlocal
+from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
+
+ARGS = {"runlocal": "the run shrunk to one CPU", "bf16": "bfloat16 compute, float32 parameters"}
 
 
 def get_config(arg: str | None = None):
     config = official_recipe(
         variant="smallbig101", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense"
     )
-    args = set((arg or "").split(","))
+    args = config_args(arg, ARGS)
     if "runlocal" in args:
         config = runlocal(config)
     if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters

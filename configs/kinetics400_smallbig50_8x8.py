@@ -4,23 +4,25 @@ Reproduces: the paper's SmallBig-R50 on Kinetics-400 (about 76.3 top-1 / 92.5 to
 docs/protocol.md#reported-results marks the per-model figures as recalled, not checked). 24,370,640 parameters,
 51.97 GMACs per view. Hardware of the official run: 8 GPUs x 8 clips, 100 epochs.
 
-  python scripts/model_summary.py --config configs/kinetics400_smallbig50_8x8.py
-  python scripts/model_summary.py --config configs/kinetics400_smallbig50_8x8.py:runlocal
+  smallbig-jax summary --config configs/kinetics400_smallbig50_8x8.py
+  smallbig-jax summary --config configs/kinetics400_smallbig50_8x8.py:runlocal
 
 Arguments (comma-separated): "runlocal" shrinks the run to one CPU; "bf16" computes in bfloat16 (float32 parameters),
 the setting for GPUs and TPUs:
 
-  python scripts/train.py --config configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run
+  smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run
 """
 
-from smallbig_jax.config import bfloat16, official_recipe, runlocal
+from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
+
+ARGS = {"runlocal": "the run shrunk to one CPU", "bf16": "bfloat16 compute, float32 parameters"}
 
 
 def get_config(arg: str | None = None):
     config = official_recipe(
         variant="smallbig50", num_classes=400, num_frames=8, dataset="kinetics400", sampling="dense"
     )
-    args = set((arg or "").split(","))
+    args = config_args(arg, ARGS)
     if "runlocal" in args:
         config = runlocal(config)
     if "bf16" in args:  # GPU/TPU: bfloat16 compute, float32 parameters

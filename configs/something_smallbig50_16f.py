@@ -6,14 +6,21 @@ official script exists for Something-Something: the recipe is main.py's, with fl
 The argument picks the dataset: "v1" (default) or "v2"; "runlocal" (or "v2,runlocal") shrinks everything;
 "bf16" (e.g. "v2,bf16") computes in bfloat16 with float32 parameters, the setting for GPUs and TPUs.
 
-  python scripts/model_summary.py --config configs/something_smallbig50_16f.py:v2
+  smallbig-jax summary --config configs/something_smallbig50_16f.py:v2
 """
 
-from smallbig_jax.config import bfloat16, official_recipe, runlocal
+from smallbig_jax.config import bfloat16, config_args, official_recipe, runlocal
+
+ARGS = {
+    "v1": "Something-Something V1 (the default)",
+    "v2": "Something-Something V2",
+    "runlocal": "the run shrunk to one CPU",
+    "bf16": "bfloat16 compute, float32 parameters",
+}
 
 
 def get_config(arg: str | None = None):
-    args = set((arg or "v1").split(","))
+    args = config_args(arg, ARGS)
     version = "v2" if "v2" in args else "v1"
     config = official_recipe(
         variant="smallbig50", num_classes=174, num_frames=16, dataset=f"something_{version}", sampling="segment"

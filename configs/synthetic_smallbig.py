@@ -3,28 +3,37 @@ dataset, on one CPU.
 
 Five classes (still, horizontal, vertical, diagonal, anti-diagonal motion of a random shape over clutter) that need
 temporal context but not temporal order (docs/model.md#consequences-worth-knowing).
-`scripts/make_synthetic_dataset.py` writes the data.
+`smallbig-jax synthetic` writes the data.
 Arguments (comma-separated): "res50" swaps in the per-frame C2D baseline of the same width, which cannot relate
 frames and stays far below SmallBig (BENCHMARKS.md has the numbers); "smoke" shrinks the run to one epoch; "ci" is
-the test suite's accuracy run (a dataset written with `--size 32 --num_train 600`, 28x28 crops, 12 epochs, under
+the test suite's accuracy run (a dataset written with `--size=32 --num_train=600`, 28x28 crops, 12 epochs, under
 two minutes per model); "tiny" is the test suite's seconds-long run (width 4, 4 frames of 28x28); "dir=PATH" reads
 the dataset there; "bf16" computes in bfloat16 (float32 parameters), for a GPU or TPU.
 
-  python scripts/make_synthetic_dataset.py --out data/synthetic
-  python scripts/train.py --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
-  python scripts/train.py --config configs/synthetic_smallbig.py:res50 --workdir workdirs/synthetic_res50
+  smallbig-jax synthetic --out data/synthetic
+  smallbig-jax train --config configs/synthetic_smallbig.py --workdir workdirs/synthetic
+  smallbig-jax train --config configs/synthetic_smallbig.py:res50 --workdir workdirs/synthetic_res50
 
-Hardware: 2 CPU cores, about 2.5 minutes (20 s to the first step). Expected on the 200 held-out videos (2 clips x 3
-crops): SmallBig 98-100% top-1 (99% in the last measurement, README), res50 29% (chance: 20%).
+Hardware: 2 CPU cores. How long the run takes there and the top-1 it reaches on the 200 held-out videos (2 clips x
+3 crops; chance is 20%), as last measured: README.md#quick-start.
 """
 
-from smallbig_jax.config import bfloat16, official_recipe
+from smallbig_jax.config import bfloat16, config_args, official_recipe
 from smallbig_jax.data.synthetic import CLASSES, data_config
+
+ARGS = {
+    "res50": "the per-frame C2D baseline of the same width",
+    "smoke": "one epoch",
+    "ci": "the test suite's accuracy run",
+    "tiny": "the test suite's seconds-long run",
+    "dir=PATH": "the dataset's folder (default data/synthetic)",
+    "bf16": "bfloat16 compute, float32 parameters",
+}
 
 
 def get_config(arg: str | None = None):
-    args = set((arg or "").split(","))
-    data_dir = next((a[4:] for a in args if a.startswith("dir=")), "data/synthetic")
+    args = config_args(arg, ARGS)
+    data_dir = str(args.get("dir", "data/synthetic"))
     variant = "res50" if "res50" in args else "smallbig23"
     config = official_recipe(
         variant=variant, num_classes=len(CLASSES), num_frames=8, dataset="synthetic", sampling="dense"

@@ -77,7 +77,7 @@ die() { echo "launch_gke.sh: $*" >&2; exit 2; }
 if [[ -z "$COMMAND" ]]; then
   [[ -n "$WORKDIR" ]] || die "--workdir is required (a gs:// path shared by all pods)"
   [[ "$WORKDIR" == gs://* ]] || echo "launch_gke.sh: warning: workdir '$WORKDIR' is not on GCS; each pod would write its own" >&2
-  COMMAND="python scripts/train.py --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
+  COMMAND="smallbig-jax train --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 fi
 for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
   [[ "$kv" == *=* ]] || die "--env expects NAME=VALUE, got '$kv'"

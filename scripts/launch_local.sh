@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Starts N processes of one JAX program on this host, joined into one multi-process run on 127.0.0.1.
 #
-#   scripts/launch_local.sh -n 2 -- python scripts/distributed_check.py        # 2 CPU processes (JAX_PLATFORMS=cpu)
+#   scripts/launch_local.sh -n 2 -- smallbig-jax distributed_check             # 2 CPU processes (JAX_PLATFORMS=cpu)
 #   scripts/launch_local.sh -n 8 --per-gpu --config configs/X.py --workdir /ckpt/run1   # one process per GPU
 #   scripts/launch_local.sh -n 2 --dry-run                                     # print what would run
 #
 # Each process gets SMALLBIG_COORDINATOR=127.0.0.1:PORT, SMALLBIG_NUM_PROCESSES=N, SMALLBIG_PROCESS_ID=i (read by
 # smallbig_jax.distributed.initialize_distributed) and, with --per-gpu, SMALLBIG_LOCAL_DEVICE_IDS=i. Without
 # --per-gpu and with no JAX_PLATFORMS set, processes run on CPU (the test set-up); on a multi-GPU host the simpler
-# recipe is ONE process driving all GPUs: `python scripts/train.py --config ... --workdir ...` (no launcher).
+# recipe is ONE process driving all GPUs: `smallbig-jax train --config ... --workdir ...` (no launcher).
 # Output lines are prefixed with [i]. If a process fails, the others are stopped; the exit status is the first
 # non-zero one. --timeout SECONDS stops everything after that long (exit 124).
 set -euo pipefail
@@ -42,7 +42,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "$NPROC" =~ ^[1-9][0-9]*$ ]] || { echo "launch_local.sh: -n must be a positive integer, got '$NPROC'" >&2; exit 2; }
 if [[ ${#CMD[@]} -eq 0 ]]; then
-  CMD=(python scripts/train.py --config "$CONFIG" --workdir "$WORKDIR")
+  CMD=(smallbig-jax train --config "$CONFIG" --workdir "$WORKDIR")
 fi
 if [[ -z "$PORT" ]]; then
   if [[ $DRY_RUN -eq 1 ]]; then

@@ -62,7 +62,7 @@ for v in NODES GPUS; do
 done
 if [[ -z "$COMMAND" ]]; then
   [[ -n "$WORKDIR" ]] || { echo "launch_slurm.sh: --workdir is required (shared by all nodes)" >&2; exit 2; }
-  COMMAND="python scripts/train.py --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
+  COMMAND="smallbig-jax train --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 fi
 TASKS_PER_NODE=$GPUS
 [[ $PER_HOST -eq 1 ]] && TASKS_PER_NODE=1

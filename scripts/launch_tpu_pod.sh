@@ -4,7 +4,7 @@
 #   scripts/launch_tpu_pod.sh --tpu my-v5p-64 --zone us-east5-a --project my-proj \
 #       --config configs/kinetics400_smallbig50_8x8.py --workdir gs://my-bucket/smallbig/k400_r50
 #   scripts/launch_tpu_pod.sh ... --dry-run            # print the gcloud command, run nothing
-#   scripts/launch_tpu_pod.sh ... --command "python scripts/benchmark.py --batch_per_device 8 --dtype bfloat16"
+#   scripts/launch_tpu_pod.sh ... --command "smallbig-jax benchmark --config=configs/benchmark.py:smallbig50,bf16 --batch_per_device=8"
 #
 # Every worker runs, from --repo-dir (the checkout on the workers, same path everywhere):
 #   cd REPO_DIR && [SETUP &&] env SMALLBIG_DISTRIBUTED=1 [--env K=V ...] COMMAND
@@ -53,7 +53,7 @@ done
 if [[ -z "$COMMAND" ]]; then
   [[ -n "$WORKDIR" ]] || { echo "launch_tpu_pod.sh: --workdir is required (a gs:// path shared by all workers)" >&2; exit 2; }
   [[ "$WORKDIR" == gs://* ]] || echo "launch_tpu_pod.sh: warning: workdir '$WORKDIR' is not on GCS; each worker would write its own" >&2
-  COMMAND="python scripts/train.py --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
+  COMMAND="smallbig-jax train --config $(printf '%q' "$CONFIG") --workdir $(printf '%q' "$WORKDIR")"
 fi
 for kv in "${ENVS[@]+"${ENVS[@]}"}"; do
   [[ "$kv" == *=* ]] || { echo "launch_tpu_pod.sh: --env expects NAME=VALUE, got '$kv'" >&2; exit 2; }

@@ -6,8 +6,9 @@ INFO logs (orbax, TFDS, absl) again.
 
 Every command parses its own absl flags (`FlagValues`, one per command module: commands share flag names such as
 `--num_classes`, and tests call several in one process) with `run_command`: `--help` prints the command's docstring
-and flags, a flag spelled with dashes (`--num-classes`) is read as its underscore spelling, and a bad flag ends in
-one message and exit status 2 like any other user error.
+and flags, and a bad flag ends in one message and exit status 2 like any other user error. A command that takes a
+config defines it with `define_config_flag` (ml_collections' `--config=file.py[:arg]` plus `--config.<field>=<value>`
+overrides) and reads it with `config_value`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import os
 import sys
 from collections.abc import Callable
 
+import ml_collections
 from absl import app, flags
+from ml_collections import config_flags
 
 from smallbig_jax.errors import USER_ERRORS
 
@@ -27,6 +30,11 @@ EXIT_USER_ERROR = 2
 HELP = ("-h", "--help", "-?", "--helpshort", "--helpfull")
 
 _debug_flag = False  # --debug of the command running in this process
+# The command line being parsed (`run_command` fills it): config_flags finds the `--config.<field>` overrides in it,
+# rather than in sys.argv, so that a command run in-process (tests, `commands.run`) takes its own overrides.
+_command_line: list[str] = []
+# (id(FlagValues), flag name) -> the config file a command loads when the flag is not given.
+_default_configs: dict[tuple[int, str], str] = {}
 
 
 def debug_requested() -> bool:
@@ -66,16 +74,28 @@ def define_debug_flag(flag_values: flags.FlagValues) -> None:
     )
 
 
-def underscored(args: list[str]) -> list[str]:
-    """`--num-classes=3` -> `--num_classes=3`: absl flags are spelled with underscores; the dashed spelling that
-    some commands used to take keeps working. Values are left as they are."""
-    out = []
-    for a in args:
-        if a.startswith("--"):
-            name, eq, value = a[2:].partition("=")
-            a = "--" + name.replace("-", "_") + eq + value
-        out.append(a)
-    return out
+def define_config_flag(
+    flag_values: flags.FlagValues,
+    help_string: str = "A config file in configs/ (file.py[:arg]).",
+    *,
+    default: str | None = None,
+    name: str = "config",
+) -> flags.FlagHolder:
+    """`--config=file.py[:arg]` (the file's `get_config(arg)`) with `--config.<field>=<value>` overrides: how every
+    command that takes a config loads it (ml_collections' `config_flags`; the config is locked: an override must
+    name an existing field). A command given no `--config` loads `default` (a path relative to the working
+    directory, as any `--config`) when there is one. `name` names a second config flag (its overrides
+    `--<name>.<field>`)."""
+    if default is not None:
+        _default_configs[id(flag_values), name] = default
+    return config_flags.DEFINE_config_file(
+        name, None, help_string, flag_values=flag_values, lock_config=True, sys_argv=_command_line
+    )
+
+
+def config_value(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
+    """The config a `define_config_flag` flag loaded, overrides applied."""
+    return holder.value
 
 
 def run_command(
@@ -88,8 +108,12 @@ def run_command(
         print(f"usage: {prog} [flags]\n\n{doc.strip()}\n\nflags:\n{flag_values.get_help()}")
         return 0
     flag_values.unparse_flags()
+    for (owner, name), default in _default_configs.items():
+        if owner == id(flag_values) and not any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args):
+            args = [f"--{name}={default}", *args]
+    _command_line[:] = [prog, *args]
     try:
-        rest = flag_values([prog, *underscored(args)])
+        rest = flag_values([prog, *args])
         if len(rest) > 1:
             raise app.UsageError(f"unexpected arguments {' '.join(rest[1:])} (flags are --name=value)")
     except (flags.Error, app.UsageError) as e:

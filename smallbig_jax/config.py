@@ -12,9 +12,10 @@ the official code (docs/protocol.md#training-recipe): 8 GPUs x 8 clips, SGD mome
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import ml_collections
@@ -110,6 +111,30 @@ def bfloat16(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.model.dtype = "bfloat16"
     config.model.param_dtype = "float32"
     return config
+
+
+def config_args(arg: str | None, allowed: Mapping[str, str]) -> dict[str, str | bool]:
+    """A config file's comma-separated argument (`"tiny,dir=D"` after the colon of `--config=file.py:tiny,dir=D`) as
+    `{"tiny": True, "dir": "D"}`. `allowed` maps each argument the file takes to what it does; a key written
+    `name=VALUE` takes a value, a plain `name` is a switch. Raises `ConfigError` for an unknown or misused argument,
+    listing the ones the file takes (a typo such as `tinny` must not silently train another model)."""
+    takes_value = {key.partition("=")[0]: "=" in key for key in allowed}
+    listed = "; ".join(f"{key}: {what}" for key, what in allowed.items()) or "none"
+    out: dict[str, str | bool] = {}
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        name, eq, value = item.partition("=")
+        if name not in takes_value:
+            near = difflib.get_close_matches(name, list(takes_value), n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"unknown config argument {name!r}{hint}; this config file takes: {listed}")
+        if bool(eq) != takes_value[name]:
+            form = f"{name}=VALUE" if takes_value[name] else name
+            raise ConfigError(f"config argument {item!r}: expected {form!r}; this config file takes: {listed}")
+        out[name] = value if eq else True
+    return out
 
 
 # --- The one config check ---------------------------------------------------------------------------------------
@@ -304,10 +329,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 # --- What a resume accepts --------------------------------------------------------------------------------------
 
 # Fields (or groups, ending in ".") a run cannot resume under with another value: the checkpoint's state has other
-# shapes or means something else (model, optimizer, schedule, loss, EMA, BatchNorm, the training clips), or its step
-# count and data position are in units of the old value (`seed`: the data order; `batch_size`: steps count batches
-# of the old size, and the schedule with them). `num_epochs` and `grad_accum_steps` may change (`train.py` says how
-# it continues); every other field (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
+# shapes or means something else (model, optimizer, schedule, loss, EMA, BatchNorm, the training clips), or its data
+# position means something else (`seed`: the data order). `num_epochs`, `batch_size` and `grad_accum_steps` may change
+# (`train.check_resume` continues in samples, or refuses what cannot be carried, naming it); every other field
+# (logging, checkpoint cadence, evaluation, data paths, loader threads) just changes.
 # `RESUMABLE` lists the exceptions inside a refused group: `model.formulation` changes how the same parameters are
 # computed, not what they are (a checkpoint saved without the field resumes too).
 RESUMABLE = ("model.formulation",)
@@ -320,7 +345,6 @@ REFUSED_ON_RESUME = (
     "grad_clip_norm",
     "ema_decay",
     "batchnorm",
-    "batch_size",
     "data.num_frames",
     "data.stride",
     "data.sampling",

@@ -15,8 +15,9 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 class MetricWriter:
     """Scalars to `<workdir>/tensorboard` (TensorBoard event files) and `<workdir>/metrics.jsonl`.
 
-    `resumed_at`: the step a resumed run restarts from; rows of later steps (written before a kill, about to be
-    trained again) and a line cut by the kill are dropped from `metrics.jsonl`, so each step has one row per split."""
+    `resumed_at`: the step the run starts from (0: a fresh run); rows of later steps (written before a kill, about to
+    be trained again, also by a run killed before its first checkpoint) and a line cut by the kill are dropped from
+    `metrics.jsonl`, so each step has one row per split."""
 
     def __init__(self, workdir: str, resumed_at: int = 0):
         self.enabled = jax.process_index() == 0
@@ -24,7 +25,7 @@ class MetricWriter:
         self._events = None
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
-            if resumed_at and os.path.exists(self.path):
+            if os.path.exists(self.path):
                 self._drop_rows_after(resumed_at)
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
 

@@ -14,9 +14,12 @@ import ml_collections
 import optax
 
 
-def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, step_offset: int = 0
+) -> optax.Schedule:
     """Cosine decay per epoch (the official `CosineAnnealingLR` stepped each epoch) or per step, after a linear
-    warm-up of `warmup_epochs` epochs (0 = none)."""
+    warm-up of `warmup_epochs` epochs (0 = none). Update `t` gets the rate of step `t + step_offset` of a run at
+    `config.batch_size`: a run resumed at another batch size continues its schedule in samples (`train.py`)."""
     s = config.schedule
     total_epochs = config.num_epochs
     warmup_steps = int(round(s.warmup_epochs * steps_per_epoch))
@@ -26,6 +29,8 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, steps_per_epoch: i
 
     def schedule(step):
         step = jnp.asarray(step, jnp.float32)
+        if step_offset:
+            step = step + step_offset
         if s.decay == "constant":
             lr = jnp.asarray(s.base_lr, jnp.float32)
         else:
@@ -44,7 +49,9 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda path, _: str(getattr(path[-1], "key", path[-1])) == "kernel", params)
 
 
-def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int, step_offset: int = 0
+) -> optax.GradientTransformation:
     o = config.optimizer
     if o.name != "sgd":
         raise ValueError(f"config.optimizer.name={o.name!r}; only 'sgd' (the official optimizer) is provided")
@@ -53,5 +60,9 @@ def make_optimizer(config: ml_collections.ConfigDict, steps_per_epoch: int) -> o
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     if o.weight_decay:
         parts.append(optax.add_decayed_weights(o.weight_decay, mask=None if o.decay_all_params else _decay_mask))
-    parts.append(optax.sgd(learning_rate_schedule(config, steps_per_epoch), momentum=o.momentum, nesterov=o.nesterov))
+    parts.append(
+        optax.sgd(
+            learning_rate_schedule(config, steps_per_epoch, step_offset), momentum=o.momentum, nesterov=o.nesterov
+        )
+    )
     return optax.chain(*parts)

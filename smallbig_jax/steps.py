@@ -242,11 +242,11 @@ class TrainSetup:
     eval_step: Callable  # make_eval_step(...)
 
 
-def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int) -> TrainSetup:
-    """The optimizer, schedule, fresh train state (born sharded; `config.init_from` applied) and jitted steps of
-    `config` on `mesh`."""
-    tx = make_optimizer(config, steps_per_epoch)
-    lr_schedule = learning_rate_schedule(config, steps_per_epoch)
+def train_setup(config: ml_collections.ConfigDict, mesh, steps_per_epoch: int, step_offset: int = 0) -> TrainSetup:
+    """The optimizer, schedule (`step_offset`: see `optim.learning_rate_schedule`), fresh train state (born sharded;
+    `config.init_from` applied) and jitted steps of `config` on `mesh`."""
+    tx = make_optimizer(config, steps_per_epoch, step_offset)
+    lr_schedule = learning_rate_schedule(config, steps_per_epoch, step_offset)
     graphdef, state, shardings = create_train_state(config, mesh, tx)
     eval_graphdef = model_graphdefs(config, mesh)[1]
     return TrainSetup(

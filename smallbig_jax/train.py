@@ -3,7 +3,8 @@
 The train step (`smallbig_jax.steps`) is one pure `jax.jit` function over the model's `nnx.split` state on a 'data'
 mesh: state born sharded (`out_shardings`), buffers donated, batch split over every device of every process, no
 pmap. A run in a workdir that already has checkpoints resumes from the newest intact one (checksums verified, the
-saved config compared with the new one before anything compiles), iterator position included; SIGTERM saves a
+saved config compared with the new one before anything compiles), iterator position included, on any number of
+devices and hosts and at another batch size when the samples seen allow it (`check_resume`); SIGTERM saves a
 checkpoint at the current step and exits cleanly.
 
 `train_and_evaluate` reads as its steps: `open_run` (check the config, find the checkpoint to resume from, open the
@@ -79,24 +80,86 @@ def validation_config(data_config: ml_collections.ConfigDict) -> ml_collections.
     return c
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" if n == 1 else f"{n:,} {word}{'es' if word.endswith('s') else 's'}"
+
+
+def _was(now: Any, before: Any) -> str:
+    return f" (was {before})" if before is not None and before != now else ""
+
+
+def total_steps_of(config: ml_collections.ConfigDict, steps_per_epoch: int, step_offset: int = 0) -> int:
+    """The last step: `num_epochs` epochs of `steps_per_epoch` batches of `config.batch_size`, counted from
+    `step_offset` steps before the first update (`check_resume`)."""
+    return config.num_epochs * steps_per_epoch - step_offset
+
+
+def _batchnorm_group_change(
+    config: ml_collections.ConfigDict, saved_config: dict, saved_devices: int | None, devices: int
+) -> tuple[str | None, str]:
+    """(why a resume is refused, what it changes in words) for the clips BatchNorm takes its statistics over: with
+    `per_device`, each device's part of a micro-batch, which must stay the same; with `global`, the whole
+    micro-batch, which a change of batch size or accumulation changes with it (said, not refused)."""
+    old_batch, batch = saved_config.get("batch_size", config.batch_size), config.batch_size
+    old_k, k = saved_config.get("grad_accum_steps", 1), config.grad_accum_steps
+    if config.batchnorm != "per_device":
+        old, new = old_batch // old_k, batch // k
+        return None, "" if old == new else f", BatchNorm over the global micro-batch of {new} clips (was {old})"
+    if saved_devices is None:  # written before the device count was recorded
+        return None, ", per-device BatchNorm groups not compared (the checkpoint does not record its device count)"
+    old_group, new_group = old_batch / (saved_devices * old_k), batch / (devices * k)
+    if old_group == new_group:
+        return None, ""
+    group = int(old_group)
+    keep = [f"--config.batch_size={group * devices * k}"]
+    if batch % (devices * group) == 0:
+        keep.append(f"--config.grad_accum_steps={batch // (devices * group)}")
+    return (
+        f"batchnorm='per_device': statistics over {group} clips per device and micro-batch (batch {old_batch} / "
+        f"{_plural(saved_devices, 'device')} / grad_accum_steps {old_k}) would be over {new_group:g} ({batch} / "
+        f"{_plural(devices, 'device')} / {k}); keep {group} with {' or '.join(keep)}"
+    ), ""
+
+
 def check_resume(
     config: ml_collections.ConfigDict,
     saved_config: dict,
     data_state: dict,
     start: int,
     num_videos: int,
-    total_steps: int,
-) -> None:
+    devices: int,
+) -> tuple[int, str]:
     """Refuses (`ConfigError`, every refused field as `old -> new` in one message) a resume from checkpoint `start`
-    under a config the checkpoint cannot continue with, and logs the changes it accepts and what they do."""
+    under a config the checkpoint cannot continue with, and logs the config changes it accepts. Returns the step
+    offset of the schedule and the capacity the run resumes on, in words (for the one "resumed" line).
+
+    The position is carried in samples (the global stream position saved with the loader's state), so a run resumes
+    on any number of devices and hosts, and at another batch size B' when the samples seen are a whole number of
+    batches of B' (else refused: no step of a run at B' begins there). A step is one update of B' samples: steps
+    keep counting updates, and update t takes the learning rate of step `t + offset` of an uninterrupted run at B'
+    (`offset` = samples seen / B' - `start`), as its epochs and its last step do."""
     refused, accepted = resume_changes(saved_config, config)
     saved_videos = data_state.get("num_videos")  # absent in checkpoints written before it was recorded
     if saved_videos is not None and saved_videos != num_videos:
         refused.append(f"training set size: {saved_videos} -> {num_videos} videos (epochs would start at other steps)")
+    old_batch, batch = saved_config.get("batch_size", config.batch_size), config.batch_size
+    samples = int(data_state.get("position", start * old_batch))
+    offset = samples // batch - start
+    if samples % batch:
+        refused.append(
+            f"batch_size: {old_batch} -> {batch}: the checkpoint at step {start} has seen {samples:,} samples, not a "
+            f"whole number of batches of {batch}, so no step of a run at batch {batch} begins there (resume at a "
+            f"batch that divides {samples}, or at {old_batch} until a checkpoint at a multiple of {batch} samples)"
+        )
+    saved_devices = data_state.get("devices")  # absent in checkpoints written before it was recorded
+    bn_refused, bn_change = _batchnorm_group_change(config, saved_config, saved_devices, devices)
+    if bn_refused:
+        refused.append(bn_refused)
+    total_steps = total_steps_of(config, max(num_videos // batch, 1), offset)
     if start > total_steps and not refused:  # otherwise a consequence of the refused changes
         refused.append(
-            f"num_epochs: the checkpoint is at step {start}, past the last step ({total_steps}) of "
-            f"{config.num_epochs} epochs"
+            f"num_epochs: the checkpoint is at step {start} ({samples:,} samples), past the last step ({total_steps}) "
+            f"of {config.num_epochs} epochs"
         )
     if refused:
         raise ConfigError(
@@ -113,10 +176,25 @@ def check_resume(
             old_epochs,
             config.num_epochs,
             start,
-            data_state.get("position", start * config.batch_size),
+            samples,
             total_steps,
             config.num_epochs,
         )
+    processes = jax.process_count()
+    old_processes = data_state.get("layout", {}).get("process_count")
+    old_k = saved_config.get("grad_accum_steps", 1)
+    words = (
+        f" on {_plural(devices, 'device')}{_was(devices, saved_devices)}, "
+        f"{_plural(processes, 'process')}{_was(processes, old_processes)}, batch {batch}{_was(batch, old_batch)}"
+        + (f", grad_accum_steps {config.grad_accum_steps} (was {old_k})" if old_k != config.grad_accum_steps else "")
+        + bn_change
+        + f": continuing at sample {samples % max(num_videos, 1):,} of epoch {samples // max(num_videos, 1) + 1}"
+    )
+    if offset:
+        words += (
+            f"; step {start} is step {start + offset} of a run at batch {batch} (the schedule continues in samples)"
+        )
+    return offset, words
 
 
 @dataclasses.dataclass
@@ -134,11 +212,12 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     saved_step: int = -1
+    step_offset: int = 0  # step `t` is step `t + step_offset` of a run at this batch size (`check_resume`)
 
     def save(self, step: int, metrics: dict | None = None, force: bool = False) -> None:
         """Checkpoints the state at `step` with the loader's position, unless this step is saved already."""
         if self.saved_step != step:
-            data_state = {**self.loader.get_state(), "num_videos": self.loader.num_videos}
+            data_state = {**self.loader.get_state(), "num_videos": self.loader.num_videos, "devices": self.mesh.size}
             checkpointing.save(self.manager, step, self.state, data_state, self.config, metrics, force=force)
             self.saved_step = step
 
@@ -171,26 +250,39 @@ def open_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     start = checkpointing.find_intact(workdir, set_aside=True)
     loader = pipeline.recipe_train_loader(config, mesh)
     steps_per_epoch = max(loader.num_videos // config.batch_size, 1)
-    total_steps = config.num_epochs * steps_per_epoch
     manager = checkpointing.make_manager(workdir, keep=config.keep_checkpoints)
+    offset, resumed_on = 0, ""
     try:
         if start is not None:
             saved_config, data_state = checkpointing.restore_run_info(manager, start)
-            check_resume(config, saved_config, data_state, start, loader.num_videos, total_steps)
-        setup = steps.train_setup(config, mesh, steps_per_epoch)  # the same state and step as smallbig-jax benchmark's
+            offset, resumed_on = check_resume(config, saved_config, data_state, start, loader.num_videos, mesh.size)
+        # the same state and step as smallbig-jax benchmark's
+        setup = steps.train_setup(config, mesh, steps_per_epoch, offset)
         state = setup.state
         if start is not None:
-            abstract = checkpointing.abstract_like(state, setup.state_shardings)
+            abstract = checkpointing.abstract_like(state, setup.state_shardings)  # the new mesh's shardings
             state, data_state, start = checkpointing.restore(manager, abstract, start)
-            loader.set_state(data_state)
-            log.info("resumed from %s at step %d", manager.directory, start)
+            loader.set_state(data_state)  # the samples seen: the same stream position on any hosts and batch
+            log.info("resumed from %s at step %d%s", manager.directory, start, resumed_on)
     except BaseException:
         manager.close()
         loader.close()
         raise
     start = start or 0
+    total_steps = total_steps_of(config, steps_per_epoch, offset)
     return Run(
-        config, workdir, mesh, loader, manager, setup, state, start, steps_per_epoch, total_steps, saved_step=start
+        config,
+        workdir,
+        mesh,
+        loader,
+        manager,
+        setup,
+        state,
+        start,
+        steps_per_epoch,
+        total_steps,
+        saved_step=start,
+        step_offset=offset,
     )
 
 
@@ -260,7 +352,7 @@ def train_steps(run: Run, writer: MetricWriter, result: dict[str, Any]) -> bool:
                 jax.block_until_ready(metrics)
                 result["first_step_seconds"] = round(time.perf_counter() - started, 2)
             train_log.add(step, metrics)
-            epoch, into_epoch = divmod(step, run.steps_per_epoch)
+            epoch, into_epoch = divmod(step + run.step_offset, run.steps_per_epoch)
             if config.eval_every_epochs and into_epoch == 0 and epoch % config.eval_every_epochs == 0:
                 val = run.evaluate(validation_config(config.data), "val")
                 writer.write(step, "val", {k: val[k] for k in ("top1", "top5")})

@@ -83,7 +83,7 @@ def sbdata_dir(tmp_path_factory) -> str:
     return root
 
 
-LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py", "test_faults.py")
+LONGEST_FIRST = ("test_synthetic_task.py", "test_train_run.py", "test_train.py", "test_faults.py", "test_elastic.py")
 
 
 def pytest_collection_modifyitems(items):

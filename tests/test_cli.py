@@ -1,6 +1,7 @@
 """The one command line: `smallbig-jax <command>` (pyproject's console script, `python -m smallbig_jax`), every
-command's `--help`, flags spelled with underscores (dashes read the same), user errors as one message with exit
-status 2, and two commands run for real (synthetic data written, then checked)."""
+command's `--help`, configs loaded one way (`--config=file.py:arg` and `--config.<field>=<value>`, in-process too),
+user errors as one message with exit status 2, and two commands run for real (synthetic data written, then
+checked)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import tomllib
 
 import pytest
+from absl import flags
 
 from smallbig_jax import cli, commands
 
@@ -38,11 +40,18 @@ def test_pyproject_console_script_resolves_to_the_dispatcher():
     assert set(ISSUE_COMMANDS) <= set(commands.COMMANDS)
 
 
-def test_every_script_is_a_thin_wrapper_of_a_command():
-    for name in os.listdir(os.path.join(REPO, "scripts")):
-        if name.endswith(".py"):
-            text = open(os.path.join(REPO, "scripts", name)).read()
-            assert len(text.splitlines()) <= 15 and "from smallbig_jax.commands import run" in text, name
+def test_a_config_with_overrides_in_process_and_its_default(capsys):
+    """`cli.define_config_flag`: the default config when none is given, overrides read from the command's own
+    arguments (not sys.argv), a fresh config on every run."""
+    flag_values, seen = flags.FlagValues(), []
+    holder = cli.define_config_flag(flag_values, default=os.path.join(REPO, "configs", "benchmark.py:tiny"))
+    cli.define_debug_flag(flag_values)
+    run = lambda *args: cli.run_command("prog", "doc", flag_values, lambda: seen.append(cli.config_value(holder)), args)
+    assert run("--config.model.dtype=bfloat16", "--config.data.crop_size=32") == 0
+    assert run() == 0
+    assert run(f"--config={REPO}/configs/benchmark.py:smallbig101,bf16") == 0
+    shapes = [(c.model.variant, c.model.dtype, c.data.crop_size) for c in seen]
+    assert shapes == [("smallbig23", "bfloat16", 32), ("smallbig23", "float32", 64), ("smallbig101", "bfloat16", 224)]
 
 
 @pytest.mark.parametrize("command", sorted(commands.COMMANDS))
@@ -66,9 +75,9 @@ def test_usage_errors_are_one_message_and_exit_status_2(capsys):
 
 
 def test_synthetic_then_check_end_to_end(tmp_path):
-    """Dashed and underscored spellings alike; `check` exits 1 and names the line of a broken entry."""
+    """`check` of a list or of a config's split; it exits 1 and names the line of a broken entry."""
     out = smallbig_jax(
-        "synthetic", f"--out={tmp_path}", "--num-train=3", "--num_val=2", "--num_frames=8", "--size=32",
+        "synthetic", f"--out={tmp_path}", "--num_train=3", "--num_val=2", "--num_frames=8", "--size=32",
         "--no_arrayrecord", "--workers=1",
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -76,6 +85,9 @@ def test_synthetic_then_check_end_to_end(tmp_path):
     check = ["check", "--format=video", "--num_classes=5", f"--root={tmp_path}/videos", "--workers=1", "--quiet"]
     out = smallbig_jax(*check, f"--list={tmp_path}/train.txt")
     assert out.returncode == 0 and "3 of 3 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
+    config = f"--config={REPO}/configs/synthetic_smallbig.py:tiny,dir={tmp_path}"  # the same dataset, by its config
+    out = smallbig_jax("check", config, "--split=val", "--workers=1", "--quiet")
+    assert out.returncode == 0 and "2 of 2 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
     with open(tmp_path / "train.txt", "a") as f:
         f.write("train/missing.mp4 8 1\n")
     broken = tmp_path / "broken.txt"

@@ -312,7 +312,7 @@ def test_nan_weights_convert_with_a_warning_naming_them(torch, ref, caplog):
 
 
 def _run_script(*args):
-    """`smallbig-jax convert *args` in this process (scripts/convert_pytorch.py runs the same)."""
+    """`smallbig-jax convert *args` in this process."""
     return commands.run("convert", [str(a) for a in args])
 
 
@@ -547,7 +547,7 @@ def test_export_files_and_parity_back_in_torch(torch, ref, tmp_path, capsys):
     save_converted(tmp_path / "jax", model, {"note": "trained in JAX"})
     assert _run_script("--export", "--input", tmp_path / "jax", "--output", tmp_path / "bare.pth") == 0
     assert (
-        _run_script("--export", "--official-format", "--input", tmp_path / "jax", "--output", tmp_path / "off.pth") == 0
+        _run_script("--export", "--official_format", "--input", tmp_path / "jax", "--output", tmp_path / "off.pth") == 0
     )
     assert "exported smallbig50_extra" in capsys.readouterr().out
     bare = torch.load(tmp_path / "bare.pth", weights_only=True)
@@ -649,7 +649,7 @@ def test_imagenet_inflation_smallbig50(torch, tmp_path):
     torch.save(net.state_dict(), tmp_path / "resnet50.pth")
     model, report = inflate_imagenet_pth(tmp_path / "resnet50.pth", num_classes=12)
     out = tmp_path / "init"
-    assert _run_script("--imagenet", "--input", tmp_path / "resnet50.pth", "--output", out, "--num-classes", 12) == 0
+    assert _run_script("--imagenet", "--input", tmp_path / "resnet50.pth", "--output", out, "--num_classes", 12) == 0
     from smallbig_jax.convert import load_converted_model
 
     scripted = flat_arrays(load_converted_model(out))

@@ -1,4 +1,4 @@
-"""The data scripts: synthetic dataset (deterministic, all three forms readable) and check_dataset."""
+"""The data commands: synthetic dataset (deterministic, all three forms readable), `check` and `prepare`."""
 
 import hashlib
 import os
@@ -52,7 +52,9 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/check_dataset.py",
+            "-m",
+            "smallbig_jax",
+            "check",
             "--num_classes",
             "3",
             "--format",
@@ -95,13 +97,15 @@ def test_synthetic_classes_are_axes_of_motion():
                 assert corr < -0.5
 
 
-def test_scripts_command_lines(sbdata_dir, tmp_path):
-    """make_synthetic_dataset.py and prepare_dataset.py as users run them (counts per split, failed list)."""
+def test_data_command_lines(sbdata_dir, tmp_path):
+    """`smallbig-jax synthetic` and `smallbig-jax prepare` as users run them (counts per split, failed list)."""
     env = {**os.environ, "PYTHONPATH": ROOT}
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/make_synthetic_dataset.py",
+            "-m",
+            "smallbig_jax",
+            "synthetic",
             "--out",
             str(tmp_path / "syn"),
             "--num_train",
@@ -122,7 +126,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
     again = [
         sys.executable,
-        f"{ROOT}/scripts/make_synthetic_dataset.py",
+        "-m",
+        "smallbig_jax",
+        "synthetic",
         "--out",
         str(tmp_path / "syn"),
         "--num_train",
@@ -143,7 +149,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/prepare_dataset.py",
+            "-m",
+            "smallbig_jax",
+            "prepare",
             "--input_format",
             "frames",
             "--num_classes",
@@ -171,7 +179,9 @@ def test_scripts_command_lines(sbdata_dir, tmp_path):
     assert "Downloading and preparing" not in r.stdout  # TFDS's own line: nothing is downloaded
     args = [
         sys.executable,
-        f"{ROOT}/scripts/prepare_dataset.py",
+        "-m",
+        "smallbig_jax",
+        "prepare",
         "--input_format",
         "frames",
         "--num_classes",

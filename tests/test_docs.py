@@ -1,6 +1,6 @@
 """The repository's documents stand alone: code cites `docs/...` and never a file outside the repository, every
-cited document and section exists, every link between the documents resolves, and the README's layout and
-`docs/architecture.md`'s module map match the tree."""
+cited document and section exists, every link between the documents resolves, `docs/architecture.md`'s module map
+and its table of the rest match the tree (the README links to it rather than keeping a copy)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ THIS_FILE = os.path.abspath(__file__)
 CODE_DIRS = ("smallbig_jax", "scripts", "configs", "tests", "benchmarks", "docs", ".ci")
 CODE_FILES = ("README.md", "BENCHMARKS.md", "pyproject.toml", "Makefile")
 TEXT_SUFFIXES = (".py", ".sh", ".md", ".toml", ".txt", "")
-IGNORED_TOP_LEVEL = {"data", "workdirs", "build", "__pycache__", "README.md"}  # .gitignore'd, or the README itself
+IGNORED_TOP_LEVEL = {"data", "workdirs", "build", "__pycache__"}  # .gitignore'd
 
 # Ways the code has cited the project's shared specification, which is not part of the repository.
 OUTSIDE_CITATIONS = [
@@ -131,30 +131,35 @@ def test_architecture_module_map_lists_every_module_of_the_package():
     assert not listed - modules, f"docs/architecture.md lists modules that do not exist: {sorted(listed - modules)}"
 
 
-def test_readme_layout_matches_the_tree():
+def test_readme_points_to_the_module_map_instead_of_keeping_its_own():
     readme = _read(os.path.join(ROOT, "README.md"))
-    rows = [line.split("|")[1:-1] for line in _section(readme, "Layout").splitlines() if line.startswith("| `")]
+    layout = _section(readme, "Layout")
+    assert "](docs/architecture.md)" in layout and "| `" not in layout  # a link, not a second table to drift
+
+
+def test_architecture_lists_every_top_level_entry_and_the_files_of_its_folders():
+    """The "Around the package" table of docs/architecture.md: every path it names exists, every top-level entry of
+    the repository is named, and the rows of `scripts/`, `benchmarks/` and `docs/` name each file there."""
+    text = _read(os.path.join(ROOT, "docs", "architecture.md"))
+    start = text.index("Around the package:")
+    rows = [line.split("|")[1:-1] for line in text[start:].splitlines() if line.startswith("| `")]
     named, problems = set(), []
     for path_cell, what_cell in rows:
-        folder = ""
-        for name in _backticked(path_cell):  # `smallbig_jax/checkpointing.py`, `sharding.py`: the same folder
-            if "/" in name.rstrip("/"):
-                path, folder = name, os.path.dirname(name.rstrip("/"))
-            else:
-                path = next(
-                    (p for p in (os.path.join(folder, name), name) if os.path.exists(os.path.join(ROOT, p))), name
-                )
-            named.add(path.rstrip("/").split("/")[0])
-            if not os.path.exists(os.path.join(ROOT, path)):
-                problems.append(f"README layout names {path}, which does not exist")
-        if _backticked(path_cell) == ["scripts/"]:
-            scripts = {f for f in os.listdir(os.path.join(ROOT, "scripts")) if f.endswith(".py")}
-            problems += [f"README layout omits scripts/{f}" for f in sorted(scripts - set(_backticked(what_cell)))]
-        if _backticked(path_cell) == ["docs/"]:
-            docs = {f for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")}
-            problems += [f"README layout omits docs/{f}" for f in sorted(docs - set(_backticked(what_cell)))]
+        for name in _backticked(path_cell):  # `Makefile`, `.ci/run`, `pyproject.toml`
+            named.add(name.rstrip("/").split("/")[0])
+            if not os.path.exists(os.path.join(ROOT, name)):
+                problems.append(f"docs/architecture.md names {name}, which does not exist")
+        folder = _backticked(path_cell)[0].rstrip("/")
+        if folder in ("scripts", "benchmarks", "docs"):
+            files = {
+                f
+                for f in os.listdir(os.path.join(ROOT, folder))
+                if f.endswith((".py", ".sh", ".md")) and f != "architecture.md"
+            }
+            problems += [f"docs/architecture.md omits {folder}/{f}" for f in sorted(files) if f not in what_cell]
     top_level = {e for e in os.listdir(ROOT) if not e.startswith(".") and not e.endswith(".egg-info")}
-    problems += [f"README layout omits {e}" for e in sorted(top_level - IGNORED_TOP_LEVEL - named)]
+    ignored = IGNORED_TOP_LEVEL | {"smallbig_jax", "README.md"}  # the package: the module map above
+    problems += [f"docs/architecture.md omits {e}" for e in sorted(top_level - ignored - named)]
     assert not problems, "\n".join(problems)
 
 

@@ -1,8 +1,8 @@
 """The official multi-view test protocol on frames of the sizes real datasets have: every view of the evaluation loader
 equals the independent reference's (tests/protocol_reference.py): frame indices, crop corners and pixels; broken views
 exclude their video; evaluation batches of any size on 3 devices; real footage (bigbuckbunny.mp4) through
-prepare_dataset.py and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
-convert_pytorch.py and evaluate.py to the PyTorch reference's per-video scores."""
+`smallbig-jax prepare` and a 10x3 evaluation; and the whole journey from an official-format PyTorch checkpoint through
+`smallbig-jax convert` and `smallbig-jax evaluate` to the PyTorch reference's per-video scores."""
 
 from __future__ import annotations
 
@@ -253,8 +253,8 @@ def test_real_footage_prepared_and_evaluated_10x3(tmp_path):
 
 
 def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path):
-    """Official-format checkpoint (random weights, PyTorch reference) -> scripts/convert_pytorch.py ->
-    scripts/evaluate.py with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
+    """Official-format checkpoint (random weights, PyTorch reference) -> `smallbig-jax convert` ->
+    `smallbig-jax evaluate` with 10 clips x 3 crops over frame folders of real sizes -> per-video fused scores equal
     to the PyTorch reference model run on the reference views and averaged."""
     torch = pytest.importorskip("torch", reason="torch is not installed (pip install -e '.[torch]')")
     import torch_reference
@@ -275,7 +275,9 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/convert_pytorch.py",
+            "-m",
+            "smallbig_jax",
+            "convert",
             "--input",
             str(tmp_path / "model_best_smallbig23.pth"),
             "--output",
@@ -302,7 +304,9 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     r = subprocess.run(
         [
             sys.executable,
-            f"{ROOT}/scripts/evaluate.py",
+            "-m",
+            "smallbig_jax",
+            "evaluate",
             "--config",
             f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
             "--converted",

@@ -200,7 +200,7 @@ def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_com
         **{
             "model.base_width": 8,
             "optimizer.momentum": 0.5,
-            "batch_size": 8,
+            "batch_size": 12,  # 32 samples seen: not a whole number of batches of 12
             "ema_decay": 0.9,
             "model.param_dtype": "bfloat16",
             "log_every": 3,
@@ -212,7 +212,7 @@ def test_resume_refuses_shape_and_data_mapping_changes_in_one_message_before_com
     for line in (
         "model.base_width: 4 -> 8",
         "optimizer.momentum: 0.9 -> 0.5",
-        "batch_size: 4 -> 8",
+        "batch_size: 4 -> 12: the checkpoint at step 8 has seen 32 samples, not a whole number of batches of 12",
         "ema_decay: 0.0 -> 0.9",
         "model.param_dtype: 'float32' -> 'bfloat16'",
     ):
@@ -249,6 +249,7 @@ def test_accepted_and_refused_fields_are_classified():
     saved = json.loads(config.to_json_best_effort())
     for field, value in {
         "grad_accum_steps": 2,
+        "batch_size": 8,  # continued in samples (train.check_resume), or refused there
         "checkpoint_every": 7,
         "eval_batch_size": 8,
         "num_epochs": 5,
@@ -340,9 +341,9 @@ def test_every_rule_has_a_field_and_every_shipped_config_passes():
         config_lib.check_config(tiny_config("unused", grad_accum_steps=3))
 
 
-def script(name, *args):
+def script(command, *args):
     return subprocess.run(
-        [sys.executable, os.path.join(REPO, "scripts", name), *args],
+        [sys.executable, "-m", "smallbig_jax", command, *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -361,12 +362,12 @@ def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset
     missing = str(tmp_path / "mistyped")
     cases = [
         (
-            script("train.py", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
+            script("train", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
             f"{bad_list}:3:",
         ),
-        (script("evaluate.py", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
+        (script("evaluate", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
         (
-            script("train.py", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
+            script("train", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
             "config.checkpoint_every=0: expected an integer >= 1",
         ),
     ]

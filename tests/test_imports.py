@@ -13,7 +13,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "smallbig_jax"
 
-# Imports allowed inside functions: optional dependencies only (torch for conversion and --compare-torch).
+# Imports allowed inside functions: optional dependencies only (torch for conversion and --compare_torch).
 OPTIONAL = ("torch", "cv2", f"{PACKAGE}.torch_reference")
 
 # What each part of the package may import of the package (prefixes); anything else is a wrong-way import.
@@ -61,21 +61,14 @@ ALLOWED = {
     f"{PACKAGE}.torch_reference": (),
     f"{PACKAGE}.summary": (f"{PACKAGE}.models",),
     # The tools time and check what training builds; they never import the training loop itself.
-    f"{PACKAGE}.benchmark": (
+    f"{PACKAGE}.tools": (
+        f"{PACKAGE}.tools",
         f"{PACKAGE}.steps",
         f"{PACKAGE}.data",
         f"{PACKAGE}.checkpointing",
         f"{PACKAGE}.convert",
-        f"{PACKAGE}.config",
         f"{PACKAGE}.sharding",
         f"{PACKAGE}.torch_reference",
-    ),
-    f"{PACKAGE}.accelerator_check": (
-        f"{PACKAGE}.benchmark",
-        f"{PACKAGE}.steps",
-        f"{PACKAGE}.data",
-        f"{PACKAGE}.sharding",
-        f"{PACKAGE}.models",
     ),
     # The command line sits on top of everything; the dispatcher imports the chosen command by name.
     f"{PACKAGE}.commands": (PACKAGE,),
@@ -185,7 +178,7 @@ for path in sorted(glob.glob({os.path.join(REPO, "configs", "*.py")!r})):
     spec = importlib.util.spec_from_file_location("config_under_test", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for arg in (None, "runlocal,bf16", "tiny,bf16"):
+    for arg in (None, *[key for key in module.ARGS if "=" not in key]):
         module.get_config(arg)
 heavy = ("jax", "flax", "grain", "av", "tensorflow_datasets", "cv2", "orbax.checkpoint", "torch",
          "smallbig_jax.models", "smallbig_jax.data.pipeline")

@@ -40,20 +40,20 @@ def test_tpu_pod_dry_run_prints_gcloud_command():
     remote = out.split("--command='", 1)[1].rstrip("'")
     assert remote == (
         "cd $HOME/smallbig_jax && env SMALLBIG_DISTRIBUTED=1 XLA_FLAGS=--xla_a=1\\ --xla_b "
-        "python scripts/train.py --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1"
+        "smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py --workdir gs://bucket/run1"
     )
 
 
 def test_tpu_pod_custom_command_and_missing_arguments():
     r = _run(
         "launch_tpu_pod.sh", "--tpu", "t", "--zone", "z", "--repo-dir", "/srv/code", "--setup", "pip install -e .",
-        "--command", "python scripts/benchmark.py --dtype bfloat16", "--dry-run",
+        "--command", "smallbig-jax benchmark --config.model.dtype=bfloat16", "--dry-run",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "--project" not in r.stdout
     assert r.stdout.strip().endswith(
         "--command='cd /srv/code && pip install -e . && env SMALLBIG_DISTRIBUTED=1 "
-        "python scripts/benchmark.py --dtype bfloat16'"
+        "smallbig-jax benchmark --config.model.dtype=bfloat16'"
     )
     r = _run("launch_tpu_pod.sh", "--tpu", "t", "--dry-run")
     assert r.returncode == 2 and "--zone" in r.stderr
@@ -76,7 +76,7 @@ def test_slurm_dry_run_prints_batch_script(per_host):
     assert "export SMALLBIG_DISTRIBUTED=1" in lines
     assert ("export SMALLBIG_LOCAL_DEVICE_IDS=0,1,2,3" in lines) == per_host
     assert (
-        f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} python scripts/train.py "
+        f"srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node={tasks} smallbig-jax train "
         "--config configs/kinetics400_smallbig50_8x8.py --workdir /shared/run1"
     ) in lines
 
@@ -118,8 +118,7 @@ def test_gke_dry_run_renders_service_and_indexed_job(accelerator):
     assert container["command"] == [
         "bash",
         "-c",
-        "exec python scripts/train.py --config "
-        "configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
+        "exec smallbig-jax train --config configs/kinetics400_smallbig50_8x8.py:bf16 --workdir gs://bucket/run\\ 1",
     ]
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["SMALLBIG_PROCESS_ID"] == {
@@ -190,7 +189,7 @@ def test_real_two_process_run_on_loopback():
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = _run(
         "launch_local.sh", "-n", "2", "--timeout", "100", "--",
-        sys.executable, "scripts/distributed_check.py", "--init_timeout", "60",
+        sys.executable, "-m", "smallbig_jax", "distributed_check", "--init_timeout=60",
         env=env, timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"

@@ -8,8 +8,9 @@ import importlib.util
 import inspect
 import os
 
-from smallbig_jax import benchmark as bm
 from smallbig_jax import evaluate, steps, train
+from smallbig_jax.tools import benchmark as bm
+from smallbig_jax.tools import harness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -43,14 +44,14 @@ def test_benchmark_times_the_steps_training_builds_end_to_end_from_the_real_load
     config.grad_accum_steps, config.ema_decay = 2, 0.9
 
     built, timed = [], []
-    real_setup, real_step = steps.train_setup, bm.JaxStep.__init__
+    real_setup, real_step = steps.train_setup, harness.JaxStep.__init__
     monkeypatch.setattr(steps, "train_setup", lambda *a, **k: built.append(real_setup(*a, **k)) or built[-1])
 
     def spy(self, jitted, args, feeds_state):
         timed.append(jitted)
         real_step(self, jitted, args, feeds_state)
 
-    monkeypatch.setattr(bm.JaxStep, "__init__", spy)
+    monkeypatch.setattr(harness.JaxStep, "__init__", spy)
     rec = bm.benchmark_model(config, batch_per_device=4, num_devices=1, steps=2, warmup=1, measure_end_to_end=True)
     (setup,) = built
     assert timed == [setup.eval_step, setup.train_step]

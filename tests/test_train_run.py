@@ -31,7 +31,9 @@ def dataset(tmp_path_factory):
 def train_command(dataset, workdir, *extra):
     return [
         sys.executable,
-        os.path.join(REPO, "scripts", "train.py"),
+        "-m",
+        "smallbig_jax",
+        "train",
         f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
         f"--workdir={workdir}",
         *extra,

@@ -1,9 +1,8 @@
-"""`smallbig-jax <command> [flags]`: the project's one command line (also `python -m smallbig_jax`, and the thin
-wrappers in scripts/).
+"""`smallbig-jax <command> [flags]`: the project's one command line (also `python -m smallbig_jax`).
 
 Each command is a module here with its docstring (what `--help` prints), its absl flags in its own `FLAGS` and a
-`main()`. Flags are spelled with underscores (a dashed spelling is read the same); a command that takes a config
-takes it as `--config=configs/x.py[:arg]` plus `--config.<field>=<value>` overrides (ml_collections). The commands
+`main()`. Flags are spelled with underscores; a command that takes a config takes it as `--config=configs/x.py[:arg]`
+plus `--config.<field>=<value>` overrides (ml_collections, through `cli.define_config_flag`). The commands
 that compute restart once with glibc's host-memory settings first (`smallbig_jax/host_memory.py`), here and
 nowhere else, before they import JAX.
 """
@@ -30,7 +29,6 @@ COMMANDS = {
     "synthetic": "write the embedded synthetic dataset (mp4s, lists, ArrayRecord)",
     "accelerator_check": "numerics, speed sweep and input pipeline on a new accelerator",
     "distributed_check": "a multi-process launch end to end (start-up, global batch, forward)",
-    "benchmark_data": "input-pipeline clips per second per CPU core from each source",
 }
 # Commands whose XLA:CPU steps page-fault their temporaries back in without glibc's settings.
 KEEP_HOST_MEMORY = ("train", "evaluate", "benchmark", "accelerator_check")
@@ -44,17 +42,11 @@ def usage() -> str:
     )
 
 
-def run(command: str, args: list[str] | None = None) -> int:
-    """Runs one command with `args` (default: this process's command line after the script's name); returns its
-    exit status. Given no `args` (a real command line), the commands in `KEEP_HOST_MEMORY` first restart the
-    process with glibc's host-memory settings."""
+def run(command: str, args: list[str]) -> int:
+    """Runs one command with `args` (the command line after its name) in this process; returns its exit status."""
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}\n{usage()}", file=sys.stderr)
         return cli.EXIT_USER_ERROR
-    if args is None:
-        args = sys.argv[1:]
-        if command in KEEP_HOST_MEMORY:
-            keep_freed_host_memory()
     module = importlib.import_module(f"{__name__}.{command}")  # only the chosen command's imports are paid for
     return cli.run_command(f"{PROG} {command}", module.__doc__ or "", module.FLAGS, module.main, list(args))
 
@@ -65,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] in cli.HELP:
         print(usage())
         return 0 if args else cli.EXIT_USER_ERROR
-    command = args[0].replace("-", "_")
+    command = args[0]
     if argv is None and command in KEEP_HOST_MEMORY:
         keep_freed_host_memory()  # same arguments after the restart: sys.orig_argv
     return run(command, args[1:])

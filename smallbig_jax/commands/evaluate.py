@@ -10,16 +10,13 @@ import json
 import os
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.evaluate import evaluate_checkpoint, write_predictions
 
 FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file in configs/.", lock_config=True, flag_values=FLAGS
-)
+_CONFIG = cli.define_config_flag(FLAGS)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "A training workdir: its newest intact checkpoint is evaluated.", flag_values=FLAGS
 )
@@ -44,12 +41,13 @@ def main() -> int | None:
     initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     if (_WORKDIR.value is None) == (_CONVERTED.value is None):
         raise app.UsageError("give exactly one of --workdir and --converted")
+    config = cli.config_value(_CONFIG)
     result = evaluate_checkpoint(
-        _CONFIG.value, workdir=_WORKDIR.value, converted=_CONVERTED.value, step=_STEP.value, best=_BEST.value
+        config, workdir=_WORKDIR.value, converted=_CONVERTED.value, step=_STEP.value, best=_BEST.value
     )
     out = _OUT.value or os.path.join(_WORKDIR.value or _CONVERTED.value, "predictions_eval.jsonl")
     write_predictions(out, result)
-    views = _CONFIG.value.data.num_clips * _CONFIG.value.data.num_crops
+    views = config.data.num_clips * config.data.num_crops
     print(
         f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x {views} views "
         f"(step {result['step']}); predictions in {out}"

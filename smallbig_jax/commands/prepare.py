@@ -7,9 +7,11 @@ could not read to ``<out>/failed_<split>.txt`` instead of stopping. Example::
 
   smallbig-jax prepare --input_format video --num_classes 5 --root data/synthetic/videos \\
       --split train=data/synthetic/train.txt --split val=data/synthetic/val.txt \\
-      --config jpeg --out data/synthetic/arrayrecord
+      --storage jpeg --out data/synthetic/arrayrecord
 
-Read it back with ``format='arrayrecord', arrayrecord_dir=<out>`` in the data config.
+Read it back with ``format='arrayrecord', arrayrecord_dir=<out>`` in the data config. There is no config to take:
+the lists, labels and storage named here are what is written (``--storage`` is the TFDS builder config,
+``small_big_video/<storage>``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ flags.DEFINE_string("root", "", "folder the list's names/paths are relative to",
 flags.DEFINE_multi_string(
     "split", None, "NAME=LIST: a split and its list file (repeat for each split)", flag_values=FLAGS
 )
-flags.DEFINE_enum("config", "jpeg", ["jpeg", "video"], "store JPEG frames or video bytes", flag_values=FLAGS)
+flags.DEFINE_enum("storage", "jpeg", ["jpeg", "video"], "store JPEG frames or video bytes", flag_values=FLAGS)
 flags.DEFINE_string("out", None, "TFDS data dir to write", flag_values=FLAGS)
 flags.DEFINE_string("template", "img_{:05d}.jpg", "frame file names in a folder", flag_values=FLAGS)
 flags.DEFINE_bool("kinetics_ids", False, "list names are Kinetics ids", flag_values=FLAGS)
@@ -50,7 +52,7 @@ def main() -> int:
         input_format=a.input_format,
         num_classes=a.num_classes,
         root=a.root,
-        config=a.config,
+        config=a.storage,
         template=a.template,
         kinetics_ids=a.kinetics_ids,
         short_side=a.short_side or None,

@@ -10,16 +10,13 @@ Any config field can be overridden with --config.<field>=<value>.
 import json
 
 from absl import flags
-from ml_collections import config_flags
 
 from smallbig_jax import cli
 from smallbig_jax.distributed import initialize_distributed
 from smallbig_jax.train import train_and_evaluate
 
 FLAGS = flags.FlagValues()
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "A config file in configs/.", lock_config=True, flag_values=FLAGS
-)
+_CONFIG = cli.define_config_flag(FLAGS)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the curves go.", flag_values=FLAGS)
 flags.mark_flags_as_required(["config", "workdir"], flag_values=FLAGS)
 cli.define_debug_flag(FLAGS)
@@ -28,10 +25,11 @@ cli.define_debug_flag(FLAGS)
 def main() -> int | None:
     initialize_distributed()  # multi-host runs: see smallbig_jax/distributed.py (a no-op on one machine)
     workdir = _WORKDIR.value
-    result = train_and_evaluate(_CONFIG.value, workdir)
+    config = cli.config_value(_CONFIG)
+    result = train_and_evaluate(config, workdir)
     print(json.dumps(result))
     if "top1" in result:
-        views = _CONFIG.value.data.num_clips * _CONFIG.value.data.num_crops
+        views = config.data.num_clips * config.data.num_crops
         print(
             f"\ntest top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  over {result['videos']} videos x "
             f"{views} views"

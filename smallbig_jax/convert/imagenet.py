@@ -105,7 +105,7 @@ def inflate_imagenet(
             hint = [
                 "this file is a ResNet-50 (layer3 has 6 blocks) but smallbig101 needs torchvision resnet101 weights. "
                 "(The official code loads ResNet-50 weights into smallbig101 by mistake and leaves layer3.6-22 random; "
-                "this converter refuses. Pass allow_partial / --allow-partial to reproduce that on purpose.)"
+                "this converter refuses. Pass allow_partial / --allow_partial to reproduce that on purpose.)"
             ]
         raise ConversionError(
             f"{source} ({arch}): cannot initialise {variant} (base width {base_width}) from it: {check.counts()}; "

@@ -14,13 +14,13 @@ it train and evaluate here, and can the host's CPUs feed it (`smallbig-jax accel
    options: a different program for the same model, so the bounds still catch a wrong sharding, fusion, layout or
    formulation, but not a wrong CPU backend. On an accelerator the reference is the "plain" formulation too.
 2. **Speed**: the config's model in bfloat16, train step and eval forward at each `clips_per_device` (8, 16, 32),
-   built by `steps.train_setup` and timed by `benchmark.py`; a size that runs out of device memory is recorded and
-   ends that mode's sweep. Clips/s per device, MFU (XLA's FLOPs of the compiled per-device program / step time /
-   the device's peak), peak device memory (the backend's `peak_bytes_in_use`, a running maximum: sizes go up, so
-   it is that size's peak), compile time.
+   built by `steps.train_setup` and timed by the benchmark's harness (`harness.py`); a size that runs out of device
+   memory is recorded and ends that mode's sweep. Clips/s per device, MFU (XLA's FLOPs of the compiled per-device
+   program / step time / the device's peak), peak device memory (the backend's `peak_bytes_in_use`, a running
+   maximum: sizes go up, so it is that size's peak), compile time.
 3. **Input**: the training input pipeline's clips/s with every host core (`worker_count = cores`) on a dataset
-   (`--data_config`, or synthetic mp4s at a Kinetics-like pixel count), and the cores it would take to feed the
-   fastest measured train step on all of the host's devices.
+   (`--data_config`, or synthetic mp4s as long as the config's clip span, at its `scale_size`), and the cores it
+   would take to feed the fastest measured train step on all of the host's devices.
 
 `run` returns one JSON-ready record; `markdown` renders it as the table BENCHMARKS.md takes.
 """
@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -40,9 +39,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from smallbig_jax import benchmark as bm
 from smallbig_jax import sharding, steps
 from smallbig_jax.data import synthetic, writers
+from smallbig_jax.tools import harness
 
 LOGITS_F32_BOUND = 1e-4  # x max(1, max |logit|): float32 on the device vs the host CPU
 # Relative L2 error of bfloat16 logits against float32: rounding to an 8-bit mantissa gave 0.03 on the tiny CI
@@ -92,16 +91,13 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.dtype = "float32"
     config.batch_size = clips_per_device * mesh.size
-    n, t, size = config.batch_size, config.data.num_frames, config.data.crop_size
-    rng = np.random.default_rng(0)
-    clips = rng.standard_normal((n, t, size, size, 3), dtype=np.float32)
-    labels = (np.arange(n) % config.model.num_classes).astype(np.int32)
+    clips, labels = harness.random_batch(config, seed=0)
     batch = jax.device_put({"clip": clips, "label": labels}, sharding.batch_sharding(mesh))
     out: dict[str, Any] = {
         "weights": config.init_from or f"seeded initialisation (seed {config.seed})",
         "device": f"{mesh.size} x {mesh.devices.flat[0].device_kind}, the training run's jitted step",
         "reference": ("host CPU, 1 device, plain formulation, plain jit" + (" at -O0" if same_backend else "")),
-        "batch": [n, t, size, size, 3],
+        "batch": list(clips.shape),
         "bounds": {
             "logits_f32_vs_cpu": f"max|diff| <= {LOGITS_F32_BOUND} x max(1, max|logit|)",
             "logits_bf16_vs_f32": f"relative L2 <= {LOGITS_BF16_BOUND}",
@@ -112,7 +108,7 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     plain.model.formulation = "plain"
     plain_graphdef, plain_eval_graphdef = steps.model_graphdefs(plain, mesh)
     with jax.default_matmul_precision("highest"):
-        setup = steps.train_setup(config, mesh, bm.STEPS_PER_EPOCH)
+        setup = steps.train_setup(config, mesh, harness.STEPS_PER_EPOCH)
         params, stats = jax.device_get((setup.state["params"], setup.state["batch_stats"]))
         logits = np.asarray(setup.eval_step(setup.state["params"], setup.state["batch_stats"], batch["clip"]))
         ref_logits = _reference(steps.eval_step_fn(plain_eval_graphdef), (params, stats, clips), cpu, same_backend)
@@ -155,30 +151,6 @@ def numerics(config: ml_collections.ConfigDict, mesh, clips_per_device: int = 2)
     return out
 
 
-def _timed(
-    jstep: bm.JaxStep,
-    clips_per_device: int,
-    steps_: int,
-    warmup: int,
-    peak: float | None,
-    devices: Sequence[jax.Device],
-) -> dict[str, Any]:
-    times, _ = bm.time_interleaved({"step": jstep}, steps=steps_, warmup=warmup)
-    median, p10, p90 = bm.summarize(times["step"])
-    return {
-        "clips_per_device": clips_per_device,
-        "compile_s": jstep.compile_s,
-        "step_ms_median": median,
-        "step_ms_p10": p10,
-        "step_ms_p90": p90,
-        "clips_per_s_per_device": clips_per_device / (median / 1e3),
-        "gflops_per_step_per_device": jstep.flops / 1e9,
-        "mfu": bm.mfu(jstep.flops, median / 1e3, peak),
-        "peak_device_memory_gb": bm.device_peak_memory_gb(devices),
-        "xla_memory_gb": jstep.memory.get("xla_compiled_total_gb"),
-    }
-
-
 def speed(
     config: ml_collections.ConfigDict,
     mesh,
@@ -194,7 +166,7 @@ def speed(
     ({"clips_per_device": c, "oom": "..."}) and ends that mode's sweep."""
     setup_fn = setup_fn or steps.train_setup
     device = mesh.devices.flat[0]
-    peak = peak_tflops or bm.peak_tflops(device.device_kind, config.model.dtype)
+    peak = peak_tflops or harness.peak_tflops(device.device_kind, config.model.dtype)
     results: dict[str, list] = {"train step": [], "eval forward": []}
 
     def out_of_memory(name: str, c: int, error: Exception) -> None:
@@ -208,19 +180,28 @@ def speed(
             break
         cfg = ml_collections.ConfigDict(config.to_dict())
         cfg.batch_size = c * mesh.size
-        n, t, size = cfg.batch_size, cfg.data.num_frames, cfg.data.crop_size
-        clips = np.random.default_rng(c).standard_normal((n, t, size, size, 3), dtype=np.float32)
-        labels = (np.arange(n) % cfg.model.num_classes).astype(np.int32)
+        clips, labels = harness.random_batch(cfg, seed=c)
         try:
-            setup = setup_fn(cfg, mesh, bm.STEPS_PER_EPOCH)
+            setup = setup_fn(cfg, mesh, harness.STEPS_PER_EPOCH)
         except Exception as error:  # noqa: BLE001 - out-of-memory is recorded; anything else is re-raised
             for name in names:
                 out_of_memory(name, c, error)
             continue
         for name in names:
             try:
-                jstep = bm.jax_steps(setup, mesh, clips, labels, modes=(name.split()[0],))[name]
-                results[name].append(_timed(jstep, c, steps_, warmup, peak, list(mesh.devices.flat)))
+                jstep = harness.jax_steps(setup, mesh, clips, labels, modes=(name.split()[0],))[name]
+                times, faults = harness.time_interleaved({"jax": jstep}, steps=steps_, warmup=warmup)
+                row = harness.timing(
+                    name,
+                    "jax",
+                    times["jax"],
+                    faults["jax"],
+                    clips_per_device=c,
+                    devices=list(mesh.devices.flat),
+                    jstep=jstep,
+                    peak=peak,
+                )
+                results[name].append(row.as_json())
             except Exception as error:  # noqa: BLE001
                 out_of_memory(name, c, error)
             finally:
@@ -229,22 +210,21 @@ def speed(
     return {"peak_tflops_per_device": peak, **results}
 
 
-def synthetic_data_config(
-    out: str, *, num_videos: int, num_frames: int, size: int, frames: int, stride: int, crop: int
-) -> ml_collections.ConfigDict:
-    """Writes `num_videos` synthetic mp4s (`num_frames` frames of size x size) and returns a data config reading
-    them with the training transforms at `frames` x `crop`."""
+def synthetic_data_config(out: str, like: ml_collections.ConfigDict, num_videos: int) -> ml_collections.ConfigDict:
+    """Writes `num_videos` synthetic mp4s, each as long as a clip of the data config `like` spans (num_frames x
+    stride frames) at its `scale_size`, and returns a data config reading them with its clip shape."""
+    size = like.scale_size
     writers.write_synthetic_dataset(
         out,
         num_train=num_videos,
         num_val=1,
-        num_frames=num_frames,
+        num_frames=like.num_frames * like.stride,
         size=size,
         workers=max(1, min(8, os.cpu_count() or 1)),
         arrayrecord=False,
     )
     data = synthetic.data_config(out, fmt="video")
-    data.num_frames, data.stride, data.crop_size = frames, stride, crop
+    data.num_frames, data.stride, data.crop_size = like.num_frames, like.stride, like.crop_size
     data.scale_size = data.train_short_side = size
     return data
 
@@ -265,7 +245,7 @@ def input_pipeline(
         {"batch_size": batch_size, "model": {"num_classes": num_classes}, "data": data_config.to_dict()}
     )
     config.data.worker_count = workers
-    r = bm.input_pipeline_throughput(config, batches=batches, warmup=warmup)
+    r = harness.input_pipeline_throughput(config, batches=batches, warmup=warmup)
     if "skipped" in r:
         return r
     cores = max(workers, 1)
@@ -288,24 +268,16 @@ def run(
     data_config: ml_collections.ConfigDict | None = None,
     input_batches: int = 10,
     input_workers: int | None = None,
-    synthetic: dict | None = None,
+    input_videos: int = 16,
     peak_tflops: float | None = None,
 ) -> dict[str, Any]:
-    """Numerics, speed and input of `config` on this host's devices; one JSON-ready record."""
+    """Numerics, speed and input of `config` on this host's devices; one JSON-ready record. Without `data_config`
+    the input is `input_videos` synthetic mp4s of the config's clip span (`synthetic_data_config`)."""
     started = time.perf_counter()
     devices = jax.local_devices()
     mesh = sharding.make_mesh(devices)
     device = devices[0]
-    record: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "device_kind": device.device_kind,
-        "platform": device.platform,
-        "local_device_count": len(devices),
-        "host_cores": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "load_average": list(os.getloadavg()),
-        "versions": bm._versions(False),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    record: dict[str, Any] = harness.machine_record(devices) | {
         "model": {
             "variant": config.model.variant,
             "base_width": config.model.base_width,
@@ -331,8 +303,11 @@ def run(
     with contextlib.ExitStack() as stack:
         if data_config is None:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="accelerator_check_"))
-            data_config = synthetic_data_config(tmp, **synthetic)
-            record["input_data"] = f"synthetic mp4s: {synthetic}"
+            data_config = synthetic_data_config(tmp, config.data, input_videos)
+            record["input_data"] = (
+                f"{input_videos} synthetic mp4s of {data_config.num_frames * data_config.stride} frames at "
+                f"{data_config.scale_size}x{data_config.scale_size}"
+            )
         else:
             record["input_data"] = data_config.get("train_list") or data_config.get("arrayrecord_dir")
         workers = (os.cpu_count() or 1) if input_workers is None else input_workers
@@ -359,7 +334,7 @@ def markdown(record: dict[str, Any]) -> str:
     """The record as markdown: the machine, the numerics with their bounds, a speed table, the input pipeline."""
     m, num = record["model"], record["numerics"]
     lines = [
-        f"**{record['local_device_count']} x {record['device_kind']}** ({record['platform']}), {record['host_cores']} "
+        f"**{record['device_count']} x {record['device_kind']}** ({record['platform']}), {record['host_cores']} "
         f"host cores, load average {record['load_average'][0]:.2f}, {record['date']}; "
         + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
         f"Model: {m['variant']} (width {m['base_width']}, {m['num_classes']} classes), {m['frames']}x{m['size']}x"
@@ -398,7 +373,7 @@ def markdown(record: dict[str, Any]) -> str:
                 f"| {name} | {r['clips_per_device']} | {r['compile_s']:.1f} | {r['step_ms_median']:.1f} | "
                 f"{r['clips_per_s_per_device']:.2f} | {r['gflops_per_step_per_device']:.1f} | "
                 f"{_fmt(r['mfu'], '.1%', 'no peak known')} | "
-                f"{_fmt(r['peak_device_memory_gb'], '.2f', 'not reported')} |"
+                f"{_fmt(r['device_peak_memory_gb'], '.2f', 'not reported')} |"
             )
     ip = record["input_pipeline"]
     if "skipped" in ip:

@@ -6,7 +6,10 @@ h264 mp4 files (2 s key-frame interval) and the two ArrayRecord forms. One proce
 clips per second of that process's CPU time, i.e. per core (grain workers scale it over cores). Writes a
 markdown table (``--markdown``) for BENCHMARKS.md::
 
-  smallbig-jax benchmark_data --markdown /tmp/bench.md
+  python benchmarks/input_sources.py --markdown=/tmp/bench.md
+
+A measurement script, not a command: the per-stage breakdown reads the ArrayRecord source's private record reader
+(``_record``, ``_open``) to time reading apart from decoding.
 """
 
 from __future__ import annotations
@@ -21,20 +24,18 @@ import time
 
 import grain
 import numpy as np
-from absl import flags
+from absl import app, flags
 from array_record.python import array_record_module
 from PIL import Image
 
-from smallbig_jax import cli
 from smallbig_jax.data import lists, pipeline, prepare, sources, transforms, writers
 from smallbig_jax.data.config import default_data_config
 
-FLAGS = flags.FlagValues()
-flags.DEFINE_integer("clips", 60, "clips timed per source and round", flag_values=FLAGS)
-flags.DEFINE_integer("videos", 6, "videos written per source", flag_values=FLAGS)
-flags.DEFINE_integer("frames", 300, "frames per video", flag_values=FLAGS)
-flags.DEFINE_string("markdown", "", "also write the table to this file", flag_values=FLAGS)
-cli.define_debug_flag(FLAGS)
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("clips", 60, "clips timed per source and round")
+flags.DEFINE_integer("videos", 6, "videos written per source")
+flags.DEFINE_integer("frames", 300, "frames per video")
+flags.DEFINE_string("markdown", "", "also write the table to this file")
 
 
 def bench_video(rng: np.random.Generator, num_frames: int, h: int, w: int) -> np.ndarray:
@@ -139,7 +140,8 @@ def clips_per_cpu_second(fn, n: int, rounds: int = 3) -> tuple[float, float]:
     return best
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    del argv
     a = FLAGS
     cfg = default_data_config()  # SmallBig-R50 Kinetics training: 8x8 dense, 224 crops, flip.
     with tempfile.TemporaryDirectory() as root:
@@ -213,3 +215,7 @@ def main() -> int:
         with open(a.markdown, "w") as f:
             f.write(text + "\n")
     return 0
+
+
+if __name__ == "__main__":
+    app.run(main)
