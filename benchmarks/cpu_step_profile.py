@@ -67,7 +67,7 @@ def kernels() -> None:
     )
 
 
-HELPERS = {"_stored", "_cut", "_shift", "conv2d", "_sum_per_group", "_pool_taps", "_first_maximum", "__call__"}
+HELPERS = {"_stored", "_cut", "_shift", "conv2d", "_sum_per_group", "pool_taps", "first_maximum", "__call__"}
 
 
 def _op_class(text: str, functions: list[str], path: str, backward: bool) -> str:

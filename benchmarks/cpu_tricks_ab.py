@@ -74,6 +74,17 @@ def _plain_pool_global_t_3x3(x):
     return _reduce_window_max(x, (1, x.shape[1], 3, 3, 1), (1,) * 5, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class _ReduceWindowPools(layers.Formulation):
+    """A formulation whose big-view pools are one 3D `lax.reduce_window` each (not built from the 1D pool)."""
+
+    def max_pool_3x3x3(self, x):
+        return _plain_pool_3x3x3(x)
+
+    def max_pool_global_t_3x3(self, x):
+        return _plain_pool_global_t_3x3(x)
+
+
 # trick -> (fields of the CPU formulation replaced, [(cpu_formulation attribute, plain replacement)])
 TRICKS = {
     "stored": ({}, [("_stored", lambda a: a)]),
@@ -89,16 +100,12 @@ TRICKS = {
         ],
     ),
     "pools": (
-        {
-            "max_pool_1d": _plain_max_pool_1d,
-            "max_pool_3x3x3": _plain_pool_3x3x3,
-            "max_pool_global_t_3x3": _plain_pool_global_t_3x3,
-            "broadcast_frames": layers.broadcast_frames,
-        },
+        {"max_pool_1d": _plain_max_pool_1d, "broadcast_frames": layers.broadcast_frames},
         [],
     ),
     "conv_options": ({"cpu_compiler_options": {}}, []),
 }
+FORMULATION_CLASSES = {"pools": _ReduceWindowPools}  # tricks that change how the composite pools are built
 
 
 def _option_value(text: str):
@@ -115,7 +122,8 @@ def variant_of(variant: str) -> tuple[layers.Formulation, list]:
         return layers.PLAIN, []
     if variant.startswith("-") and variant[1:] in TRICKS:
         fields, functions = TRICKS[variant[1:]]
-        replaced = dataclasses.replace(CPU, name=variant, **fields)
+        cls = FORMULATION_CLASSES.get(variant[1:], layers.Formulation)
+        replaced = cls(**{**{f.name: getattr(CPU, f.name) for f in dataclasses.fields(CPU)}, "name": variant, **fields})
         return replaced, [(cpu_formulation, name, value) for name, value in functions]
     if variant.startswith("opt:"):
         extra = {k: _option_value(v) for k, v in (item.split("=", 1) for item in variant[4:].split(";"))}

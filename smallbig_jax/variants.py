@@ -20,7 +20,7 @@ class BlockKind:
     extra: bool = False  # the global-max-pool context gate before the block body
 
 
-PLAIN = BlockKind()
+BOTTLENECK = BlockKind()  # Bottleneck3D_000: the ResNet bottleneck alone
 SMALLBIG = BlockKind(big_views=True)
 SMALLBIG_EXTRA = BlockKind(big_views=True, extra=True)
 SLOW = BlockKind(temporal_conv1=True)
@@ -35,11 +35,11 @@ class Variant:
 
 
 VARIANTS: dict[str, Variant] = {
-    "res50": Variant((3, 4, 6, 3), (PLAIN,) * 4, "res50"),
-    "slowonly50": Variant((3, 4, 6, 3), (PLAIN, PLAIN, SLOW, SLOW), "slowonly50"),
-    "slowonly50_extra": Variant((3, 4, 6, 3), (PLAIN, PLAIN, SLOW_EXTRA, SLOW_EXTRA), "slowonly50_extra"),
-    "smallbig23": Variant((1, 2, 3, 1), (PLAIN,) + (SMALLBIG,) * 3, "smallbig23_no_extra"),
-    "smallbig50": Variant((3, 4, 6, 3), (PLAIN,) + (SMALLBIG,) * 3, "smallbig50_no_extra"),
-    "smallbig101": Variant((3, 4, 23, 3), (PLAIN,) + (SMALLBIG,) * 3, "smallbig101_no_extra"),
-    "smallbig50_extra": Variant((3, 4, 6, 3), (PLAIN,) + (SMALLBIG_EXTRA,) * 3, "smallbig50_extra"),
+    "res50": Variant((3, 4, 6, 3), (BOTTLENECK,) * 4, "res50"),
+    "slowonly50": Variant((3, 4, 6, 3), (BOTTLENECK, BOTTLENECK, SLOW, SLOW), "slowonly50"),
+    "slowonly50_extra": Variant((3, 4, 6, 3), (BOTTLENECK, BOTTLENECK, SLOW_EXTRA, SLOW_EXTRA), "slowonly50_extra"),
+    "smallbig23": Variant((1, 2, 3, 1), (BOTTLENECK,) + (SMALLBIG,) * 3, "smallbig23_no_extra"),
+    "smallbig50": Variant((3, 4, 6, 3), (BOTTLENECK,) + (SMALLBIG,) * 3, "smallbig50_no_extra"),
+    "smallbig101": Variant((3, 4, 23, 3), (BOTTLENECK,) + (SMALLBIG,) * 3, "smallbig101_no_extra"),
+    "smallbig50_extra": Variant((3, 4, 6, 3), (BOTTLENECK,) + (SMALLBIG_EXTRA,) * 3, "smallbig50_extra"),
 }

@@ -448,6 +448,38 @@ def test_script_converts_and_checkpoint_loads_ready_model(torch, ref, tmp_path, 
     assert sorted(os.listdir(out)) == ["conversion_report.json", "model_config.json", "state"]
 
 
+def test_set_arrays_lists_every_problem_and_writes_nothing():
+    """The one write of arrays into a model (used by every import and by `load_converted_model`) names every missing
+    leaf, array without a leaf and wrong shape at once, and leaves the model as it was."""
+    from smallbig_jax.convert import ConversionError
+    from smallbig_jax.convert.state import model_arrays, set_arrays
+
+    model = build_model("smallbig23", 3, base_width=4)
+    before = model_arrays(model)
+    arrays = dict(before)
+    arrays[("bn1", "scale")] = np.full(before[("bn1", "scale")].shape, 5.0, np.float32)  # fits: still not written
+    del arrays[("fc", "bias")]
+    arrays[("fc", "kernel")] = np.zeros((1, 3), np.float32)
+    arrays[("layer9", "0", "scale")] = np.zeros(2, np.float32)
+    with pytest.raises(ConversionError) as error:
+        set_arrays(model, arrays, complete=True)
+    assert error.value.problems == [
+        "missing fc.bias (3,)",
+        "unexpected layer9.0.scale (2,)",
+        "shape of fc.kernel: expected (128, 3), found (1, 3)",
+    ]
+    after = model_arrays(model)
+    assert all(np.array_equal(after[p], before[p]) for p in before)
+    set_arrays(model, {("bn1", "scale"): arrays[("bn1", "scale")]})  # a part, by path, when not `complete`
+    assert float(model.bn1.scale[...][0]) == 5.0
+
+
+def test_stage_depths_are_read_from_the_keys():
+    assert keymap.stage_depths(keymap.torch_state_dict_shapes("smallbig23", 5, 8)) == (1, 2, 3, 1)
+    keys = ["conv1.weight", "layer2.1.conv1.weight", "layer2.0.bn1.bias", "layer10.3.x"]
+    assert keymap.stage_depths(keys) == (0, 2, 0, 0)
+
+
 def _batchnorms(model):
     from flax import nnx
 
@@ -475,7 +507,7 @@ def test_save_failure_leaves_nothing(tmp_path, monkeypatch):
 
 def _perturbed_jax_model(variant, num_classes, base_width, seed):
     """A JAX model with every array random (BN statistics and big-view BNs included)."""
-    from smallbig_jax.convert.pytorch import arrays_to_model
+    from smallbig_jax.convert.state import arrays_to_model
 
     rng = np.random.default_rng(seed)
     arrays = {}

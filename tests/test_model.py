@@ -11,7 +11,7 @@ from jax import lax
 
 from smallbig_jax.models import build_model, count_params, cpu_formulation, layers
 
-FORMULATION_MODULES = [layers, cpu_formulation]  # both define the pools, BatchNorm's training form, the ReLU
+FORMULATIONS = [layers.PLAIN, cpu_formulation.CPU]  # each writes the pools, BatchNorm's training form, the ReLU
 
 OFFICIAL_PARAMS = [
     ("smallbig50", 400, 24_370_640),
@@ -199,9 +199,9 @@ def test_folded_conv_equals_3d_conv_in_value_and_gradient(kernel, stride, size):
     ],
 )
 @pytest.mark.parametrize("shape", [(2, 8, 9, 10, 3), (1, 3, 7, 8, 2), (1, 1, 4, 5, 2)])
-@pytest.mark.parametrize("module", FORMULATION_MODULES)
-def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(pool, ref, shape, module):
-    fast = pool(module)
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=lambda f: f.name)
+def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(pool, ref, shape, formulation):
+    fast = pool(formulation)
     x = jax.random.normal(jax.random.key(0), shape)  # continuous values: no ties, so the gradient is unique
     weights = jax.random.normal(jax.random.key(1), jax.eval_shape(ref, x).shape)
     value_fast, grad_fast = jax.value_and_grad(lambda x: jnp.sum(fast(x) * weights))(x)
@@ -210,16 +210,16 @@ def test_separable_max_pools_equal_reduce_window_in_value_and_gradient(pool, ref
     np.testing.assert_allclose(grad_fast, grad_ref, rtol=1e-5, atol=1e-5)  # float32 summation order differs
 
 
-@pytest.mark.parametrize("module", FORMULATION_MODULES)
-def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(module):
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=lambda f: f.name)
+def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(formulation):
     """With ties (post-ReLU zeros, repeated values) each window's gradient goes to its first maximal element, as
     in PyTorch; the edge is repeated, so a window reaching past the end gives its share to the edge element."""
     rng = np.random.default_rng(0)
     for n, stride in [(7, 1), (2, 1), (6, 2), (7, 2)]:
         x = rng.integers(0, 3, size=(3, n, 2)).astype(np.float32)  # many ties
-        dy_shape = jax.eval_shape(lambda x: module.max_pool_1d(x, 1, stride=stride), x).shape
+        dy_shape = jax.eval_shape(lambda x: formulation.max_pool_1d(x, 1, stride=stride), x).shape
         dy = rng.normal(size=dy_shape).astype(np.float32)
-        _, vjp = jax.vjp(lambda x: module.max_pool_1d(x, 1, stride=stride), jnp.asarray(x))
+        _, vjp = jax.vjp(lambda x: formulation.max_pool_1d(x, 1, stride=stride), jnp.asarray(x))
         (dx,) = vjp(jnp.asarray(dy))
         expected = np.zeros_like(x)
         for b in range(3):
@@ -231,11 +231,11 @@ def test_max_pool_gradient_goes_to_the_first_maximum_of_each_window(module):
         np.testing.assert_allclose(dx, expected, rtol=1e-6, err_msg=f"n={n} stride={stride}")
 
 
-@pytest.mark.parametrize("module", FORMULATION_MODULES)
-def test_max_over_frames_gradient_goes_to_the_first_maximal_frame(module):
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=lambda f: f.name)
+def test_max_over_frames_gradient_goes_to_the_first_maximal_frame(formulation):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, size=(2, 5, 3, 4)).astype(np.float32)  # many ties between frames
-    y, vjp = jax.vjp(module.max_over_frames, jnp.asarray(x))
+    y, vjp = jax.vjp(formulation.max_over_frames, jnp.asarray(x))
     dy = rng.normal(size=y.shape).astype(np.float32)
     (dx,) = vjp(jnp.asarray(dy))
     expected = np.zeros_like(x)
@@ -244,10 +244,10 @@ def test_max_over_frames_gradient_goes_to_the_first_maximal_frame(module):
     np.testing.assert_array_equal(dx, expected)
 
 
-@pytest.mark.parametrize("module", FORMULATION_MODULES)
-def test_broadcast_frames_gradient_sums_the_frames(module):
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=lambda f: f.name)
+def test_broadcast_frames_gradient_sums_the_frames(formulation):
     x = jax.random.normal(jax.random.key(0), (2, 1, 3, 4))
-    y, vjp = jax.vjp(lambda x: module.broadcast_frames(x, 5), x)
+    y, vjp = jax.vjp(lambda x: formulation.broadcast_frames(x, 5), x)
     dy = jax.random.normal(jax.random.key(1), y.shape)
     (dx,) = vjp(dy)
     np.testing.assert_array_equal(y, jnp.broadcast_to(x, (2, 5, 3, 4)))
@@ -267,8 +267,8 @@ def test_stored_keeps_every_bit(dtype):
 
 
 @pytest.mark.parametrize("groups", [1, 2])
-@pytest.mark.parametrize("module", FORMULATION_MODULES)
-def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups, module):
+@pytest.mark.parametrize("formulation", FORMULATIONS, ids=lambda f: f.name)
+def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups, formulation):
     """BatchNorm's training form (the CPU one with its hand-written backward) against autodiff of
     (x - mean) / sqrt(var + eps) * scale + bias."""
     with jax.enable_x64(True):
@@ -285,11 +285,11 @@ def test_batchnorm_training_gradient_equals_autodiff_of_its_formula(groups, modu
         def loss(fn):
             return lambda x, scale, bias: jnp.sum(jnp.sin(fn(x, scale, bias)) * w)
 
-        ours = jax.grad(loss(lambda *a: module.batch_norm_train(*a, 1e-5)[0]), argnums=(0, 1, 2))(x, scale, bias)
+        ours = jax.grad(loss(lambda *a: formulation.batch_norm_train(*a, 1e-5)[0]), argnums=(0, 1, 2))(x, scale, bias)
         ref = jax.grad(loss(reference), argnums=(0, 1, 2))(x, scale, bias)
         for a, b in zip(ours, ref):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-        y, mean, var = module.batch_norm_train(x, scale, bias, 1e-5)
+        y, mean, var = formulation.batch_norm_train(x, scale, bias, 1e-5)
         np.testing.assert_allclose(y, reference(x, scale, bias), rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(var, jnp.var(x, axis=1, keepdims=True), rtol=1e-12)
 
@@ -303,12 +303,20 @@ def test_block_output_relu_equals_relu_in_value_and_gradient(formulation):
     np.testing.assert_array_equal(dx, jnp.where(x > 0, 2.0, 0.0))  # zero gradient at 0, as jax.nn.relu
 
 
-REFERENCE = dataclasses.replace(  # reduce_window pools; the convs are 3D convs (`reference_conv`)
-    layers.PLAIN,
-    name="reference",
-    max_pool_1d=reference_max_pool_1d,
-    max_pool_3x3x3=reference_max_pool_3x3x3,
-    max_pool_global_t_3x3=reference_max_pool_global_t_3x3,
+@dataclasses.dataclass(frozen=True, eq=False)
+class ReferenceFormulation(layers.Formulation):
+    """The big views' pools as one 3D `reduce_window` each, not built from the 1D pool."""
+
+    def max_pool_3x3x3(self, x):
+        return reference_max_pool_3x3x3(x)
+
+    def max_pool_global_t_3x3(self, x):
+        return reference_max_pool_global_t_3x3(x)
+
+
+REFERENCE = ReferenceFormulation(  # reduce_window pools; the convs are 3D convs (`reference_conv`)
+    **{f.name: getattr(layers.PLAIN, f.name) for f in dataclasses.fields(layers.PLAIN)}
+    | {"name": "reference", "max_pool_1d": reference_max_pool_1d}
 )
 
 

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import nnx
+from flax import nnx, traverse_util
 
-from smallbig_jax.convert.pytorch import arrays_to_model
-from smallbig_jax.errors import CheckpointFormatError
-from smallbig_jax.models import VARIANTS, SmallBigNet, build_model
+from smallbig_jax.convert.state import arrays_to_model
+from smallbig_jax.errors import CheckpointFormatError, ConversionError
+from smallbig_jax.models import VARIANTS, SmallBigNet
 
 FORMAT = "smallbig_jax.converted"
 FORMAT_VERSION = 1
@@ -133,34 +133,13 @@ def load_converted_model(path: str | os.PathLike, *, dtype: Any = jnp.float32, t
     the stored state does not match the model described by `model_config.json` (paths and shapes).
     """
     config, pure = load_converted_state(path)
-    variant, num_classes, base_width = config["variant"], config["num_classes"], config["base_width"]
-    abstract = nnx.eval_shape(lambda: build_model(variant, num_classes, base_width=base_width, dtype=dtype))
-    flat = nnx.to_flat_state(nnx.state(abstract))
-    leaves = {tuple(str(k) for k in p): (tuple(p), v.get_value().shape) for p, v in flat}  # "0" for index 0
-    want = {key: tuple(shape) for key, (_, shape) in leaves.items()}
-    got = dict(_flatten(pure))
-    problems = [f"missing {'.'.join(p)} {s}" for p, s in want.items() if p not in got]
-    problems += [f"unexpected {'.'.join(p)} {np.shape(v)}" for p, v in got.items() if p not in want]
-    problems += [
-        f"shape of {'.'.join(p)}: expected {want[p]}, found {np.shape(v)}"
-        for p, v in got.items()
-        if p in want and want[p] != np.shape(v)
-    ]
-    if problems:
-        raise CheckpointFormatError(f"{path}: state does not match {config}:\n  " + "\n  ".join(problems))
-    arrays = {leaves[key][0]: np.asarray(v) for key, v in got.items()}
-    model = arrays_to_model(arrays, variant, num_classes, base_width, dtype)
+    try:
+        arrays = traverse_util.flatten_dict(pure)
+        model = arrays_to_model(arrays, config["variant"], config["num_classes"], config["base_width"], dtype)
+    except ConversionError as error:
+        raise CheckpointFormatError(
+            f"{path}: state does not match {config}:\n  " + "\n  ".join(error.problems)
+        ) from None
     if train:
         model.train()
-    else:
-        model.eval()
     return model
-
-
-def _flatten(tree, prefix=()):
-    """(path of str keys, leaf) of every leaf of a nested dict."""
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from _flatten(v, prefix + (str(k),))
-    else:
-        yield prefix, tree

@@ -13,13 +13,18 @@ variant, depth, width and class count instead of being a hand-written list. Rena
 
 Every BatchNorm also has a `num_batches_tracked` buffer in PyTorch; it carries no information for inference and
 is ignored on import (and written as 0 on export).
+
+Also here: the depth of each stage read from a state dict's keys, and a state dict held against the tensors a
+target expects (`check_tensors`), for the official checkpoints and the torchvision ResNets alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from flax import nnx
@@ -39,7 +44,6 @@ _PAIR_RENAMES = {
     ("extra", "bn"): "big4_2.1",
 }
 _LEAF_RENAMES = {"kernel": "weight", "scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
-_LEAF_BACK = {"running_mean": "mean", "running_var": "var"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +55,6 @@ class KeySpec:
     kind: str  # "conv", "linear", "bn_param", "bn_stat", "bias"
     jax_shape: tuple[int, ...]
     torch_shape: tuple[int, ...]
-    collection: str  # "param" or "batch_stat"
 
     @property
     def bn_module(self) -> str | None:
@@ -113,7 +116,6 @@ def key_table(variant: str, num_classes: int, base_width: int = 64) -> tuple[Key
                 kind=kind,
                 jax_shape=shape,
                 torch_shape=_torch_shape(kind, shape),
-                collection="batch_stat" if isinstance(var, nnx.BatchStat) else "param",
             )
         )
     return tuple(sorted(specs, key=lambda s: _official_order(s.torch_key)))
@@ -156,16 +158,6 @@ def _official_order(key: str):
     return out
 
 
-def iter_bn_modules(table: tuple[KeySpec, ...]) -> Iterator[str]:
-    """Official names of all BatchNorm modules of a table, in order, each once."""
-    seen = set()
-    for spec in table:
-        name = spec.bn_module
-        if name is not None and name not in seen:
-            seen.add(name)
-            yield name
-
-
 def torch_state_dict_shapes(variant: str, num_classes: int, base_width: int = 64) -> dict[str, tuple[int, ...]]:
     """Official key -> torch shape, including `num_batches_tracked` (shape ()) after each BN, in official order."""
     table = key_table(variant, num_classes, base_width)
@@ -187,3 +179,79 @@ def to_torch_layout(spec: KeySpec, array: np.ndarray) -> np.ndarray:
 
 def to_jax_layout(spec: KeySpec, array: np.ndarray) -> np.ndarray:
     return _transposed(array, _TO_JAX.get(spec.kind))
+
+
+def shape_of(tensor: Any) -> tuple[int, ...]:
+    """The shape of a torch tensor or numpy array as a tuple of ints."""
+    return tuple(int(d) for d in tensor.shape)
+
+
+def format_shape(shape: Iterable[int]) -> str:
+    """`[64, 3, 1, 7, 7]`: a shape as the messages write it."""
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+_BLOCK_INDEX = re.compile(r"^layer([1-4])\.(\d+)\.")
+
+
+def stage_depths(keys: Iterable[str]) -> tuple[int, int, int, int]:
+    """Blocks in each of layer1..layer4 of a (SmallBig or torchvision ResNet) state dict, from its keys."""
+    depths = [0, 0, 0, 0]
+    for key in keys:
+        if m := _BLOCK_INDEX.match(key):
+            stage = int(m.group(1)) - 1
+            depths[stage] = max(depths[stage], int(m.group(2)) + 1)
+    return tuple(depths)
+
+
+@dataclasses.dataclass
+class TensorCheck:
+    """A state dict held against the tensors a target expects (`check_tensors`)."""
+
+    missing: list[str]  # expected keys it lacks
+    unexpected: list[str]  # its keys with no place in the target
+    mismatched: list[str]  # "shape mismatch ..." lines
+    non_float: list[str]  # "dtype of ..." lines
+    used: list[str]  # its keys that fit: right shape, floating point
+
+    def counts(self) -> str:
+        counts = (
+            f"{len(self.missing)} missing, {len(self.unexpected)} unexpected, {len(self.mismatched)} shape mismatches"
+        )
+        return counts + (f", {len(self.non_float)} non-float tensors" if self.non_float else "")
+
+    def key_problems(self, sd: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], target: str) -> list[str]:
+        """The missing and unexpected keys as message lines."""
+        missing = [f"missing key {k} (expected shape {format_shape(expected[k])})" for k in self.missing]
+        return missing + [
+            f"unexpected key {k} (shape {format_shape(shape_of(sd[k]))}): no place for it in {target}"
+            for k in self.unexpected
+        ]
+
+
+def check_tensors(
+    sd: Mapping[str, Any],
+    expected: Mapping[str, tuple[int, ...]],
+    table: tuple[KeySpec, ...],
+    ignore: tuple[str, ...] = (),
+) -> TensorCheck:
+    """Every key of `sd` against `expected` (key -> torch shape): missing, unexpected, wrong shape, not floating
+    point. A BatchNorm's `num_batches_tracked` (BatchNorms of `table`) and keys starting with `ignore` are passed."""
+    bn_modules = {s.bn_module for s in table if s.bn_module}
+    check = TensorCheck([k for k in expected if k not in sd], [], [], [], [])
+    for key, t in sd.items():
+        if key.startswith(ignore) or (key.endswith(".num_batches_tracked") and key.rsplit(".", 1)[0] in bn_modules):
+            continue
+        if key not in expected:
+            check.unexpected.append(key)
+        elif shape_of(t) != expected[key]:
+            check.mismatched.append(
+                f"shape mismatch {key}: expected {format_shape(expected[key])}, found {format_shape(shape_of(t))}"
+            )
+        elif not t.dtype.is_floating_point:
+            check.non_float.append(
+                f"dtype of {key}: expected a floating-point tensor, found {str(t.dtype).replace('torch.', '')}"
+            )
+        else:
+            check.used.append(key)
+    return check

@@ -15,15 +15,11 @@ import os
 from typing import Any
 
 from smallbig_jax.convert.checkpoint import load_converted_model
-from smallbig_jax.convert.pytorch import (
-    ConversionError,
-    extract_state_dict,
-    inflate_imagenet,
-    load_pth,
-    model_arrays,
-    set_arrays,
-    state_dict_to_model,
-)
+from smallbig_jax.convert.imagenet import inflate_imagenet
+from smallbig_jax.convert.official import state_dict_to_model
+from smallbig_jax.convert.pth import read_state_dict
+from smallbig_jax.convert.state import model_arrays, set_arrays
+from smallbig_jax.errors import ConversionError
 from smallbig_jax.models import SmallBigNet
 
 
@@ -55,7 +51,7 @@ def init_from(model: SmallBigNet, path: str | os.PathLike, *, allow_partial: boo
         report = _copy(model, load_converted_model(path), path)
         report["source"] = {"kind": "converted checkpoint", "path": path}
         return report
-    sd, notes = extract_state_dict(load_pth(path), path)
+    sd, notes = read_state_dict(path)
     w = sd.get("conv1.weight")
     if w is not None and w.ndim == 4:
         _, report = inflate_imagenet(sd, model=model, allow_partial=allow_partial, source=path)

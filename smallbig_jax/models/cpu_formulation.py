@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import functools
 import types
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from smallbig_jax.models import layers
-from smallbig_jax.models.layers import Array, Formulation
+from smallbig_jax.models.layers import Array, Formulation, first_maximum, pool_taps
 
 
 @jax.custom_vjp
@@ -80,8 +78,6 @@ def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: 
 
     The gradient goes to the first maximal element of each window, as in PyTorch.
     """
-    if padding > window // 2:
-        raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
     axis = axis % x.ndim
     if (window, stride, padding) == (3, 1, 1) and x.shape[axis] >= 2:
         return _max_pool_3_tap(x, axis)
@@ -150,33 +146,9 @@ def _max_pool_3_tap_bwd(axis, tap, dy):
 _max_pool_3_tap.defvjp(_max_pool_3_tap_fwd, _max_pool_3_tap_bwd)
 
 
-def _pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> list[Array]:
-    """The `window` strided slices of edge-padded `x` whose elementwise maximum is the pool.
-
-    Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
-    padding also holds the edge element, so the maximum is unchanged.
-    """
-    if padding:
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (padding, padding)
-        x = jnp.pad(x, pad, mode="edge")
-    n_out = (x.shape[axis] - window) // stride + 1
-    return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
-
-
-def _first_maximum(candidates: Sequence[Array]) -> Array:
-    """Index of the first of `candidates` holding the elementwise maximum, by comparing them with each other only:
-    int8 (int32 past 127 candidates)."""
-    best, index = candidates[0], jnp.zeros(candidates[0].shape, jnp.int8 if len(candidates) <= 127 else jnp.int32)
-    for i, candidate in enumerate(candidates[1:], 1):
-        later = candidate > best
-        best, index = jnp.where(later, candidate, best), jnp.where(later, i, index).astype(index.dtype)
-    return index
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4))
 def _max_pool_1d(x: Array, axis: int, window: int, stride: int, padding: int) -> Array:
-    return functools.reduce(jnp.maximum, _pool_taps(x, axis, window, stride, padding))
+    return functools.reduce(jnp.maximum, pool_taps(x, axis, window, stride, padding))
 
 
 def _max_pool_1d_fwd(x, axis, window, stride, padding):
@@ -188,7 +160,7 @@ def _max_pool_1d_bwd(axis, window, stride, padding, x, dy):
     # forward's y; see _max_pool_3_tap_fwd): one select per tap, each tap's share placed back on the padded axis
     # (interior padding undoes the stride), then a share that fell on the edge padding given to the edge element it
     # copies.
-    winner = _first_maximum(_pool_taps(x, axis, window, stride, padding))
+    _, winner = first_maximum(pool_taps(x, axis, window, stride, padding), index=True)
     n = x.shape[axis]
     padded = n + 2 * padding
     dx_padded = None
@@ -224,7 +196,9 @@ def _max_over_frames(x: Array, frames: int) -> Array:
 
 
 def _max_over_frames_fwd(x, frames):
-    return _max_over_frames(x, frames), _stored(_first_maximum([x[:, t : t + 1] for t in range(frames)]))
+    y = _max_over_frames(x, frames)
+    _, frame = first_maximum([x[:, t : t + 1] for t in range(frames)], index=True)
+    return y, _stored(frame)
 
 
 def _max_over_frames_bwd(frames, frame, dy):
@@ -251,10 +225,6 @@ def _broadcast_frames_bwd(frames, _, dy):
 
 
 broadcast_frames.defvjp(_broadcast_frames_fwd, _broadcast_frames_bwd)
-
-
-max_pool_3x3x3 = functools.partial(layers.max_pool_3x3x3, pool_1d=max_pool_1d)
-max_pool_global_t_3x3 = functools.partial(layers.max_pool_global_t_3x3, pool_1d=max_pool_1d, max_frames=max_over_frames)
 
 
 @jax.custom_vjp
@@ -290,8 +260,7 @@ CPU = Formulation(
     name="cpu",
     batch_norm_train=batch_norm_train,
     max_pool_1d=max_pool_1d,
-    max_pool_3x3x3=max_pool_3x3x3,
-    max_pool_global_t_3x3=max_pool_global_t_3x3,
+    max_over_frames=max_over_frames,
     broadcast_frames=broadcast_frames,
     block_output_relu=block_output_relu,
     cpu_compiler_options=types.MappingProxyType(COMPILER_OPTIONS),

@@ -4,15 +4,15 @@ Layout is NTHWC throughout. Every conv of SmallBigNet has temporal kernel 1 (slo
 a 2D conv over frames folded into the batch; a 3x3x3 max-pool is three 1D maxima of shifted slices (one axis at a
 time), which keeps its backward elementwise instead of `lax.reduce_window`'s select-and-scatter.
 
-The operations whose fastest form depends on the compiler (training-mode BatchNorm, the big views' pools, the
-block-output ReLU) are taken from a `Formulation`: `PLAIN` here (plain `lax` ops and autodiff, for any backend),
-or `cpu_formulation.CPU` (XLA:CPU's). Both compute the same values and gradients.
+The primitive operations whose fastest form depends on the compiler (training-mode BatchNorm, the 1D max-pool and
+the max over frames that the big views' pools are built from, the broadcast over frames, the block-output ReLU) are
+taken from a `Formulation`: `PLAIN` here (plain `lax` ops and autodiff, for any backend), or `cpu_formulation.CPU`
+(XLA:CPU's). Both compute the same values and gradients.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -30,18 +30,33 @@ kaiming_normal_fan_out = jax.nn.initializers.variance_scaling(2.0, "fan_out", "n
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity: a static part of the model graph
 class Formulation:
-    """How the model writes the operations whose fastest form depends on the compiler, and how its programs are
-    compiled. Chosen when the model is built (`build_model(formulation=...)`, `config.model.formulation`); the
-    parameters are the same in every formulation, so a checkpoint of one restores in another."""
+    """How the model writes the primitive operations whose fastest form depends on the compiler, and how its
+    programs are compiled; the big views' pools are built from the primitives here, once for every formulation.
+    Chosen when the model is built (`build_model(formulation=...)`, `config.model.formulation`); the parameters are
+    the same in every formulation, so a checkpoint of one restores in another."""
 
     name: str
     batch_norm_train: Callable[[Array, Array, Array, float], tuple[Array, Array, Array]]
     max_pool_1d: Callable[..., Array]  # (x, axis, window=3, stride=1, padding=1)
-    max_pool_3x3x3: Callable[[Array], Array]
-    max_pool_global_t_3x3: Callable[[Array], Array]
+    max_over_frames: Callable[[Array], Array]
     broadcast_frames: Callable[[Array, int], Array]
     block_output_relu: Callable[[Array], Array]
     cpu_compiler_options: Mapping[str, str] = dataclasses.field(default_factory=dict)  # XLA:CPU's, by name
+
+    def max_pool_3x3x3(self, x: Array) -> Array:
+        """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2."""
+        for axis in (1, 2, 3):
+            if x.shape[axis] > 1:
+                x = self.max_pool_1d(x, axis)
+        return x
+
+    def max_pool_global_t_3x3(self, x: Array) -> Array:
+        """Max over all frames (keeping T=1), then 3x3 spatial max, stride 1: the big view of conv3.
+
+        Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets
+        one set of weights serve any T.
+        """
+        return self.max_pool_1d(self.max_pool_1d(self.max_over_frames(x), 2), 3)
 
     def compiler_options(self, platform: str) -> dict[str, str] | None:
         """`compiler_options` for `jax.jit` of a program that runs this model on `platform` ("cpu", "gpu", "tpu")."""
@@ -179,34 +194,46 @@ def batch_norm_train(x: Array, scale: Array, bias: Array, epsilon: float) -> tup
     return (x - mean) * (scale * lax.rsqrt(var + epsilon)) + bias, mean, var
 
 
-def _first_max(a: Array, b: Array) -> Array:
-    """max(a, b) whose gradient goes to `a` on a tie: chained over a window's taps in order, each window's gradient
-    goes to its first maximum, as in PyTorch (`jnp.maximum` would split it between the tied elements)."""
-    return jnp.where(b > a, b, a)
+def first_maximum(candidates: Sequence[Array], *, index: bool = False) -> tuple[Array, Array | None]:
+    """The elementwise maximum of `candidates`, ties going to the earliest: autodiff of it sends each gradient to
+    the first maximal candidate, as PyTorch's pools do (`jnp.maximum` would split it between tied elements); with
+    `index`, also which candidate that is (int8, int32 past 127 candidates), found by comparing them with each other
+    only. The one tie-break of every formulation."""
+    best = candidates[0]
+    first = jnp.zeros(best.shape, jnp.int8 if len(candidates) <= 127 else jnp.int32) if index else None
+    for i, candidate in enumerate(candidates[1:], 1):
+        later = candidate > best
+        best = jnp.where(later, candidate, best)
+        if first is not None:
+            first = jnp.where(later, i, first).astype(first.dtype)
+    return best, first
 
 
-def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
-    """Max over a 1D window along `axis` as the maximum of `window` strided slices; the gradient goes to the first
-    maximal element of each window, as in PyTorch.
+def pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> list[Array]:
+    """The `window` strided slices of `x` (padded along `axis`) whose elementwise maximum is the 1D max-pool.
 
     Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
     padding also holds the edge element, so the maximum is PyTorch's.
     """
     if padding > window // 2:
         raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
-    axis = axis % x.ndim
     if padding:
         pad = [(0, 0)] * x.ndim
         pad[axis] = (padding, padding)
         x = jnp.pad(x, pad, mode="edge")
     n_out = (x.shape[axis] - window) // stride + 1
-    taps = [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
-    return functools.reduce(_first_max, taps)
+    return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
+
+
+def max_pool_1d(x: Array, axis: int, window: int = 3, stride: int = 1, padding: int = 1) -> Array:
+    """Max over a 1D window along `axis` as the maximum of `window` strided slices (`pool_taps`); the gradient goes
+    to the first maximal element of each window, as in PyTorch."""
+    return first_maximum(pool_taps(x, axis % x.ndim, window, stride, padding))[0]
 
 
 def max_over_frames(x: Array) -> Array:
     """Max over axis 1 (frames), kept as size 1; the gradient goes to the first maximal frame, as in PyTorch."""
-    return functools.reduce(_first_max, [x[:, t : t + 1] for t in range(x.shape[1])])
+    return first_maximum([x[:, t : t + 1] for t in range(x.shape[1])])[0]
 
 
 def broadcast_frames(x: Array, frames: int) -> Array:
@@ -214,32 +241,11 @@ def broadcast_frames(x: Array, frames: int) -> Array:
     return jnp.broadcast_to(x, (x.shape[0], frames, *x.shape[2:]))
 
 
-def max_pool_3x3x3(x: Array, pool_1d: Callable[..., Array] = max_pool_1d) -> Array:
-    """MaxPool3d(kernel 3, stride 1, padding 1) on NTHWC: the big view of conv1 and conv2 (`pool_1d`: the 1D pool
-    of a formulation)."""
-    for axis in (1, 2, 3):
-        if x.shape[axis] > 1:
-            x = pool_1d(x, axis)
-    return x
-
-
-def max_pool_global_t_3x3(
-    x: Array, pool_1d: Callable[..., Array] = max_pool_1d, max_frames: Callable[[Array], Array] = max_over_frames
-) -> Array:
-    """Max over all frames (keeping T=1), then 3x3 spatial max, stride 1: the big view of conv3.
-
-    Equals the official MaxPool3d((t_length, 3, 3), stride 1, padding (0, 1, 1)) when T == t_length, and lets one
-    set of weights serve any T.
-    """
-    return pool_1d(pool_1d(max_frames(x), 2), 3)
-
-
 PLAIN = Formulation(
     name="plain",
     batch_norm_train=batch_norm_train,
     max_pool_1d=max_pool_1d,
-    max_pool_3x3x3=max_pool_3x3x3,
-    max_pool_global_t_3x3=max_pool_global_t_3x3,
+    max_over_frames=max_over_frames,
     broadcast_frames=broadcast_frames,
     block_output_relu=jax.nn.relu,
 )

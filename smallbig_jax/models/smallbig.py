@@ -12,8 +12,8 @@ Inputs are `[N, T, H, W, 3]` clips (NTHWC); outputs are `[N, num_classes]` logit
 Names mirror the official state dict (`layer2[0].conv1` is `layer2.0.conv1`); `big_bn{1,2,3}` are `big{1,2,3}.1`.
 
 Training-mode BatchNorm, the pools and the block-output ReLU come from the model's `Formulation` (`formulation`:
-"plain", "cpu" or "auto", which is "cpu" on a CPU backend and "plain" elsewhere; layers.py and cpu_formulation.py).
-The parameters do not depend on it.
+"plain", "cpu" or "auto", which is "cpu" on a CPU backend and "plain" elsewhere; formulations.py). The parameters do
+not depend on it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from smallbig_jax.models.cpu_formulation import CPU
+from smallbig_jax.models.formulations import resolve_formulation
 from smallbig_jax.models.layers import PLAIN, BatchNorm, Conv, Formulation
 from smallbig_jax.variants import VARIANTS, BlockKind
 
@@ -32,7 +32,6 @@ Array = jax.Array
 
 STAGE_WIDTHS = (1, 2, 4, 8)  # planes per stage, in units of base_width
 EXPANSION = 4
-FORMULATIONS = {"plain": PLAIN, "cpu": CPU}
 # Activation rematerialisation (`config.remat`): "none" keeps every activation for the backward pass; "block" keeps
 # only each block's input and recomputes the rest of the block in the backward pass (jax.checkpoint); "block_keep_convs"
 # keeps the conv outputs too and recomputes BatchNorms, ReLUs and pools.
@@ -41,18 +40,6 @@ REMAT_POLICIES = {
     "block": jax.checkpoint_policies.nothing_saveable,
     "block_keep_convs": jax.checkpoint_policies.dots_saveable,
 }
-
-
-def resolve_formulation(formulation: str | Formulation, platform: str | None = None) -> Formulation:
-    """The `Formulation` named `formulation` ("plain", "cpu", or "auto": "cpu" when `platform`, by default JAX's
-    default backend, is "cpu", "plain" elsewhere); a `Formulation` is returned as it is."""
-    if isinstance(formulation, Formulation):
-        return formulation
-    if formulation == "auto":
-        return CPU if (platform or jax.default_backend()) == "cpu" else PLAIN
-    if formulation not in FORMULATIONS:
-        raise ValueError(f"formulation {formulation!r}; expected 'auto' or one of {sorted(FORMULATIONS)}")
-    return FORMULATIONS[formulation]
 
 
 class Shortcut(nnx.Module):
@@ -138,6 +125,8 @@ class Block(nnx.Module):
         if self.big_bn3 is not None:
             big = self.big_bn3(self.conv3(ops.max_pool_global_t_3x3(v)))  # [N, 1, H, W, C]
             y = y + ops.broadcast_frames(big, y.shape[1])
+        # The same ReLU as the two above, written by the formulation: the block's output is the residual stream that
+        # the later blocks of the stage add to, which XLA:CPU would otherwise recompute in each of them.
         return ops.block_output_relu(y)
 
 
