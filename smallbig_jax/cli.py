@@ -16,11 +16,9 @@ from __future__ import annotations
 import difflib
 import errno
 import functools
-import glob
 import importlib.util
 import logging
 import os
-import pathlib
 import re
 import signal
 import sys
@@ -34,6 +32,7 @@ from ml_collections.config_flags import config_flags  # its _ConfigFlag: the mod
 
 from smallbig_jax.config import check_config
 from smallbig_jax.errors import USER_ERRORS, ConfigError
+from smallbig_jax.host_memory import accelerators_attached
 
 DEBUG_ENV = "SMALLBIG_DEBUG"
 EXIT_USER_ERROR = 2
@@ -261,14 +260,6 @@ class ConfigHolder:
         return bool(self.flag.present)
 
 
-def _attached() -> tuple[bool, bool]:
-    """(a TPU chip, an NVIDIA GPU) attached to this machine, seen as JAX itself looks (jax/_src/hardware_utils.py:
-    a PCI device of Google's vendor id, a /dev/nvidia* node), without importing JAX."""
-    tpu = any(pathlib.Path(p).read_text().strip() == "0x1ae0" for p in glob.glob("/sys/bus/pci/devices/*/vendor"))
-    gpu = any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg"))
-    return tpu, gpu
-
-
 def choose_jax_platforms(keep_cuda_compiler: bool = False) -> None:
     """On a machine without the accelerator of an installed JAX plugin (the `aot` extra's libtpu and CUDA plugin on a
     CPU-only machine), leave that plugin out before JAX starts, so that a command prints and does what it does
@@ -282,7 +273,7 @@ def choose_jax_platforms(keep_cuda_compiler: bool = False) -> None:
     )
     if not (has_tpu or has_cuda):
         return
-    tpu_attached, gpu_attached = _attached()
+    tpu_attached, gpu_attached = accelerators_attached()
     if not os.environ.get("JAX_PLATFORMS") and ((has_tpu and not tpu_attached) or (has_cuda and not gpu_attached)):
         platforms = ["tpu"] * (has_tpu and tpu_attached) + ["cuda"] * (has_cuda and gpu_attached) + ["cpu"]
         os.environ["JAX_PLATFORMS"] = ",".join(platforms)

@@ -15,8 +15,10 @@ input pipeline, which runs slower under them (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import pathlib
 import platform
 import sys
 
@@ -25,13 +27,24 @@ OPT_OUT = "SMALLBIG_KEEP_HOST_MEMORY"  # set to 0 to run with glibc's defaults
 ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin", "jax_rocm7_plugin", "libtpu")
 
 
+def accelerators_attached() -> tuple[bool, bool]:
+    """(a TPU chip, a GPU) attached to this machine, seen as JAX itself looks (jax/_src/hardware_utils.py: a PCI
+    device of Google's vendor id, a /dev/nvidia* node), without importing JAX."""
+    tpu = any(pathlib.Path(p).read_text().strip() == "0x1ae0" for p in glob.glob("/sys/bus/pci/devices/*/vendor"))
+    gpu = any(os.path.exists(d) for d in ("/dev/nvidia0", "/dev/nvidiactl", "/dev/dxg", "/dev/kfd"))
+    return tpu, gpu
+
+
 def computes_on_cpu() -> bool:
     """Whether JAX's default backend will be the CPU, decided without initialising JAX: `JAX_PLATFORMS` if set,
-    else whether no GPU or TPU plugin is installed."""
+    else whether no GPU or TPU plugin is installed whose hardware is attached (the `aot` extra's plugins on a
+    CPU-only machine leave it on the CPU)."""
     platforms = os.environ.get("JAX_PLATFORMS", "").strip()
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
-    return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
+    tpu, gpu = accelerators_attached()
+    plugins = [name for name in ACCELERATOR_PLUGINS if importlib.util.find_spec(name)]
+    return not any(tpu if name == "libtpu" else gpu for name in plugins)
 
 
 def keep_freed_host_memory() -> None:

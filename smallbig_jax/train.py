@@ -317,10 +317,19 @@ class Run:
         return result
 
 
-def open_run(config: ml_collections.ConfigDict, workdir: str, preemption: Preemption, goodput: Goodput) -> Run:
+def open_run(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    preemption: Preemption | None = None,
+    goodput: Goodput | None = None,
+) -> Run:
     """Everything checked before anything compiles (the config's values, its batch against the devices, the
     checkpoint to resume from and what the config changes since), then the loader and the train state: fresh, or
-    restored with the loader's position. Raises `ConfigError` (and leaves the workdir as it was) on a refusal."""
+    restored with the loader's position. Raises `ConfigError` (and leaves the workdir as it was) on a refusal.
+    Without `preemption` and `goodput` (a run opened to be inspected, not trained), no signal handling and a fresh
+    account."""
+    preemption = Preemption(newest=None) if preemption is None else preemption
+    goodput = Goodput() if goodput is None else goodput
     mesh = sharding.make_mesh()
     if config.batch_size % mesh.size:
         raise ConfigError(f"config.batch_size={config.batch_size} is not divisible by {mesh.size} devices")

@@ -177,8 +177,8 @@ def test_saved_by_two_processes_resumed_by_one_on_one_device(dataset, saved_run,
     assert (r["start"], r["offset"], r["total_steps"], r["samples"]) == (2, 0, 4, 16), r
     assert r["state_equal"] and r["batches_equal"] and r["batches"] == 2, r
     rows = read_metrics(saved_run)  # the rows of the run killed before its first checkpoint are gone
-    assert [(row["step"], row["split"]) for row in rows] == [(1, "train"), (2, "train")]
-    assert all(row["loss"] != 9.0 for row in rows)
+    assert [row["step"] for row in rows if row["split"] == "train"] == [1, 2]
+    assert all(row["loss"] != 9.0 for row in rows if row["split"] == "train")
 
 
 FOUR_DEVICES = textwrap.dedent(
@@ -257,7 +257,7 @@ def test_resumed_mid_epoch_at_batch_4_trains_the_rest_as_a_run_at_batch_4(datase
     assert (r["start"], r["offset"], r["total_steps"], r["samples"]) == (1, 1, 7, 8), r
     assert r["state_equal"] and r["batches_equal"] and r["batches"] == 2, r
     result = train.train_and_evaluate(config, workdir)
-    assert result["steps"] == 7
+    assert result.steps == 7
     _, data_state = checkpointing.restore_run_info(checkpointing.make_manager(workdir, read_only=True), 7)
     assert data_state["position"] == 2 * VIDEOS and data_state["devices"] == 1  # exactly two epochs of samples
     rows = [row for row in read_metrics(workdir) if row["split"] == "train"]

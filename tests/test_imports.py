@@ -62,7 +62,7 @@ ALLOWED = {
     f"{PACKAGE}.preemption": (f"{PACKAGE}.cli",),
     f"{PACKAGE}.goodput": (),
     f"{PACKAGE}.workdir_lock": (f"{PACKAGE}.errors",),
-    f"{PACKAGE}.cli": (f"{PACKAGE}.errors", f"{PACKAGE}.config"),  # config_value checks the config it loads
+    f"{PACKAGE}.cli": (f"{PACKAGE}.errors", f"{PACKAGE}.config", f"{PACKAGE}.host_memory"),
     f"{PACKAGE}.runtime": (),
     f"{PACKAGE}.metrics": (),
     f"{PACKAGE}.distributed": (),
