@@ -3,6 +3,8 @@ train step's loss, gradients and BatchNorm statistics are those without it."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ def test_config_names_the_model_policies():
     assert config_lib.REMAT == tuple(REMAT_POLICIES)
 
 
+@functools.cache  # the step without remat is compiled once for both policies
 def _step(remat: str):
     config = config_lib.official_recipe(variant="smallbig23", num_classes=5, num_frames=2, sampling="dense")
     config.model.base_width, config.data.crop_size, config.remat = 4, 32, remat
