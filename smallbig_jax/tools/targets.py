@@ -46,6 +46,18 @@ _XLA_SPEC = "openxla/xla xla/tools/hlo_opt/gpu_specs/{} (read via its fork fract
 
 # The one table of device facts. Peak FLOP/s are dense (no sparsity); float32 on TPUs runs on the bf16 matrix units
 # (the default matmul precision), on NVIDIA GPUs as TF32.
+# The compute fields of XLA's target config for the Hopper SXM die, which the H100 and the H200 share.
+_HOPPER_SXM = dict(
+    cc=(9, 0),
+    core_count=132,
+    fpus_per_core=128,
+    shared_memory_per_core=233472,
+    shared_memory_per_block_optin=232448,
+    l2_cache_size=52428800,
+    clock_rate_ghz=1.98,
+)  # fmt: skip
+
+
 DEVICES: dict[str, DeviceFacts] = {
     "tpu_v4": DeviceFacts(
         "TPU v4", ("TPU v4",), {"bfloat16": 275e12, "float32": 275e12}, 32 * 2**30, 1200e9, _TPU_DOCS.format("v4")
@@ -98,15 +110,7 @@ DEVICES: dict[str, DeviceFacts] = {
         84978434048,
         3352320000000,
         "peaks: NVIDIA H100 datasheet (SXM); memory and bandwidth: " + _XLA_SPEC.format("h100_sxm.txtpb"),
-        gpu=dict(
-            cc=(9, 0),
-            core_count=132,
-            fpus_per_core=128,
-            shared_memory_per_core=233472,
-            shared_memory_per_block_optin=232448,
-            l2_cache_size=52428800,
-            clock_rate_ghz=1.98,
-        ),  # fmt: skip
+        gpu=_HOPPER_SXM,
     ),
     "h200": DeviceFacts(
         "NVIDIA H200 SXM",
@@ -115,15 +119,7 @@ DEVICES: dict[str, DeviceFacts] = {
         141 * 10**9,
         4.8e12,
         "NVIDIA H200 datasheet (141 GB, 4.8 TB/s; the H100's Hopper die, so H100's compute fields)",
-        gpu=dict(
-            cc=(9, 0),
-            core_count=132,
-            fpus_per_core=128,
-            shared_memory_per_core=233472,
-            shared_memory_per_block_optin=232448,
-            l2_cache_size=52428800,
-            clock_rate_ghz=1.98,
-        ),  # fmt: skip
+        gpu=_HOPPER_SXM,
     ),
     "b200": DeviceFacts(
         "NVIDIA B200",
