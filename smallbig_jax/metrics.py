@@ -20,7 +20,9 @@ class MetricWriter:
 
     `resumed_at`: the step the run starts from (0: a fresh run); rows of later steps (written before a kill, about to
     be trained again, also by a run killed before its first checkpoint) and a line cut by the kill are dropped from
-    `metrics.jsonl`, so each step has one row per split."""
+    `metrics.jsonl`, so each step has one row per split. Event files are append-only, so the new one starts with
+    TensorBoard's restart marker (a `SessionLog.START` at step `resumed_at + 1`): TensorBoard then drops the earlier
+    files' scalars from that step on, and shows each replayed step once."""
 
     def __init__(self, workdir: str, resumed_at: int = 0):
         self.enabled = jax.process_index() == 0
@@ -31,6 +33,8 @@ class MetricWriter:
             if os.path.exists(self.path):
                 self._drop_rows_after(resumed_at)
             self._events = EventFileWriter(os.path.join(workdir, "tensorboard"))
+            start = event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+            self._events.add_event(event_pb2.Event(wall_time=time.time(), step=resumed_at + 1, session_log=start))
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
         if not self.enabled:

@@ -298,3 +298,20 @@ def test_a_fresh_start_drops_the_rows_of_a_run_killed_before_its_first_checkpoin
     assert [(r["step"], r["split"]) for r in read_metrics(str(tmp_path))] == [(1, "train"), (2, "train")]
     MetricWriter(str(tmp_path), resumed_at=0).close()
     assert read_metrics(str(tmp_path)) == []
+
+
+def test_tensorboard_shows_each_replayed_step_once(tmp_path):
+    from tensorboard.backend.event_processing import plugin_event_accumulator
+
+    first = MetricWriter(str(tmp_path), resumed_at=0)
+    for step in (1, 2, 3):
+        first.write(step, "train", {"loss": float(step)})
+    first.close()
+    resumed = MetricWriter(str(tmp_path), resumed_at=2)  # the checkpoint was step 2: step 3 is trained again
+    for step in (3, 4):
+        resumed.write(step, "train", {"loss": 10.0 * step})
+    resumed.close()
+    events = plugin_event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, float(e.tensor_proto.float_val[0])) for e in events.Tensors("train/loss")]
+    assert losses == [(1, 1.0), (2, 2.0), (3, 30.0), (4, 40.0)]
