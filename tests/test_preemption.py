@@ -26,6 +26,7 @@ import pytest
 
 from smallbig_jax import checkpointing, cli
 from smallbig_jax.data import writers
+from helpers import run_cli
 
 pytestmark = pytest.mark.xdist_group("preemption")
 
@@ -264,8 +265,15 @@ def alive(pid: int) -> bool:
 def test_one_run_per_workdir_no_orphans_and_ctrl_c(dataset, tmp_path):
     workdir = str(tmp_path / "run")
     many = ["--config.num_epochs=50", "--config.eval_every_epochs=0", "--config.data.worker_count=2"]
-    (first,) = train(dataset, workdir, *many)
+    (first,) = train(dataset, workdir, *many, "--config.checkpoint_every=1", "--config.keep_checkpoints=1")
     wait_for(lambda: max(train_rows(workdir), default=0) >= 2, [first])
+
+    # evaluate beside it: the one checkpoint kept is replaced at every step, yet each evaluation reads a whole one.
+    for _ in range(2):
+        evaluated = run_cli("evaluate", *flags(dataset), f"--workdir={workdir}", timeout=TIMEOUT)
+        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+        assert re.search(r"^top-1 [\d.]+  top-5 [\d.]+  over \d+ videos", evaluated.stdout, re.M), evaluated.stdout
+    assert first.popen.poll() is None, first.text[-3000:]
 
     # A second train on the workdir: refused in one line naming the holder; the first trains on.
     (second,) = train(dataset, workdir, *many)
