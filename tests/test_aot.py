@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 
+import jax
 import pytest
+from flax import nnx
 
-from smallbig_jax import cli, commands, sharding
+from smallbig_jax import cli, commands, sharding, steps
 from smallbig_jax.tools import aot, targets
 
 # SmallBig-23 of width 4 on 2 frames of 32x32: the structure of the real model, compiled in seconds. A file, not
@@ -66,21 +69,26 @@ def test_the_aot_extra_is_installed():
     assert importlib.util.find_spec("jax_plugins.xla_cuda12"), "install the aot extra: pip install -e '.[aot]'"
 
 
-def test_multislice_mesh_puts_the_slice_axis_outermost_and_compiles_a_multislice_program():
-    """Two v5e-4 slices: the 'slice' axis first, each row of the mesh one slice, batches split over both axes; the
-    compiled train step (replicated parameters) is libtpu's multi-slice program: it asks for its slice (`SliceId`)
-    and reduces the gradients over the 4 chips of a slice in XLA collectives. The reduction across slices is not an
-    XLA collective of the compiled text (docs/aot.md: left open). Also the CI's TPU compile."""
+def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reduction_spans_the_slices():
+    """Two v5e-4 slices: the 'slice' axis first, each row of the mesh one slice, batches split over both axes. The
+    compiled train step (replicated parameters) reduces the gradients over the 4 chips of a slice in XLA all-reduces,
+    and across the slices in sends to the other slice over the data-centre network (libtpu's multi-slice runtime):
+    every chip sends at least a bfloat16 copy of every parameter's gradient there. Also the CI's TPU compile."""
     target = targets.parse_target("v5e-4", num_slices=2)
     devices = targets.target_devices(target)
     mesh = sharding.make_mesh(devices, num_slices=2)
     assert mesh.axis_names == (sharding.SLICE, sharding.DATA) and mesh.devices.shape == (2, 4)
     assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {1}]
     assert sharding.batch_sharding(mesh).spec[0] == (sharding.SLICE, sharding.DATA)
-    (train,) = aot.compile_target(_tiny_config(), target, [2], ["train"], log=lambda m: None)
+    config = _tiny_config()
+    (train,) = aot.compile_target(config, target, [2], ["train"], log=lambda m: None)
     assert 'custom_call_target="SliceId"' in train.hlo_text
-    reductions = [c for c in aot.collectives(train.hlo_text) if c.kind == "all-reduce"]
-    assert reductions and {c.group_size for c in reductions} == {4}, [c.line[:200] for c in reductions]
+    within = train.collectives["all-reduce"]
+    assert within["group_sizes"] == [4], within
+    across = train.collectives[aot.DCN]
+    assert across["group_sizes"] == [2], across  # each send joins this slice and the other one
+    params = jax.tree.leaves(nnx.state(nnx.eval_shape(lambda: steps.model_from_config(config)), nnx.Param))
+    assert across["bytes"] >= 2 * sum(math.prod(p.shape) for p in params), across
     assert train.fits and train.xla_flops > 0 and train.memory["arguments"] > 0
     assert train.analytic_flops > 0 and train.roofline_s > 0
 
@@ -155,7 +163,7 @@ def test_target_table():
 
 def test_collectives_are_read_from_the_hlo_text():
     """The forms XLA:GPU and the TPU compiler print: operands with or without shapes, replica groups as lists, iota
-    or mesh axes, asynchronous -start ops returning (operands, outputs)."""
+    or mesh axes, asynchronous -start ops returning (operands, outputs), sends to other TPU slices."""
     hlo = """
   %all-reduce.1 = f32[64,3]{1,0} all-reduce(f32[64,3]{1,0} %p), channel_id=1, replica_groups=[1,8]<=[8], to_apply=%add
   %ag = bf16[8,16]{1,0} all-gather(bf16[2,16]{1,0} %q), replica_groups={{0,1,2,3},{4,5,6,7}}, dimensions={0}
@@ -164,6 +172,10 @@ def test_collectives_are_read_from_the_hlo_text():
   %all-reduce.206 = s32[]{:T(128)} all-reduce(%fusion.1427), replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}
   %rs.2 = bf16[4,8]{1,0:T(8,128)(2,1)} reduce-scatter(%x), replica_groups=mesh['a'=2,'b'=4] {'a','b'}, dimensions={0}
   %cp = (bf16[1,64]{1,0}, bf16[1,64]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%b), channel_id=9
+  %send.1 = (bf16[2,32]{1,0:T(2,128)(2,1)}, u32[], token[]) send(%g, %after-all.1), is_host_transfer=true, \
+frontend_attributes={_xla_host_transfer_handler_name="xla_megascale_runtime"}, \
+backend_config={"customized_send_recv_config":{"dcn_collective_permute_send":{"non_source_slice_ids":[1,2,3]}}}
+  %send.2 = (f32[4]{0}, u32[], token[]) send(%h, %after-all.2), channel_id=16, is_host_transfer=true
 """
     found = aot.collectives(hlo)
     assert [(c.kind, c.bytes, c.group_size) for c in found] == [
@@ -173,6 +185,7 @@ def test_collectives_are_read_from_the_hlo_text():
         ("all-reduce", 4, 4),
         ("reduce-scatter", 4 * 8 * 2 * 8, 8),
         ("collective-permute", 64 * 2, None),
+        (aot.DCN, 2 * 32 * 2, 4),  # to the 3 other slices; a send to the host (the second) is not a collective
     ]
     assert aot.collectives_by_kind(found)["all-reduce"] == {"count": 2, "bytes": 772, "group_sizes": [8, 4]}
 

@@ -12,7 +12,8 @@ config (formulation, dtype, `params_sharding`, `batchnorm`, `grad_accum_steps`, 
   about twice the forward). XLA counts every op and leaves out taps on zero padding; remat adds its recomputation;
 - **collectives** of the compiled program by kind (static count: an op inside a loop counts once), with the bytes of
   the whole array each works on per device (an all-gather's result, a reduce-scatter's operand, an all-reduce's
-  array) and the size of its device groups, parsed from the compiled HLO text;
+  array) and the size of its device groups, parsed from the compiled HLO text; with several TPU slices, the sends
+  between slices over the data-centre network too (`dcn-send`, bytes sent per device);
 - a **roofline bound**: step time >= max(FLOPs / peak FLOP/s, bytes accessed / memory bandwidth), and the clips/s
   per device ceiling it implies. It is analysis of the compiled program, never a measured speed;
 - **compile seconds** on this machine.
@@ -52,6 +53,11 @@ _OP = re.compile(r"=\s*(?P<result>.*?)\s(?P<op>" + "|".join(COLLECTIVES) + r")(?
 _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")  # mesh['axis_0'=4,...] {'axis_0'}
+# Several TPU slices: libtpu moves data between slices as host-transfer sends that the multi-slice runtime carries
+# over the data-centre network; each names the slices it goes to (`dcn_collective_permute_send`).
+DCN = "dcn-send"
+_DCN_SEND = re.compile(r"=\s*(?P<result>.*?)\ssend\(.*xla_megascale_runtime")
+_DCN_SLICES = re.compile(r'"non_source_slice_ids":\[([0-9,]*)\]')
 
 
 def arrays_bytes(text: str) -> list[int]:
@@ -101,9 +107,15 @@ class Collective:
 
 
 def collectives(hlo_text: str) -> list[Collective]:
-    """Every collective of a compiled HLO module's text (synchronous ops and the `-start` of asynchronous ones)."""
+    """Every collective of a compiled HLO module's text (synchronous ops and the `-start` of asynchronous ones), and
+    each send to other slices (kind `DCN`, its group the slices it joins: the sender and those it names)."""
     found = []
     for line in hlo_text.splitlines():
+        if m := _DCN_SEND.search(line):
+            slices = _DCN_SLICES.search(line)
+            size = len(slices.group(1).split(",")) + 1 if slices and slices.group(1) else None
+            found.append(Collective(DCN, arrays_bytes(m.group("result"))[0], size, line.strip()))
+            continue
         m = _OP.search(line)
         if m is None:
             continue
