@@ -10,6 +10,7 @@ nowhere else, before they import JAX.
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 from smallbig_jax import cli
@@ -54,6 +55,16 @@ def run(command: str, args: list[str]) -> int:
     return cli.run_command(f"{PROG} {command}", module.__doc__ or "", module.FLAGS, module.main, list(args))
 
 
+def _names_a_tpu_slice(args: list[str]) -> bool:
+    """Whether a `compile` command line targets a TPU slice (`--target v5e-8`): it then needs no CUDA compiler, and
+    without one prints no CUDA driver probe lines. Read before JAX is imported, so by the names' shape alone."""
+    for flag, value in zip(args, args[1:] + [""]):
+        target = flag.partition("=")[2] if flag.startswith("--target=") else value if flag == "--target" else ""
+        if target:
+            return re.fullmatch(r"v\d[a-z]?-\d+", target.lower()) is not None
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console entry point: `smallbig-jax <command> [flags]`."""
     args = sys.argv[1:] if argv is None else list(argv)
@@ -64,5 +75,5 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and command in KEEP_HOST_MEMORY:
         keep_freed_host_memory()  # same arguments after the restart: sys.orig_argv
     if argv is None and command in COMMANDS:
-        cli.choose_jax_platforms(keep_cuda_compiler=command == "compile")
+        cli.choose_jax_platforms(keep_cuda_compiler=command == "compile" and not _names_a_tpu_slice(args[1:]))
     return run(command, args[1:])

@@ -191,6 +191,7 @@ class TpuGeneration:
     topology_prefix: str  # libtpu's topology name: "<prefix>:<grid>"
     grids: dict[int, tuple[int, ...]]  # chips in the slice -> chip grid
     host_bounds: dict[int, tuple[int, int, int]]  # chips in the slice -> chips per host (x, y, z)
+    cloud_type: str  # Google Cloud's accelerator type prefix: "<cloud_type>-<count>" (v5e: v5litepod-8)
 
 
 _4_PER_HOST = (2, 2, 1)
@@ -203,10 +204,10 @@ _3D = {
 
 # Slice shapes and hosts as Google Cloud TPU's documentation lists them (v4, v5e, v5p, v6e pages).
 TPU_SLICES: dict[str, TpuGeneration] = {
-    "v4": TpuGeneration("tpu_v4", 2, "v4", _3D, {}),
-    "v5p": TpuGeneration("tpu_v5p", 2, "v5p", _3D, {}),
-    "v5e": TpuGeneration("tpu_v5e", 1, "v5e", _2D, _2D_HOSTS),
-    "v6e": TpuGeneration("tpu_v6e", 1, "v6e", _2D, _2D_HOSTS),
+    "v4": TpuGeneration("tpu_v4", 2, "v4", _3D, {}, "v4"),
+    "v5p": TpuGeneration("tpu_v5p", 2, "v5p", _3D, {}, "v5p"),
+    "v5e": TpuGeneration("tpu_v5e", 1, "v5e", _2D, _2D_HOSTS, "v5litepod"),
+    "v6e": TpuGeneration("tpu_v6e", 1, "v6e", _2D, _2D_HOSTS, "v6e"),
 }
 GPU_SERVERS: dict[str, str] = {"a100x8": "a100", "h100x8": "h100", "h200x8": "h200", "b200x8": "b200"}
 GPUS_PER_SERVER = 8
@@ -225,12 +226,14 @@ class Target:
     grid: tuple[int, ...] = ()
     host_bounds: tuple[int, int, int] = (1, 1, 1)
     topology: str = ""
+    accelerator_type: str = ""  # TPU: Google Cloud's name of one slice (v5litepod-8)
 
     def describe(self) -> str:
         if self.platform == "tpu":
             slices = f"{self.num_slices} slices of " if self.num_slices > 1 else ""
             grid = "x".join(map(str, self.grid))
-            return f"{slices}{self.name} ({grid} chips, {self.num_hosts} hosts per slice; {self.facts.name})"
+            hosts = f"{self.num_hosts} host{'s' if self.num_hosts > 1 else ''}"
+            return f"{slices}{self.name} ({grid} chips, {hosts} per slice; {self.facts.name})"
         return f"{self.num_hosts} x {self.name} ({self.num_devices} x {self.facts.name})"
 
 
@@ -262,7 +265,10 @@ def parse_target(name: str, num_slices: int = 1, num_hosts: int = 1) -> Target:
     bounds = g.host_bounds.get(chips, _4_PER_HOST)
     hosts = chips // (bounds[0] * bounds[1] * bounds[2])
     topology = f"{g.topology_prefix}:{'x'.join(map(str, grid))}"
-    return Target(key, "tpu", DEVICES[g.device], chips * num_slices, num_slices, hosts, grid, bounds, topology)
+    return Target(
+        key, "tpu", DEVICES[g.device], chips * num_slices, num_slices, hosts, grid, bounds, topology,
+        f"{g.cloud_type}-{count}",
+    )  # fmt: skip
 
 
 def _require(module: str, what: str) -> None:
@@ -274,8 +280,11 @@ def target_devices(target: Target) -> list:
     """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
     if target.platform == "tpu":
         _require("libtpu", "the TPU compiler (libtpu)")
-        # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side.
+        # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side. libtpu reads
+        # the TPU VM it runs on from these variables (a TPU VM sets them) and warns without them: name the target.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.accelerator_type)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
         topology = topologies.get_topology_desc(
             platform="tpu",
             topology_name=target.topology,
