@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
+from helpers import run_cli
 
 from smallbig_jax.tools import accelerator_check as check
 
@@ -17,20 +16,17 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_tiny_check_on_two_cpu_devices(tmp_path):
     results, table = tmp_path / "checks.jsonl", tmp_path / "check.md"
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [
-        sys.executable,
-        "-m",
-        "smallbig_jax",
+    r = run_cli(
         "accelerator_check",
         f"--config={os.path.join(ROOT, 'configs', 'benchmark.py')}:tiny,bf16",
         "--tiny",
         "--peak_tflops=0.5",
         f"--results={results}",
         f"--markdown={table}",
-    ]
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        cwd=tmp_path,
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (line,) = results.read_text().splitlines()
     rec = json.loads(line)

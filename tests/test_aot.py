@@ -7,13 +7,11 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import pytest
 from flax import nnx
+from helpers import run_cli
 
 from smallbig_jax import cli, commands, sharding, steps
 from smallbig_jax.tools import aot, targets
@@ -193,13 +191,6 @@ backend_config={"customized_send_recv_config":{"dcn_collective_permute_send":{"n
 def test_other_commands_start_as_without_the_aot_extra():
     """On this CPU-only machine, with libtpu and the CUDA plugin installed, a command that imports JAX and the model
     prints nothing on stderr (no CUDA driver or TPU probe messages): `cli.choose_jax_platforms` leaves them out."""
-    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
-    done = subprocess.run(
-        [sys.executable, "-m", "smallbig_jax", "summary", "--help"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_cli("summary", "--help", drop=["JAX_PLATFORMS"], timeout=300)
     assert done.returncode == 0 and "usage: smallbig-jax summary" in done.stdout
     assert done.stderr == ""

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
+from helpers import run_cli, run_python
 
 from smallbig_jax.tools import harness
 
@@ -99,15 +98,12 @@ def test_command_end_to_end_with_torch(tmp_path):
     (2 devices: the FLOPs test below)."""
     pytest.importorskip("torch")
     results = tmp_path / "results.jsonl"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [
-        sys.executable, "-m", "smallbig_jax", "benchmark", f"--config={TINY}", "--config.data.crop_size=32",
-        "--batch_per_device=2", "--steps=2", "--warmup=1", "--compare_torch", "--torch_threads=1",
-        "--peak_tflops=0.5", f"--results={results}",
+    args = [
+        f"--config={TINY}", "--config.data.crop_size=32", "--batch_per_device=2", "--steps=2", "--warmup=1",
+        "--compare_torch", "--torch_threads=1", "--peak_tflops=0.5", f"--results={results}",
     ]  # fmt: skip
     results.write_text('{"earlier": "record"}\n')  # appended to, never overwritten
-    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    r = run_cli("benchmark", *args, cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "PyTorch median / JAX median" in r.stdout
     lines = results.read_text().splitlines()
@@ -152,9 +148,7 @@ def test_per_device_flops_match_single_device_program():
         "print(json.dumps([a['timings'][0]['gflops_per_step_per_device'],"
         " b['timings'][0]['gflops_per_step_per_device']]))"
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    r = run_python("-c", code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = json.loads(r.stdout.strip().splitlines()[-1])
     assert two == pytest.approx(one, rel=0.02)

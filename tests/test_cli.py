@@ -7,28 +7,16 @@ from __future__ import annotations
 
 import importlib
 import os
-import subprocess
-import sys
 import tomllib
 
 import pytest
 from absl import flags
+from helpers import run_cli
 
 from smallbig_jax import cli, commands
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ISSUE_COMMANDS = ("train", "evaluate", "convert", "benchmark", "prepare", "check", "summary")
-
-
-def smallbig_jax(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "smallbig_jax", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO},
-    )
 
 
 def test_pyproject_console_script_resolves_to_the_dispatcher():
@@ -56,7 +44,7 @@ def test_a_config_with_overrides_in_process_and_its_default(capsys):
 
 @pytest.mark.parametrize("command", sorted(commands.COMMANDS))
 def test_help_of_every_command(command):
-    out = smallbig_jax(command, "--help")
+    out = run_cli(command, "--help", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith(f"usage: smallbig-jax {command} [flags]") and "--[no]debug:" in out.stdout
     module_doc = importlib.import_module(f"smallbig_jax.commands.{command}").__doc__.strip().splitlines()[0]
@@ -76,21 +64,21 @@ def test_usage_errors_are_one_message_and_exit_status_2(capsys):
 
 def test_synthetic_then_check_end_to_end(tmp_path):
     """`check` of a list or of a config's split; it exits 1 and names the line of a broken entry."""
-    out = smallbig_jax(
+    out = run_cli(
         "synthetic", f"--out={tmp_path}", "--num_train=3", "--num_val=2", "--num_frames=8", "--size=32",
-        "--no_arrayrecord", "--workers=1",
+        "--no_arrayrecord", "--workers=1", timeout=300,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "wrote {'train': 3, 'val': 2} videos" in out.stdout
     check = ["check", "--format=video", "--num_classes=5", f"--root={tmp_path}/videos", "--workers=1", "--quiet"]
-    out = smallbig_jax(*check, f"--list={tmp_path}/train.txt")
+    out = run_cli(*check, f"--list={tmp_path}/train.txt", timeout=300)
     assert out.returncode == 0 and "3 of 3 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
     config = f"--config={REPO}/configs/synthetic_smallbig.py:tiny,dir={tmp_path}"  # the same dataset, by its config
-    out = smallbig_jax("check", config, "--split=val", "--workers=1", "--quiet")
+    out = run_cli("check", config, "--split=val", "--workers=1", "--quiet", timeout=300)
     assert out.returncode == 0 and "2 of 2 videos readable, 0 broken" in out.stderr, out.stderr[-3000:]
     with open(tmp_path / "train.txt", "a") as f:
         f.write("train/missing.mp4 8 1\n")
     broken = tmp_path / "broken.txt"
-    out = smallbig_jax(*check, f"--list={tmp_path}/train.txt", f"--out={broken}")
+    out = run_cli(*check, f"--list={tmp_path}/train.txt", f"--out={broken}", timeout=300)
     assert out.returncode == 1 and "3 of 4 videos readable, 1 broken" in out.stderr, out.stderr[-3000:]
     assert f"{tmp_path}/train.txt:4:" in out.stdout and broken.read_text() == out.stdout
