@@ -3,14 +3,11 @@
 import hashlib
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
+from helpers import run_cli
 
 from smallbig_jax.data import check, pipeline, sources, synthetic, writers
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _digest(folder):
@@ -49,29 +46,10 @@ def test_check_dataset_reports_every_broken_entry(sbdata_dir, tmp_path):
     broken = check.check_source(src, workers=1, progress=False)
     assert [b.split(": ")[0].rsplit(":", 1)[1] for b in broken] == ["2", "3", "4"]
     assert "missing.mp4 does not exist" in broken[0] and "shorter than its 40 frames" in broken[2]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallbig_jax",
-            "check",
-            "--num_classes",
-            "3",
-            "--format",
-            "video",
-            "--list",
-            str(tmp_path / "l.txt"),
-            "--root",
-            str(tmp_path / "v"),
-            "--workers",
-            "2",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": ROOT},
-        timeout=120,
-    )
+    r = run_cli(
+        "check", "--num_classes", "3", "--format", "video", "--list", tmp_path / "l.txt", "--root", tmp_path / "v",
+        "--workers", "2", "--quiet", timeout=120,
+    )  # fmt: skip
     assert r.returncode == 1, r.stderr
     assert r.stdout.count("l.txt:") == 3 and "2 of 5 videos readable, 3 broken" in r.stderr
 
@@ -99,103 +77,35 @@ def test_synthetic_classes_are_axes_of_motion():
 
 def test_data_command_lines(sbdata_dir, tmp_path):
     """`smallbig-jax synthetic` and `smallbig-jax prepare` as users run them (counts per split, failed list)."""
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallbig_jax",
-            "synthetic",
-            "--out",
-            str(tmp_path / "syn"),
-            "--num_train",
-            "5",
-            "--num_val",
-            "5",
-            "--workers",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
+    syn = ["synthetic", "--out", tmp_path / "syn", "--num_train", "5", "--num_val"]
+    r = run_cli(*syn, "5", "--workers", "1", timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "wrote {'train': 5, 'val': 5} videos" in r.stdout
     assert "Downloading and preparing" not in r.stdout + r.stderr and "Generating" not in r.stdout + r.stderr  # TFDS
     assert len(sources.ArrayRecordSource(str(tmp_path / "syn" / "arrayrecord"), "train", num_classes=5)) == 5
-    again = [
-        sys.executable,
-        "-m",
-        "smallbig_jax",
-        "synthetic",
-        "--out",
-        str(tmp_path / "syn"),
-        "--num_train",
-        "5",
-        "--num_val",
-        "5",
-        "--workers",
-        "1",
-        "--if_missing",
-    ]
-    r = subprocess.run(again, capture_output=True, text=True, env=env, timeout=180)
+    r = run_cli(*syn, "5", "--workers", "1", "--if_missing", timeout=180)
     assert r.returncode == 0 and "already holds" in r.stdout, r.stderr[-2000:]
-    r = subprocess.run(
-        again[:-4] + ["6", "--workers", "1", "--if_missing"], capture_output=True, text=True, env=env, timeout=180
-    )  # 6 held-out videos: not the dataset that is there, so it is rewritten
+    r = run_cli(*syn, "6", "--workers", "1", "--if_missing", timeout=180)
+    # 6 held-out videos: not the dataset that is there, so it is rewritten
     assert r.returncode == 0 and "wrote {'train': 5, 'val': 6} videos" in r.stdout, r.stderr[-2000:]
     (tmp_path / "l.txt").write_text("vid00 16 0\nvid01 16 1\nnot_there 16 2\n")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallbig_jax",
-            "prepare",
-            "--input_format",
-            "frames",
-            "--num_classes",
-            "3",
-            "--root",
-            f"{sbdata_dir}/frames",
-            "--split",
-            f"train={tmp_path}/l.txt",
-            "--split",
-            f"val={sbdata_dir}/frames.txt",
-            "--out",
-            str(tmp_path / "ar"),
-            "--workers",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-    )
+    r = run_cli(
+        "prepare", "--input_format", "frames", "--num_classes", "3", "--root", f"{sbdata_dir}/frames",
+        "--split", f"train={tmp_path}/l.txt", "--split", f"val={sbdata_dir}/frames.txt", "--out", tmp_path / "ar",
+        "--workers", "2", timeout=180,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "train: 2 videos written, 1 unreadable" in r.stdout and "val: 12 videos written, 0 unreadable" in r.stdout
     assert "l.txt:3" in open(tmp_path / "ar" / "failed_train.txt").read()
     assert "train videos" in r.stderr  # progress bar
     assert "Downloading and preparing" not in r.stdout  # TFDS's own line: nothing is downloaded
-    args = [
-        sys.executable,
-        "-m",
-        "smallbig_jax",
-        "prepare",
-        "--input_format",
-        "frames",
-        "--num_classes",
-        "3",
-        "--root",
-        f"{sbdata_dir}/frames",
-        "--split",
-        f"train={sbdata_dir}/frames.txt",
-        "--out",
-        str(tmp_path / "ar"),
-    ]
-    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=180)
+    prepare = [
+        "prepare", "--input_format", "frames", "--num_classes", "3", "--root", f"{sbdata_dir}/frames",
+        "--split", f"train={sbdata_dir}/frames.txt", "--out", tmp_path / "ar",
+    ]  # fmt: skip
+    r = run_cli(*prepare, timeout=180)
     assert r.returncode != 0 and "exists; pass overwrite=True (--overwrite)" in r.stderr
-    r = subprocess.run(args + ["--overwrite", "--quiet"], capture_output=True, text=True, env=env, timeout=180)
+    r = run_cli(*prepare, "--overwrite", "--quiet", timeout=180)
     assert r.returncode == 0 and "train: 12 videos written, 0 unreadable" in r.stdout, r.stderr[-2000:]
     assert len(sources.ArrayRecordSource(str(tmp_path / "ar"), "train", num_classes=12)) == 12
 

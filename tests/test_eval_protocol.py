@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import protocol_reference as ref
 import pytest
+from helpers import run_cli, run_python
 
 from smallbig_jax.data import lists, pipeline, sources, transforms, writers
 from smallbig_jax.data.config import default_data_config
@@ -189,17 +188,10 @@ def test_eval_batch_of_4_on_3_devices_evaluates_every_video_once(sbdata_dir, tmp
     cfg.format, cfg.root, cfg.val_list = "frames", f"{sbdata_dir}/frames", f"{sbdata_dir}/frames.txt"
     cfg.num_frames, cfg.stride, cfg.crop_size, cfg.scale_size, cfg.num_clips = 4, 2, 32, 40, 2
     (tmp_path / "three.py").write_text(THREE_DEVICES)
-    env = {
-        **os.environ,
-        "PYTHONPATH": ROOT,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=3",
-    }
-    r = subprocess.run(
-        [sys.executable, str(tmp_path / "three.py"), json.dumps(cfg.to_dict())],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = run_python(
+        tmp_path / "three.py",
+        json.dumps(cfg.to_dict()),
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
         timeout=300,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
@@ -271,22 +263,8 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
     torch.save(checkpoint, tmp_path / "model_best_smallbig23.pth")
     sizes = [(426, 320, 40), (176, 100, 25), (240, 427, 20)]
     write_real_frames(str(tmp_path / "frames"), sizes)
-    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallbig_jax",
-            "convert",
-            "--input",
-            str(tmp_path / "model_best_smallbig23.pth"),
-            "--output",
-            str(tmp_path / "converted"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    r = run_cli(
+        "convert", "--input", tmp_path / "model_best_smallbig23.pth", "--output", tmp_path / "converted", timeout=300
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     overrides = {
@@ -301,23 +279,15 @@ def test_official_checkpoint_converted_and_evaluated_like_the_reference(tmp_path
         "data.num_crops": 3,
         "eval_batch_size": 30,
     }
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "smallbig_jax",
-            "evaluate",
-            "--config",
-            f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
-            "--converted",
-            str(tmp_path / "converted"),
-            "--predictions",
-            str(tmp_path / "pred.jsonl"),
-        ]
-        + [f"--config.{k}={v}" for k, v in overrides.items()],
-        capture_output=True,
-        text=True,
-        env=env,
+    r = run_cli(
+        "evaluate",
+        "--config",
+        f"{ROOT}/configs/kinetics400_smallbig50_8x8.py",
+        "--converted",
+        tmp_path / "converted",
+        "--predictions",
+        tmp_path / "pred.jsonl",
+        *[f"--config.{k}={v}" for k, v in overrides.items()],
         timeout=600,
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
