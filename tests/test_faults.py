@@ -13,13 +13,12 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_cli
 
 from smallbig_jax import checkpointing, cli, evaluate, steps, train
 from smallbig_jax import config as config_lib
@@ -341,17 +340,6 @@ def test_every_rule_has_a_field_and_every_shipped_config_passes():
         config_lib.check_config(tiny_config("unused", grad_accum_steps=3))
 
 
-def script(command, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "smallbig_jax", command, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
-
-
 def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset, tmp_path):
     config = f"--config={CONFIG_FILE}:tiny,dir={dataset}"
     bad_list = str(tmp_path / "bad.txt")
@@ -362,12 +350,14 @@ def test_entry_points_end_user_errors_with_one_message_and_exit_status_2(dataset
     missing = str(tmp_path / "mistyped")
     cases = [
         (
-            script("train", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}"),
+            run_cli(
+                "train", config, f"--workdir={tmp_path / 'a'}", f"--config.data.train_list={bad_list}", timeout=300
+            ),
             f"{bad_list}:3:",
         ),
-        (script("evaluate", config, f"--workdir={missing}"), f"no checkpoint in {missing}/checkpoints"),
+        (run_cli("evaluate", config, f"--workdir={missing}", timeout=300), f"no checkpoint in {missing}/checkpoints"),
         (
-            script("train", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0"),
+            run_cli("train", config, f"--workdir={tmp_path / 'b'}", "--config.checkpoint_every=0", timeout=300),
             "config.checkpoint_every=0: expected an integer >= 1",
         ),
     ]
