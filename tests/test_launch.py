@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
+from helpers import run
 
 from smallbig_jax.cli import EXIT_PREEMPTED
 from smallbig_jax.distributed import distributed_settings
@@ -16,15 +16,9 @@ from smallbig_jax.distributed import distributed_settings
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(*args, env=None, timeout=30):
-    return subprocess.run(
-        [os.path.join(ROOT, "scripts", args[0]), *args[1:]],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+def _run(script, *args, timeout=30, **kwargs):
+    """`scripts/<script> *args`, like `helpers.run`."""
+    return run([os.path.join(ROOT, "scripts", script), *args], timeout=timeout, **kwargs)
 
 
 def test_tpu_pod_dry_run_prints_gcloud_command():
@@ -54,7 +48,7 @@ def test_tpu_pod_worker_loop_requeues_only_on_the_preempted_status(tmp_path):
              "--command", "bash step.sh", "--dry-run")  # fmt: skip
     remote = r.stdout.strip().split("--command='", 1)[1].rstrip("'")
     (tmp_path / "step.sh").write_text("n=$(cat n 2>/dev/null || echo 0); echo $((n+1)) > n; [ $n -ge 2 ] || exit 75\n")
-    out = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, timeout=30)
+    out = run(["bash", "-c", remote], timeout=30)
     assert out.returncode == 0 and (tmp_path / "n").read_text().strip() == "3", out.stderr
     assert out.stderr.count("preempted (exit 75): resuming") == 2
 
@@ -215,13 +209,10 @@ def test_distributed_settings_from_environment():
 
 def test_real_two_process_run_on_loopback():
     """Two CPU processes, one device each, joined by jax.distributed on 127.0.0.1 through the local launcher."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SMALLBIG_", "XLA_FLAGS"))}
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     r = _run(
         "launch_local.sh", "-n", "2", "--timeout", "100", "--",
         sys.executable, "-m", "smallbig_jax", "distributed_check", "--init_timeout=60",
-        env=env, timeout=600,
+        drop=("SMALLBIG_", "XLA_FLAGS"), timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}"
     results = {}
