@@ -4,14 +4,13 @@ with bit-exact resumption, checkpoints onto another mesh, and evaluation countin
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_cli, start_python
 
 from smallbig_jax import cli
 from smallbig_jax.data import writers
@@ -29,11 +28,9 @@ def dataset(tmp_path_factory):
     return out
 
 
-def train_command(dataset, workdir, *extra):
+def train_args(dataset, workdir, *extra):
+    """The arguments of `smallbig-jax train` on the tiny config and `dataset`."""
     return [
-        sys.executable,
-        "-m",
-        "smallbig_jax",
         "train",
         f"--config={os.path.join(REPO, 'configs', 'synthetic_smallbig.py')}:tiny,dir={dataset}",
         f"--workdir={workdir}",
@@ -41,15 +38,8 @@ def train_command(dataset, workdir, *extra):
     ]
 
 
-def env():
-    # Inherits the test run's persistent compilation cache (conftest.py): later runs skip XLA compilation.
-    return {**os.environ, "JAX_PLATFORMS": "cpu"}
-
-
 def run(dataset, workdir, *extra):
-    out = subprocess.run(
-        train_command(dataset, workdir, *extra), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
-    )
+    out = run_cli(*train_args(dataset, workdir, *extra), timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -112,14 +102,7 @@ def wait_for(predicate, proc, timeout=300):
 def test_interrupted_run_resumes_bit_for_bit(dataset, reference_run, tmp_path, sig):
     ref_workdir, _ = reference_run
     workdir = str(tmp_path / "run")
-    proc = subprocess.Popen(
-        train_command(dataset, workdir, "--config.final_eval=False"),
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+    proc = start_python("-m", "smallbig_jax", *train_args(dataset, workdir, "--config.final_eval=False"))
     try:
         # SIGTERM once the first checkpoint is complete; SIGKILL right after the second save has started.
         target = 2 if sig == signal.SIGTERM else 4
@@ -163,32 +146,20 @@ def test_two_processes_of_four_devices_train_like_one_process_of_eight(dataset, 
         "--config.batchnorm=per_device",
     ]
     single = str(tmp_path / "single")
-    eight = {**env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-    out = subprocess.run(
-        train_command(dataset, single, *extra), env=eight, capture_output=True, text=True, timeout=600, cwd=REPO
-    )
+    eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    out = run_cli(*train_args(dataset, single, *extra), env=eight, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     multi = str(tmp_path / "multi")
     port = free_port()
     procs = []
     for i in range(2):
         proc_env = {
-            **env(),
             "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
             "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}",
             "SMALLBIG_NUM_PROCESSES": "2",
             "SMALLBIG_PROCESS_ID": str(i),
         }
-        procs.append(
-            subprocess.Popen(
-                train_command(dataset, multi, *extra),
-                env=proc_env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                cwd=REPO,
-            )
-        )
+        procs.append(start_python("-m", "smallbig_jax", *train_args(dataset, multi, *extra), env=proc_env))
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
     finally:
