@@ -17,12 +17,11 @@ import fractions
 import json
 import os
 import subprocess
-import sys
 
 import av
 import numpy as np
 import pytest
-from test_cli import REPO, smallbig_jax  # the one subprocess helper: `python -m smallbig_jax <command> ...`
+from helpers import REPO, run, run_cli, run_python
 
 from smallbig_jax import cli, evaluate
 from smallbig_jax import config as config_lib
@@ -87,7 +86,7 @@ def test_config_typos_and_broken_files_are_one_line_errors_before_anything_runs(
     ]
     for n, (args, says) in enumerate(cases):  # the same flag parsing in every command: `summary` loads the least
         command = ("train", f"--workdir={workdir}") if n == 0 else ("summary",)
-        assert_one_line_error(smallbig_jax(*command, *args), says)
+        assert_one_line_error(run_cli(*command, *args, timeout=300), says)
     assert not workdir.exists()
 
 
@@ -111,12 +110,12 @@ def small_tmpfs(path, size: str, read_only: bool = False):
     """A tmpfs mounted at `path` (True) where this machine lets the test mount one, else nothing (False)."""
     os.makedirs(path)
     options = f"size={size}" + (",ro" if read_only else "")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    mounted = run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path])
     try:
         yield mounted.returncode == 0
     finally:
         if mounted.returncode == 0:
-            subprocess.run(["umount", str(path)], check=True)
+            run(["umount", path], check=True)
 
 
 def failing_writes(errno_: int, *args: str) -> subprocess.CompletedProcess:
@@ -129,14 +128,7 @@ def failing_writes(errno_: int, *args: str) -> subprocess.CompletedProcess:
         "from smallbig_jax import commands\n"
         "sys.exit(commands.main(sys.argv[1:]))\n"
     )
-    return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO},
-    )
+    return run_python("-c", code, *args, timeout=300)
 
 
 def test_machine_and_list_file_errors_are_one_line_naming_the_path(dataset, tmp_path):
@@ -158,12 +150,12 @@ def test_machine_and_list_file_errors_are_one_line_naming_the_path(dataset, tmp_
         ([f"--workdir={run}", f"--config.data.train_list={empty}"], f"{empty}: lists no video"),
     ]
     for args, says in cases:
-        assert_one_line_error(smallbig_jax(*train, *args), says)
+        assert_one_line_error(run_cli(*train, *args, timeout=300), says)
     assert not os.path.exists(run) and sorted(os.listdir(tmp_path)) == ["a_file", "empty.txt", "latin1.txt"]
 
     with small_tmpfs(tmp_path / "ro", "1m", read_only=True) as mounted:
         if mounted:  # a read-only file system (root ignores permission bits)
-            out = smallbig_jax(*train, f"--workdir={tmp_path / 'ro' / 'run'}")
+            out = run_cli(*train, f"--workdir={tmp_path / 'ro' / 'run'}", timeout=300)
         else:  # no mount here: a write that fails with EROFS
             out = failing_writes(errno.EROFS, *train, f"--workdir={tmp_path / 'ro' / 'run'}")
         assert_one_line_error(out, f"{tmp_path / 'ro'}: read-only file system: choose a writable folder")
@@ -171,7 +163,7 @@ def test_machine_and_list_file_errors_are_one_line_naming_the_path(dataset, tmp_
         if mounted:  # a tmpfs filled to the last byte
             with open(tmp_path / "full" / "filler", "wb") as f, contextlib.suppress(OSError):
                 f.write(bytes(1 << 20))
-            out = smallbig_jax(*train, f"--workdir={tmp_path / 'full'}")
+            out = run_cli(*train, f"--workdir={tmp_path / 'full'}", timeout=300)
         else:  # no mount here: a write that fails with ENOSPC
             out = failing_writes(errno.ENOSPC, *train, f"--workdir={tmp_path / 'full'}")
         assert_one_line_error(out, f"{tmp_path / 'full'}: no space left on the device")
@@ -182,19 +174,23 @@ def test_machine_and_list_file_errors_are_one_line_naming_the_path(dataset, tmp_
 
 
 def test_evaluation_refuses_non_finite_scores_and_zero_videos(dataset, converted, tmp_path):
-    out = smallbig_jax("evaluate", config_arg(dataset), f"--converted={converted['nan']}")
+    out = run_cli("evaluate", config_arg(dataset), f"--converted={converted['nan']}", timeout=300)
     line = assert_one_line_error(out, "4 of 4 videos have non-finite (NaN or infinite) scores, e.g. ")
     assert f"{dataset}/val.txt:1 val/00000.mp4" in line and "and 1 more" in line and "top-1" not in out.stdout
     assert not os.path.exists(os.path.join(converted["nan"], "predictions_eval.jsonl"))
 
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    out = smallbig_jax(
-        "evaluate", config_arg(dataset), f"--converted={converted['good']}", f"--config.data.val_list={empty}"
+    out = run_cli(
+        "evaluate",
+        config_arg(dataset),
+        f"--converted={converted['good']}",
+        f"--config.data.val_list={empty}",
+        timeout=300,
     )
     assert_one_line_error(out, f"{empty}: lists no video")
-    out = smallbig_jax(
-        "evaluate", config_arg(dataset), f"--converted={converted['good']}", "--config.model.base_width=8"
+    out = run_cli(
+        "evaluate", config_arg(dataset), f"--converted={converted['good']}", "--config.model.base_width=8", timeout=300
     )
     assert_one_line_error(out, "model.base_width: 4 there, 8 in the config")
 
@@ -222,13 +218,14 @@ def test_evaluation_prints_its_result_before_a_failed_write_and_warns_once(datas
     val.write_bytes(b"\xef\xbb\xbf" + "".join([*lines, lines[0], "val/missing.mp4 8 1\n"]).encode())
     a_file = tmp_path / "a_file"
     a_file.write_text("")
-    out = smallbig_jax(
+    out = run_cli(
         "evaluate",
         config_arg(dataset),
         f"--converted={converted['good']}",
         f"--config.data.val_list={val}",
         "--config.data.eval_bad_input=exclude",
         f"--predictions={a_file}/predictions.jsonl",
+        timeout=300,
     )
     assert_one_line_error(out, f"{a_file}: already exists as a file, where a folder should be")
     assert out.stdout.startswith("top-1 ") and " over 5 videos x 2 views" in out.stdout
@@ -267,8 +264,8 @@ def test_variable_frame_rate_video_bom_lists_and_duplicates(tmp_path):
 
     listed = tmp_path / "list.txt"
     listed.write_bytes(b"\xef\xbb\xbfvfr.mp4 0\nvfr.mp4 1\n")
-    out = smallbig_jax(
-        "check", "--format=video", f"--list={listed}", f"--root={tmp_path}", "--num_classes=5", "--quiet"
+    out = run_cli(
+        "check", "--format=video", f"--list={listed}", f"--root={tmp_path}", "--num_classes=5", "--quiet", timeout=300
     )
     assert out.returncode == 1, out.stderr
     assert (
@@ -289,8 +286,14 @@ def test_check_names_the_frame_of_another_size(tmp_path):
     os.replace(tmp_path / "odd" / "img_00001.jpg", odd)
     listed = tmp_path / "list.txt"
     listed.write_text("a 3 0\n")
-    out = smallbig_jax(
-        "check", "--format=frames", f"--list={listed}", f"--root={tmp_path / 'frames'}", "--num_classes=5", "--quiet"
+    out = run_cli(
+        "check",
+        "--format=frames",
+        f"--list={listed}",
+        f"--root={tmp_path / 'frames'}",
+        "--num_classes=5",
+        "--quiet",
+        timeout=300,
     )
     assert out.returncode == 1, out.stderr
     assert out.stdout.startswith(f"{listed}:1: frames of different sizes: {odd} is 40x32, ")
@@ -312,9 +315,11 @@ def test_prepare_overwrite_removes_an_incomplete_build(dataset, tmp_path):
         "--workers=1",
         "--quiet",
     ]
-    assert_one_line_error(smallbig_jax("prepare", *args), "holds only an incomplete build (incomplete.0123abcd_1.0.0")
+    assert_one_line_error(
+        run_cli("prepare", *args, timeout=300), "holds only an incomplete build (incomplete.0123abcd_1.0.0"
+    )
     assert stale.exists()
-    out = smallbig_jax("prepare", *args, "--overwrite")
+    out = run_cli("prepare", *args, "--overwrite", timeout=300)
     assert out.returncode == 0, out.stderr
     assert not stale.exists() and os.listdir(stale.parent) == ["1.0.0"]
 
@@ -324,7 +329,7 @@ def test_torch_messages_reach_the_user_without_terminal_escape_codes(tmp_path):
 
     # What old training scripts saved next to their weights: an object torch.load(weights_only=True) refuses.
     torch.save({"state_dict": {}, "args": argparse.Namespace(lr=0.1)}, tmp_path / "pickled.pth")
-    out = smallbig_jax("convert", f"--input={tmp_path / 'pickled.pth'}", f"--output={tmp_path / 'out'}")
+    out = run_cli("convert", f"--input={tmp_path / 'pickled.pth'}", f"--output={tmp_path / 'out'}", timeout=300)
     assert out.returncode == 2 and "weights_only=True refused it" in out.stderr, out.stderr
     assert "\x1b" not in out.stderr and "do those steps only if you trust the source" in out.stderr
     assert not (tmp_path / "out").exists()
