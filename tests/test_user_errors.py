@@ -21,7 +21,7 @@ import subprocess
 import av
 import numpy as np
 import pytest
-from helpers import REPO, run, run_cli, run_python
+from helpers import run, run_cli, run_python
 
 from smallbig_jax import cli, evaluate
 from smallbig_jax import config as config_lib
@@ -29,6 +29,7 @@ from smallbig_jax.convert import save_converted
 from smallbig_jax.data import lists, sources, writers
 from smallbig_jax.models import build_model
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "synthetic_smallbig.py")
 
 
