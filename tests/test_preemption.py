@@ -23,10 +23,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import run_cli
 
 from smallbig_jax import checkpointing, cli
 from smallbig_jax.data import writers
-from helpers import run_cli
 
 pytestmark = pytest.mark.xdist_group("preemption")
 
