@@ -14,14 +14,13 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import textwrap
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from helpers import REPO, run_python, start_python
 
 from smallbig_jax import checkpointing, optim, train
 from smallbig_jax.config import ConfigError
@@ -30,7 +29,6 @@ from smallbig_jax.metrics import MetricWriter, read_metrics
 
 pytestmark = pytest.mark.xdist_group("elastic")  # one worker: the tests share the module's saved run
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILE = os.path.join(REPO, "configs", "synthetic_smallbig.py")
 VIDEOS = 16
 SAVED = ["--config.batch_size=8", "--config.num_epochs=1", "--config.checkpoint_every=1", "--config.final_eval=False"]
@@ -72,27 +70,15 @@ def saved_run(dataset, tmp_path_factory):
     stale = [json.dumps({"step": s, "split": "train", "loss": 9.0}) for s in range(1, 6)]
     (workdir / "metrics.jsonl").write_text("\n".join(stale) + '\n{"step": 6, "spl')  # and a line cut by the kill
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "smallbig_jax",
-        "train",
-        f"--config={CONFIG_FILE}:tiny,dir={dataset}",
-        f"--workdir={workdir}",
-        *SAVED,
-    ]
+    command = ["-m", "smallbig_jax", "train", f"--config={CONFIG_FILE}:tiny,dir={dataset}", f"--workdir={workdir}"]
     procs = []
     for i in range(2):
         env = {
-            **os.environ,
-            "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "",
-            "PYTHONPATH": REPO,
             "SMALLBIG_COORDINATOR": f"127.0.0.1:{port}",
             "SMALLBIG_NUM_PROCESSES": "2",
             "SMALLBIG_PROCESS_ID": str(i),
         }
-        procs.append(subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(start_python(*command, *SAVED, env=env))
     try:
         outputs = [p.communicate(timeout=600) for p in procs]
     finally:
@@ -223,8 +209,7 @@ def test_on_forced_host_devices_saved_on_2_resumed_on_1_and_4_and_at_batch_16_on
         two_processes=copy_from(saved_run, tmp_path / "two", 2),
         on_two=str(tmp_path / "on_two"),
     )
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600, cwd=REPO)
+    out = run_python("-c", code, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert "on 4 devices (was 2), 1 process (was 2), batch 16 (was 8)" in r["16"]["line"], r["16"]

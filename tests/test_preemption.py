@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,14 +22,13 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import run_cli
+from helpers import REPO, run, run_cli, start_python
 
 from smallbig_jax import checkpointing, cli
 from smallbig_jax.data import writers
 
 pytestmark = pytest.mark.xdist_group("preemption")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOTAL = 8  # 16 videos / batch 4 x 2 epochs; validation after steps 4 and 8
 TIMEOUT = 1200  # a loaded 2-core machine; the runs themselves take seconds each once compiled
 
@@ -59,14 +57,7 @@ class Proc:
 
     def __init__(self, args, env):
         self.started = time.time()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "smallbig_jax", "train", *args],
-            env={**os.environ, "JAX_PLATFORMS": "cpu", **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=REPO,
-        )
+        self.popen = start_python("-m", "smallbig_jax", "train", *args, env=env)
         self.lines: list[tuple[float, str]] = []
         self.stdout = ""
         self._threads = [threading.Thread(target=self._read, daemon=True), threading.Thread(target=self._out)]
@@ -333,14 +324,7 @@ def test_a_failed_checkpoint_save_stops_the_run_in_one_line(dataset, tmp_path):
         f"{sys.executable} -m smallbig_jax train {' '.join(args)}; status=$?; "
         f"cp {workdir}/metrics.jsonl {tmp_path}/metrics.jsonl; exit $status"
     )
-    out = subprocess.run(
-        ["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-    )
+    out = run(["unshare", "--user", "--map-root-user", "--mount", "bash", "-c", script], timeout=TIMEOUT)
     assert out.returncode == cli.EXIT_USER_ERROR, out.stderr[:3000] + out.stderr[-3000:]
     errors = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "No space left on device" in errors[0], out.stderr[-4000:]

@@ -36,6 +36,13 @@ MODULE = textwrap.dedent(
 
     def fixture_that_trains():
         return train.train_and_evaluate(None, "w")
+
+    class Runner:
+        def __init__(self):
+            self.process = subprocess.Popen(["true"])
+
+    def starts_through_a_class():
+        return Runner()
     """
 )
 
@@ -50,6 +57,8 @@ def test_tests_that_start_processes_or_train_are_found(tmp_path):
         "test_subprocess",
         "test_training_run",
         "fixture_that_trains",
+        "Runner",
+        "starts_through_a_class",
     }
 
 
