@@ -22,13 +22,6 @@ import tempfile
 import numpy as np
 import pytest
 
-# Most of the suite's time is XLA:CPU compiling tiny programs; LLVM's optimisation passes are half of that, and tiny
-# programs gain nothing from them (a tiny train step: compiled in 19 s instead of 35, run in 0.15 s instead of 0.04).
-# The test processes and those they start compile so; a test whose time is running, not compiling, starts its
-# process without it (`drop=("XLA_FLAGS",)`).
-SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
-
-
 def pytest_configure(config):
     """The controller makes the run's compilation cache folder; xdist workers get it through `workerinput`, the
     processes tests start through the environment (jax reads these variables when it is imported)."""
@@ -36,9 +29,6 @@ def pytest_configure(config):
         cache_dir = config.workerinput["jax_cache_dir"]
     else:
         cache_dir = config.jax_cache_dir = tempfile.mkdtemp(prefix="smallbig_jax_cache_")
-    flags = os.environ.get("XLA_FLAGS", "")
-    if SUITE_XLA_FLAGS not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} {SUITE_XLA_FLAGS}".strip()
     os.environ.update(
         {
             "JAX_COMPILATION_CACHE_DIR": cache_dir,

@@ -20,14 +20,10 @@ TESTS = os.path.join(REPO, "tests")
 
 def python_env(env: dict[str, str] | None = None, drop: Sequence[str] = ()) -> dict[str, str]:
     """The test run's environment with this checkout and `tests/` first on PYTHONPATH and JAX on the CPU, less the
-    variables in `drop` (names or name prefixes), plus `env` (its `XLA_FLAGS` added to the run's)."""
+    variables in `drop` (names or name prefixes), plus `env`."""
     path = [REPO, TESTS] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
     base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.pathsep.join(path)}
-    base = {k: v for k, v in base.items() if not k.startswith(tuple(drop))}
-    extra = dict(env or {})
-    if "XLA_FLAGS" in extra:  # after the test run's own (conftest.py), not instead of them
-        extra["XLA_FLAGS"] = f"{base.get('XLA_FLAGS', '')} {extra['XLA_FLAGS']}".strip()
-    return {**base, **extra}
+    return {**{k: v for k, v in base.items() if not k.startswith(tuple(drop))}, **(env or {})}
 
 
 def run(
