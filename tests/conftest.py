@@ -22,6 +22,7 @@ import tempfile
 import numpy as np
 import pytest
 
+
 def pytest_configure(config):
     """The controller makes the run's compilation cache folder; xdist workers get it through `workerinput`, the
     processes tests start through the environment (jax reads these variables when it is imported)."""
