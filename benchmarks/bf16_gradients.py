@@ -21,6 +21,7 @@ import optax
 from absl import app, flags
 from flax import nnx
 
+from smallbig_jax import cli
 from smallbig_jax.models import build_model, layers
 
 _VARIANT = flags.DEFINE_string("variant", "smallbig23", "Model variant.")
@@ -101,4 +102,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)

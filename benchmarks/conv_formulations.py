@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 from jax import lax
 
+from smallbig_jax import cli
 from smallbig_jax.models.cpu_formulation import CPU
 
 _NT = flags.DEFINE_integer("frames_x_batch", 16, "N*T of the folded batch.")
@@ -143,4 +144,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)

@@ -15,6 +15,7 @@ XLA fusion to the innermost smallbig_jax source line in the optimised HLO dump (
 `benchmarks/conv_formulations.py`.
 """
 
+from smallbig_jax import cli
 from smallbig_jax.host_memory import keep_freed_host_memory
 
 keep_freed_host_memory()
@@ -255,4 +256,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)

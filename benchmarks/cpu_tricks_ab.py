@@ -45,7 +45,7 @@ from absl import app, flags
 from jax import lax
 from ml_collections import config_flags
 
-from smallbig_jax import sharding, steps
+from smallbig_jax import cli, sharding, steps
 from smallbig_jax.models import cpu_formulation, layers
 from smallbig_jax.models.cpu_formulation import CPU
 from smallbig_jax.tools import harness
@@ -198,4 +198,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)

@@ -28,6 +28,7 @@ from absl import app, flags
 from array_record.python import array_record_module
 from PIL import Image
 
+from smallbig_jax import cli
 from smallbig_jax.data import lists, pipeline, prepare, sources, transforms, writers
 from smallbig_jax.data.config import default_data_config
 
@@ -218,4 +219,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)

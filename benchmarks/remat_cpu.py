@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from smallbig_jax import sharding, steps
+from smallbig_jax import cli, sharding, steps
 from smallbig_jax.config import REMAT
 from smallbig_jax.tools.harness import STEPS_PER_EPOCH
 
@@ -59,4 +59,5 @@ def main(_):
 
 
 if __name__ == "__main__":
+    cli.choose_jax_platforms()  # the aot extra's TPU and CUDA plugins left out on a CPU-only machine
     app.run(main)
