@@ -50,7 +50,10 @@ def run_once(repo: str, data: str, workdir: str) -> list[float]:
             "SMALLBIG_NUM_PROCESSES": "2",
             "SMALLBIG_PROCESS_ID": str(i),
         }
-        procs.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True))
+        # In the checkout: `python -m` puts the working directory first on sys.path, before PYTHONPATH.
+        procs.append(
+            subprocess.Popen(command, env=env, cwd=repo, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        )
     times = []
     for line in procs[0].stderr:
         m = LINE.search(line)
@@ -75,7 +78,7 @@ def main() -> None:
         subprocess.run(
             [sys.executable, "-m", "smallbig_jax", "synthetic", f"--out={data}", "--num_train=16", "--num_val=7",
              "--num_frames=8", "--size=32", "--no_arrayrecord"],
-            env={**os.environ, "PYTHONPATH": os.path.abspath(args.repo[0])},
+            env={**os.environ, "PYTHONPATH": os.path.abspath(args.repo[0])}, cwd=args.repo[0],
             check=True, capture_output=True,
         )  # fmt: skip
         for k in range(args.rounds):
