@@ -400,11 +400,16 @@ def markdown(record: dict[str, Any]) -> str:
         m = r["memory_bytes"]
         fits = f"{'yes' if r['fits'] else '**no**'} ({r['device_bytes'] / GIB:.2f})"
         xla = f"{r['xla_flops'] / 1e12:.2f}" if r["xla_flops"] else "n/a"
+        bound, roofline, ceiling = (
+            ("-", "-", "-")  # a program the compiler refused has no cost analysis to bound
+            if r["out_of_memory"]
+            else (r["bound"], f"{r['roofline_s'] * 1e3:.1f}", f"{r['clips_per_s_per_device_ceiling']:.0f}")
+        )
         lines.append(
             f"| {r['step']} | {r['per_device_batch']} | {m['arguments'] / GIB:.2f} | "
             f"{(m['outputs'] - m['aliased']) / GIB:.2f} | {m['temporaries'] / GIB:.2f} | {m['total'] / GIB:.2f} | "
             f"{fits} | {xla} | {r['analytic_flops'] / 1e12:.2f} | {_collectives_text(r['collectives'])} | "
-            f"{r['bound']} | {r['roofline_s'] * 1e3:.1f} | {r['clips_per_s_per_device_ceiling']:.0f} | "
+            f"{bound} | {roofline} | {ceiling} | "
             f"{r['compile_s']:.0f} |"
         )
     lines += [
