@@ -11,7 +11,7 @@ import math
 import jax
 import pytest
 from flax import nnx
-from helpers import run_cli
+from helpers import run_cli, run_python
 
 from smallbig_jax import cli, commands, sharding, steps
 from smallbig_jax.tools import aot, targets
@@ -157,6 +157,16 @@ def test_target_table():
     for facts in targets.DEVICES.values():  # one table, every number with its source
         assert facts.peak_flops["bfloat16"] > 0 and facts.hbm_bytes > 0 and facts.hbm_bandwidth > 0 and facts.source
     assert targets.device_facts_for_kind("TPU v5 lite").name == "TPU v5e"
+
+
+def test_the_command_line_reads_target_names_from_the_table_before_jax_loads():
+    """`compile` keeps the CUDA compiler out for TPU slices, decided by `targets`' table before JAX is imported."""
+    code = (
+        "import sys; from smallbig_jax.commands import _names_a_tpu_slice as tpu; "
+        "print([tpu(a) for a in (['--target=v5p-128'], ['--target', 'v6e-8'], ['--target=h100x8'], "
+        "['--target=v5e-3'], [])], 'jax' in sys.modules)"
+    )
+    assert run_python("-c", code).stdout.split() == ["[True,", "True,", "False,", "False,", "False]", "False"]
 
 
 def test_collectives_are_read_from_the_hlo_text():

@@ -10,7 +10,6 @@ nowhere else, before they import JAX.
 from __future__ import annotations
 
 import importlib
-import re
 import sys
 
 from smallbig_jax import cli
@@ -57,11 +56,16 @@ def run(command: str, args: list[str]) -> int:
 
 def _names_a_tpu_slice(args: list[str]) -> bool:
     """Whether a `compile` command line targets a TPU slice (`--target v5e-8`): it then needs no CUDA compiler, and
-    without one prints no CUDA driver probe lines. Read before JAX is imported, so by the names' shape alone."""
+    without one prints no CUDA driver probe lines. Read before JAX is imported (`targets` imports it only later)."""
+    from smallbig_jax.tools import targets
+
     for flag, value in zip(args, args[1:] + [""]):
-        target = flag.partition("=")[2] if flag.startswith("--target=") else value if flag == "--target" else ""
-        if target:
-            return re.fullmatch(r"v\d[a-z]?-\d+", target.lower()) is not None
+        name = flag.partition("=")[2] if flag.startswith("--target=") else value if flag == "--target" else ""
+        if name:
+            try:
+                return targets.parse_target(name).platform == "tpu"
+            except targets.TargetError:
+                return False  # the command itself reports the unknown name
     return False
 
 

@@ -6,6 +6,9 @@ or a server of 8 NVIDIA GPUs (`h100x8`, ...), on one or several slices (`num_sli
 `target_devices` returns compile-only devices of the target from the TPU compiler (libtpu) or the CUDA plugin's
 compiler (jax-cuda12-pjrt/-plugin), both from the project's `aot` extra; nothing runs on them.
 
+JAX is imported only where devices are made (`target_devices`): the command line reads target names before it has
+chosen JAX's platforms.
+
 Naming as Google Cloud names slices: v5e and v6e slices count chips (`v5e-8`: 8 chips); v4 and v5p slices count
 TensorCores, two per chip (`v5p-8`: 4 chips, `v5p-128`: 64 chips).
 """
@@ -15,8 +18,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
-
-from jax.experimental import topologies
 
 from smallbig_jax.errors import ConfigError
 
@@ -278,6 +279,8 @@ def _require(module: str, what: str) -> None:
 
 def target_devices(target: Target) -> list:
     """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
+    from jax.experimental import topologies
+
     if target.platform == "tpu":
         _require("libtpu", "the TPU compiler (libtpu)")
         # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side. libtpu reads
