@@ -92,21 +92,25 @@ def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reductio
 
 
 def test_gpu_server_compile_reports_memory_flops_and_collectives(capsys, tmp_path, tiny):
-    """h100x8 through the command: the table, the JSON record (appended to --results) and exit status 0. The eval
-    step only: XLA:GPU takes minutes for even the tiny train step (the TPU test compiles one)."""
+    """h100x8 through the command, train and eval steps: the table, the JSON record (appended to --results) and
+    exit status 0."""
     results = tmp_path / "r.jsonl"
-    args = [tiny, "--target=h100x8", "--per_device_batch=2", "--steps=eval", f"--results={results}"]
+    args = [tiny, "--target=h100x8", "--per_device_batch=2", f"--results={results}"]
     assert commands.run("compile", args) == 0
     out = capsys.readouterr().out
     record = json.loads(results.read_text())
     assert record["target"] == "h100x8" and record["num_devices"] == 8
     assert record["device"]["name"] == "NVIDIA H100 SXM" and record["largest_fitting_batch"] == 2
-    (row,) = record["rows"]
-    assert row["step"] == "eval" and row["fits"] and row["memory_bytes"]["total"] > 0
-    assert row["collectives"]["all-gather"]["group_sizes"] == [8]  # the logits, replicated on the 8 GPUs
-    assert row["xla_flops"] is None  # the CUDA compiler gives no cost analysis without a GPU: the table says n/a
-    assert row["analytic_flops"] > 0 and row["roofline_s"] > 0 and row["bound"] == "compute"
-    assert "| eval | 2 |" in out and "analysis of the compiled program" in out
+    train, evaluation = record["rows"]
+    assert (train["step"], evaluation["step"]) == ("train", "eval")
+    assert train["fits"] and train["memory_bytes"]["total"] > evaluation["memory_bytes"]["total"] > 0
+    assert train["collectives"]["all-reduce"]["group_sizes"] == [8]  # the gradients, summed over the 8 GPUs
+    assert evaluation["collectives"]["all-gather"]["group_sizes"] == [8]  # the logits, replicated on the 8 GPUs
+    for row in (train, evaluation):
+        assert row["xla_flops"] is None  # the CUDA compiler gives no cost analysis without a GPU: the table says n/a
+        assert row["analytic_flops"] > 0 and row["roofline_s"] > 0 and row["bound"] == "compute"
+    assert train["analytic_flops"] > 2 * evaluation["analytic_flops"]  # forward and backward against forward
+    assert "| train | 2 |" in out and "| eval | 2 |" in out and "analysis of the compiled program" in out
 
 
 def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys, tiny):
