@@ -73,7 +73,7 @@ def test_multislice_mesh_puts_the_slice_axis_outermost_and_the_gradient_reductio
     and across the slices in sends to the other slice over the data-centre network (libtpu's multi-slice runtime):
     every chip sends at least a bfloat16 copy of every parameter's gradient there. Also the CI's TPU compile."""
     target = targets.parse_target("v5e-4", num_slices=2)
-    devices = targets.target_devices(target)
+    devices = aot.target_devices(target)
     mesh = sharding.make_mesh(devices, num_slices=2)
     assert mesh.axis_names == (sharding.SLICE, sharding.DATA) and mesh.devices.shape == (2, 4)
     assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {1}]

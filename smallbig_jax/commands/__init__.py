@@ -14,6 +14,7 @@ import sys
 
 from smallbig_jax import cli
 from smallbig_jax.host_memory import keep_freed_host_memory
+from smallbig_jax.tools import targets
 
 PROG = "smallbig-jax"
 
@@ -56,9 +57,7 @@ def run(command: str, args: list[str]) -> int:
 
 def _names_a_tpu_slice(args: list[str]) -> bool:
     """Whether a `compile` command line targets a TPU slice (`--target v5e-8`): it then needs no CUDA compiler, and
-    without one prints no CUDA driver probe lines. Read before JAX is imported (`targets` imports it only later)."""
-    from smallbig_jax.tools import targets
-
+    without one prints no CUDA driver probe lines. Read before JAX is imported (`targets` imports no JAX)."""
     for flag, value in zip(args, args[1:] + [""]):
         name = flag.partition("=")[2] if flag.startswith("--target=") else value if flag == "--target" else ""
         if name:

@@ -22,6 +22,8 @@ config (formulation, dtype, `params_sharding`, `batchnorm`, `grad_accum_steps`, 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -31,12 +33,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.experimental import topologies
 
 from smallbig_jax import sharding, steps
 from smallbig_jax.optim import learning_rate_schedule, make_optimizer
 from smallbig_jax.summary import count_macs
 from smallbig_jax.tools.harness import STEPS_PER_EPOCH
-from smallbig_jax.tools.targets import Target, TargetError, target_devices
+from smallbig_jax.tools.targets import GPUS_PER_SERVER, Target, TargetError, gpu_target_config
 
 GIB = 2**30
 STEPS = ("train", "eval")
@@ -250,6 +253,44 @@ def macs_per_clip(config: ml_collections.ConfigDict) -> int:
 
 def _abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+INSTALL_AOT = "pip install -e '.[aot]' (the TPU and CUDA compilers; README.md#before-you-rent-a-pod)"
+
+
+def _require(module: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise TargetError(f"{what} is not installed; install the aot extra: {INSTALL_AOT}")
+
+
+def target_devices(target: Target) -> list:
+    """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
+    if target.platform == "tpu":
+        _require("libtpu", "the TPU compiler (libtpu)")
+        # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side. libtpu reads
+        # the TPU VM it runs on from these variables (a TPU VM sets them) and warns without them: name the target.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.accelerator_type)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        topology = topologies.get_topology_desc(
+            platform="tpu",
+            topology_name=target.topology,
+            chip_config_name="default",
+            chips_per_host_bounds=target.host_bounds,
+            num_slices=target.num_slices,
+        )
+    else:
+        _require("jax_plugins.xla_cuda12", "the CUDA compiler (jax-cuda12-plugin, jax-cuda12-pjrt)")
+        topology = topologies.get_topology_desc(
+            target.name,
+            "cuda",
+            target_config=gpu_target_config(target.facts),
+            topology=f"1x{target.num_hosts}x{GPUS_PER_SERVER}",
+        )
+    devices = list(topology.devices)
+    if len(devices) != target.num_devices:
+        raise RuntimeError(f"{target.describe()}: the compiler made {len(devices)} devices")
+    return devices
 
 
 def compile_target(

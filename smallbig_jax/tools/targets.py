@@ -3,11 +3,8 @@ bandwidth, with where each number comes from) and the targets `smallbig-jax comp
 
 A target is a TPU slice (`v5e-16`, `v5p-128`, ...; its chip grid and chips per host are written once, in `TPU_SLICES`)
 or a server of 8 NVIDIA GPUs (`h100x8`, ...), on one or several slices (`num_slices`) or hosts (`num_hosts`).
-`target_devices` returns compile-only devices of the target from the TPU compiler (libtpu) or the CUDA plugin's
-compiler (jax-cuda12-pjrt/-plugin), both from the project's `aot` extra; nothing runs on them.
-
-JAX is imported only where devices are made (`target_devices`): the command line reads target names before it has
-chosen JAX's platforms.
+No JAX here: the command line reads target names before it chooses JAX's platforms. The compilers make the
+target's devices in `aot.target_devices`.
 
 Naming as Google Cloud names slices: v5e and v6e slices count chips (`v5e-8`: 8 chips); v4 and v5p slices count
 TensorCores, two per chip (`v5p-8`: 4 chips, `v5p-128`: 64 chips).
@@ -16,12 +13,8 @@ TensorCores, two per chip (`v5p-8`: 4 chips, `v5p-128`: 64 chips).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 
 from smallbig_jax.errors import ConfigError
-
-INSTALL_AOT = "pip install -e '.[aot]' (the TPU and CUDA compilers; README.md#before-you-rent-a-pod)"
 
 
 class TargetError(ConfigError):
@@ -270,40 +263,3 @@ def parse_target(name: str, num_slices: int = 1, num_hosts: int = 1) -> Target:
         key, "tpu", DEVICES[g.device], chips * num_slices, num_slices, hosts, grid, bounds, topology,
         f"{g.cloud_type}-{count}",
     )  # fmt: skip
-
-
-def _require(module: str, what: str) -> None:
-    if importlib.util.find_spec(module) is None:
-        raise TargetError(f"{what} is not installed; install the aot extra: {INSTALL_AOT}")
-
-
-def target_devices(target: Target) -> list:
-    """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
-    from jax.experimental import topologies
-
-    if target.platform == "tpu":
-        _require("libtpu", "the TPU compiler (libtpu)")
-        # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side. libtpu reads
-        # the TPU VM it runs on from these variables (a TPU VM sets them) and warns without them: name the target.
-        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-        os.environ.setdefault("TPU_ACCELERATOR_TYPE", target.accelerator_type)
-        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
-        topology = topologies.get_topology_desc(
-            platform="tpu",
-            topology_name=target.topology,
-            chip_config_name="default",
-            chips_per_host_bounds=target.host_bounds,
-            num_slices=target.num_slices,
-        )
-    else:
-        _require("jax_plugins.xla_cuda12", "the CUDA compiler (jax-cuda12-plugin, jax-cuda12-pjrt)")
-        topology = topologies.get_topology_desc(
-            target.name,
-            "cuda",
-            target_config=gpu_target_config(target.facts),
-            topology=f"1x{target.num_hosts}x{GPUS_PER_SERVER}",
-        )
-    devices = list(topology.devices)
-    if len(devices) != target.num_devices:
-        raise RuntimeError(f"{target.describe()}: the compiler made {len(devices)} devices")
-    return devices
