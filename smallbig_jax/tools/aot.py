@@ -42,6 +42,7 @@ from smallbig_jax.tools.harness import STEPS_PER_EPOCH
 from smallbig_jax.tools.targets import GPUS_PER_SERVER, Target, TargetError, gpu_target_config
 
 GIB = 2**30
+INSTALL_AOT = "pip install -e '.[aot]' (the TPU and CUDA compilers; README.md#before-you-rent-a-pod)"
 STEPS = ("train", "eval")
 
 # --- Reading the compiled HLO text ------------------------------------------------------------------------------
@@ -253,9 +254,6 @@ def macs_per_clip(config: ml_collections.ConfigDict) -> int:
 
 def _abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
-
-
-INSTALL_AOT = "pip install -e '.[aot]' (the TPU and CUDA compilers; README.md#before-you-rent-a-pod)"
 
 
 def _require(module: str, what: str) -> None:
