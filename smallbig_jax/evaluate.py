@@ -255,8 +255,9 @@ def _restore_one(config, workdir: str, mesh, step: int | None, best: bool) -> tu
 
 def _restore_beside_training(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
     """The train state of the newest (or `step`, or the best) checkpoint of `workdir`. A `train` running there deletes
-    old checkpoints as it saves new ones (`keep_checkpoints`): when the newest one disappears while it is read, the
-    newest is picked again, with a warning that says why (a step asked for by number is not replaced)."""
+    old checkpoints as it saves new ones (`keep_checkpoints`), item by item: when the checkpoints change while the
+    newest one is read and the read fails, the newest is picked again, with a warning that says why (a step asked
+    for by number is not replaced). A failure with the checkpoints unchanged is a real one and is raised."""
     attempts = 0
     while True:
         before = checkpointing.list_steps(workdir)
@@ -264,11 +265,12 @@ def _restore_beside_training(config, workdir: str, mesh, step: int | None, best:
             return _restore_one(config, workdir, mesh, step, best)
         except Exception:
             attempts += 1
-            vanished = [s for s in before if s not in checkpointing.list_steps(workdir)]
-            if step is not None or best or not vanished or attempts == 5:
+            after = checkpointing.list_steps(workdir)
+            if step is not None or best or after == before or attempts == 5:
                 raise
             log.warning(
-                "checkpoint step %s was deleted while it was read (a running train keeps its newest checkpoints "
-                "only); evaluating the newest one again",
-                ", ".join(map(str, vanished)),
+                "the checkpoints changed while the newest was read (steps %s, now %s: a running train saves new "
+                "ones and deletes old ones); evaluating the newest one again",
+                ", ".join(map(str, before)) or "none",
+                ", ".join(map(str, after)) or "none",
             )

@@ -400,3 +400,33 @@ def test_checkpoints_without_any_manifest_are_refused(clean_run, tmp_path):
     with pytest.raises(checkpointing.CheckpointError, match=r"no intact checkpoint in .*\n  step 8: no checksums"):
         checkpointing.find_intact(workdir, set_aside=True)
     assert not os.path.exists(os.path.join(workdir, "damaged_checkpoints"))
+
+
+def test_evaluate_reads_the_newest_again_only_when_a_running_train_changed_the_checkpoints(
+    monkeypatch, tmp_path, caplog
+):
+    """A read that fails while a train beside it replaces its one kept checkpoint (orbax deletes the old one item by
+    item) is retried on the newest; the same failure with the checkpoints unchanged is raised."""
+    root = tmp_path / "checkpoints"
+    (root / "1").mkdir(parents=True)
+    reads = []
+
+    def replaced_while_read(config, workdir, mesh, step, best):
+        reads.append(checkpointing.list_steps(workdir))
+        if len(reads) == 1:
+            (root / "2").mkdir()
+            raise KeyError('Item "data" was not found in the checkpoint')
+        return "state", 2
+
+    monkeypatch.setattr(evaluate, "_restore_one", replaced_while_read)
+    with caplog.at_level(logging.WARNING):
+        assert evaluate._restore_beside_training(None, str(tmp_path), None, None, False) == ("state", 2)
+    assert reads == [[1], [1, 2]]
+    assert "the checkpoints changed while the newest was read (steps 1, now 1, 2" in caplog.text
+
+    def damaged(config, workdir, mesh, step, best):
+        raise KeyError("damaged")
+
+    monkeypatch.setattr(evaluate, "_restore_one", damaged)
+    with pytest.raises(KeyError, match="damaged"):
+        evaluate._restore_beside_training(None, str(tmp_path), None, None, False)
