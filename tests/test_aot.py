@@ -199,7 +199,10 @@ backend_config={"customized_send_recv_config":{"dcn_collective_permute_send":{"n
         ("collective-permute", 64 * 2, None),
         (aot.DCN, 2 * 32 * 2, 4),  # to the 3 other slices; a send to the host (the second) is not a collective
     ]
-    assert aot.collectives_by_kind(found)["all-reduce"] == {"count": 2, "bytes": 772, "group_sizes": [8, 4]}
+    by_kind = aot.collectives_by_kind(found)
+    assert by_kind["all-reduce"] == {"count": 2, "bytes": 772, "group_sizes": [8, 4]}
+    text = aot._collectives_text(by_kind)  # a permute's source-target pairs are not a group of all devices
+    assert "all-reduce x2 0 MB (groups of 8/4)" in text and "collective-permute x1 0 MB (point to point)" in text
 
 
 def test_other_commands_start_as_without_the_aot_extra():

@@ -382,7 +382,8 @@ def _collectives_text(by_kind: dict[str, dict[str, Any]]) -> str:
     parts = []
     for kind, e in sorted(by_kind.items()):
         groups = "/".join(map(str, e["group_sizes"])) or "all"
-        parts.append(f"{kind} x{e['count']} {e['bytes'] / 1e6:.0f} MB (groups of {groups})")
+        between = "point to point" if kind == "collective-permute" else f"groups of {groups}"
+        parts.append(f"{kind} x{e['count']} {e['bytes'] / 1e6:.0f} MB ({between})")
     return "; ".join(parts)
 
 
