@@ -3,7 +3,8 @@ pipeline's iterator state and the config, in `<workdir>/checkpoints/<step>/`.
 
 Saves are asynchronous; orbax writes each into a temporary directory and renames it only when complete, so a run
 killed at any moment (kill -9 during a save included) leaves the previous checkpoint as the latest restorable
-one. Kept: the last `keep` checkpoints plus the best by evaluation metric. Restoring takes target shardings, so a
+one. Kept: the last `keep` checkpoints plus the best by evaluation metric, plus any that `smallbig-jax evaluate` is
+reading at the time (`pinned_for_reading`). Restoring takes target shardings, so a
 run saved on 8 devices resumes on 1 or 4 (or with FSDP instead of replication).
 
 Integrity: orbax checks the crc32c of its shard index, not the bytes of the arrays or its metadata files, so each
@@ -16,11 +17,15 @@ damaged checkpoints to `<workdir>/damaged_checkpoints/` so that it can save thos
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import logging
 import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
@@ -41,6 +46,8 @@ DAMAGED_DIR = "damaged_checkpoints"
 # is checked to be there and readable JSON, not by checksum.
 REWRITTEN_AT_COMMIT = "_CHECKPOINT_METADATA"
 NO_MANIFEST = f"no {MANIFEST} (its save did not complete)"
+READERS_DIR = "checkpoint_readers"  # `<step>.<host>.<pid>`: a reader's pin on a checkpoint, see `pinned_for_reading`
+READ_LEASE_SECONDS = 600
 
 
 def _checkpoints_dir(workdir: str) -> epath.Path:
@@ -223,9 +230,78 @@ class Manager(ocp.CheckpointManager):
         return super().save(step, *args, **kwargs)
 
 
+def _readers_dir(workdir: str) -> epath.Path:
+    return _checkpoints_dir(workdir).parent / READERS_DIR
+
+
+def _pin_is_live(pin: epath.Path, now: float) -> bool:
+    """A pin holds for `READ_LEASE_SECONDS` after it was written, less when its process (on this host) has ended."""
+    try:
+        if now - pin.stat().mtime > READ_LEASE_SECONDS:
+            return False
+    except OSError:  # removed by its reader meanwhile
+        return False
+    host, _, pid = pin.name.split(".", 1)[1].rpartition(".")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        pass
+    return True
+
+
+def pinned_steps(workdir: str) -> set[int]:
+    """The steps a live reader (`pinned_for_reading`) is reading now."""
+    folder = _readers_dir(workdir)
+    if not folder.exists():
+        return set()
+    now = time.time()
+    return {int(p.name.split(".")[0]) for p in folder.iterdir() if p.name[0].isdigit() and _pin_is_live(p, now)}
+
+
+@contextlib.contextmanager
+def pinned_for_reading(workdir: str) -> Iterator[None]:
+    """Pins every checkpoint of `workdir` while the body reads one: a `train` running there keeps pinned steps
+    beyond `keep_checkpoints` (`BeingRead`) and deletes them at its next save after the pins are gone. A reader
+    killed before it unpins holds its pins for `READ_LEASE_SECONDS` at most (less on its own host). A workdir the
+    reader cannot write to gets no pins: the read goes on without them (`evaluate` retries a read that a deletion
+    broke)."""
+    folder = _readers_dir(workdir)
+    pins = []
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for step in list_steps(workdir):
+            pin = folder / f"{step}.{socket.gethostname()}.{os.getpid()}"
+            pin.write_text("")
+            pins.append(pin)
+    except OSError as e:
+        log.debug("checkpoints read without pins (%s)", e)
+    try:
+        yield
+    finally:
+        for pin in pins:
+            with contextlib.suppress(OSError):
+                pin.unlink()
+
+
+class BeingRead:
+    """Orbax preservation policy: keep the checkpoints that a reader has pinned (`pinned_for_reading`)."""
+
+    def __init__(self, workdir: str):
+        self.workdir = workdir
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        del context
+        pinned = pinned_steps(self.workdir)
+        return [c.step in pinned for c in checkpoints]
+
+
 def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
     """A manager for `<workdir>/checkpoints` (asynchronous saves): last `keep` checkpoints plus the best by
-    `BEST_METRIC`.
+    `BEST_METRIC`, plus those being read (`BeingRead`).
     `read_only` (evaluation) creates and cleans up nothing (orbax's own `read_only` option logs warnings)."""
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [
@@ -233,6 +309,7 @@ def make_manager(workdir: str, *, keep: int = 2, read_only: bool = False) -> ocp
             ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: m[BEST_METRIC], n=1, keep_checkpoints_without_metrics=False
             ),
+            BeingRead(workdir),
         ]
     )
     options = ocp.CheckpointManagerOptions(

@@ -235,29 +235,32 @@ def evaluate_checkpoint(
 
 
 def _restore_one(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
-    manager = checkpointing.make_manager(workdir, read_only=True)
-    try:
-        step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
-        saved_config, _ = checkpointing.restore_run_info(manager, step)
-        shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
-        changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
-        if changed:
-            raise ConfigError(
-                f"checkpoint step {step} was trained with another model; set these fields as "
-                "it was trained:\n  " + "\n  ".join(changed)
-            )
-        abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
-        state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
-        return state, step
-    finally:
-        manager.close()
+    with checkpointing.pinned_for_reading(workdir):
+        manager = checkpointing.make_manager(workdir, read_only=True)
+        try:
+            step = checkpointing.find_intact(workdir, checkpointing.best_step(manager) if best else step)
+            saved_config, _ = checkpointing.restore_run_info(manager, step)
+            shape_fields = ("model.variant", "model.num_classes", "model.base_width", "model.param_dtype", "ema_decay")
+            changed = [c for c in resume_changes(saved_config, config)[0] if c.startswith(shape_fields)]
+            if changed:
+                raise ConfigError(
+                    f"checkpoint step {step} was trained with another model; set these fields as "
+                    "it was trained:\n  " + "\n  ".join(changed)
+                )
+            abstract, shardings = steps.abstract_train_state(config, mesh, make_optimizer(config, 1))
+            state, _, step = checkpointing.restore(manager, checkpointing.abstract_like(abstract, shardings), step)
+            return state, step
+        finally:
+            manager.close()
 
 
 def _restore_beside_training(config, workdir: str, mesh, step: int | None, best: bool) -> tuple[Any, int]:
     """The train state of the newest (or `step`, or the best) checkpoint of `workdir`. A `train` running there deletes
-    old checkpoints as it saves new ones (`keep_checkpoints`), item by item: when the checkpoints change while the
-    newest one is read and the read fails, the newest is picked again, with a warning that says why (a step asked
-    for by number is not replaced). A failure with the checkpoints unchanged is a real one and is raised."""
+    old checkpoints as it saves new ones (`keep_checkpoints`), item by item, except those pinned by a reader
+    (`checkpointing.pinned_for_reading`, which `_restore_one` holds). Pins close the race but for a deletion begun
+    before them, or a workdir the reader cannot write to: when the checkpoints change while the newest one is read
+    and the read fails, the newest is picked again, with a warning that says why (a step asked for by number is not
+    replaced). A failure with the checkpoints unchanged is a real one and is raised."""
     attempts = 0
     while True:
         before = checkpointing.list_steps(workdir)

@@ -13,8 +13,11 @@ import json
 import logging
 import os
 import shutil
+import socket
+import subprocess
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
@@ -430,3 +433,42 @@ def test_evaluate_reads_the_newest_again_only_when_a_running_train_changed_the_c
     monkeypatch.setattr(evaluate, "_restore_one", damaged)
     with pytest.raises(KeyError, match="damaged"):
         evaluate._restore_beside_training(None, str(tmp_path), None, None, False)
+
+
+def test_a_train_keeps_the_checkpoints_an_evaluation_is_reading_and_deletes_them_once_read(tmp_path):
+    """`keep_checkpoints=1`: the train's saves delete no checkpoint that a reader has pinned; the pinned one goes at
+    the first save after the read. Pins of a process that has ended, or older than the lease, hold nothing."""
+    workdir = str(tmp_path)
+    manager = checkpointing.make_manager(workdir, keep=1)
+    config = ml_collections.ConfigDict({"seed": 0})
+    state = {"w": np.zeros(3, np.float32)}
+
+    def save(step):
+        checkpointing.save(manager, step, state, {}, config)
+        manager.wait_until_finished()
+
+    save(1)
+    with checkpointing.pinned_for_reading(workdir):
+        assert checkpointing.pinned_steps(workdir) == {1}
+        save(2)
+        save(3)
+        assert checkpointing.list_steps(workdir) == [1, 3]
+    assert checkpointing.pinned_steps(workdir) == set()
+    save(4)
+    assert checkpointing.list_steps(workdir) == [4]
+
+    readers = tmp_path / checkpointing.READERS_DIR
+    (readers / f"4.{socket.gethostname()}.{_ended_pid()}").write_text("")  # a reader on this host that was killed
+    expired = readers / "4.other-host.example.com.7"
+    expired.write_text("")
+    os.utime(expired, (0, 0))
+    assert checkpointing.pinned_steps(workdir) == set()
+    (readers / "4.other-host.example.com.8").write_text("")  # another host's reader: its lease holds
+    assert checkpointing.pinned_steps(workdir) == {4}
+    manager.close()
+
+
+def _ended_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
