@@ -127,7 +127,7 @@ HEAVY = {
     "test_convert.py": (
         "test_parity_smallbig50_full_size_8x224",
         "test_parity_other_variants",
-        "test_parity_smallbig50_small_shapes",
+        "test_parity_smallbig50_16_frames",
         "test_imagenet_inflation_smallbig50",
         "test_imagenet_inflation_temporal_kernels_and_r101",
         "test_export_files_and_parity_back_in_torch",

@@ -195,10 +195,11 @@ def test_parity_smallbig50_full_size_8x224(torch, ref):
     print(f"\nparity smallbig50 1x8x224x224: logits max|diff| {diff:.3g}")
 
 
-@pytest.mark.parametrize("t", [8, 16])
-def test_parity_smallbig50_small_shapes(torch, ref, t):
+def test_parity_smallbig50_16_frames(torch, ref):
+    """16 frames (8 at full size above; other variants at 8 below)."""
     from smallbig_jax.convert import state_dict_to_model
 
+    t = 16
     tmodel = torch_model(torch, ref, "smallbig50", 10, t, 8, seed=t)
     jmodel, _ = state_dict_to_model(tmodel.state_dict())
     x = torch.randn(2, 3, t, 32, 32, generator=torch.Generator().manual_seed(t))
