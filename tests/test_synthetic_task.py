@@ -30,10 +30,10 @@ def dataset(tmp_path_factory):
 def test_smallbig_learns_the_motion_and_per_frame_res50_stays_near_chance(dataset, tmp_path):
     """Same data, schedule and width; top-1 over the 200 held-out videos with 2 clips x 3 crops (chance 0.20).
 
-    Seed 0 with the exact training and evaluation geometry: SmallBig 0.94, res50 0.275 (0.205 on 2026-11-30). SmallBig's result at this
-    size depends much on the seed: with the geometry before, seeds 0-3 gave 0.68, 0.895, 0.58, 0.95 (seeds 0-2 with
-    YNNPACK's convs instead of XLA's: 0.935, 0.735, 0.645), res50 0.255. Hence a threshold far above res50
-    and chance rather than near SmallBig's best runs.
+    Seed 0 with the exact training and evaluation geometry: SmallBig 0.94, res50 0.275 (0.205 on 2026-11-30).
+    SmallBig's result at this size depends much on the seed: with the geometry before, seeds 0-3 gave 0.68, 0.895,
+    0.58, 0.95 (seeds 0-2 with YNNPACK's convs instead of XLA's: 0.935, 0.735, 0.645), res50 0.255. Hence a
+    threshold far above res50 and chance rather than near SmallBig's best runs.
     """
     top1 = {}
     for variant in ("smallbig23", "res50"):
