@@ -7,11 +7,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
+import re
 
 import jax
 import pytest
 from flax import nnx
-from helpers import run_cli, run_python
+from helpers import REPO, run_cli, run_python
 
 from smallbig_jax import cli, commands, sharding, steps
 from smallbig_jax.tools import aot, targets
@@ -122,6 +124,47 @@ def test_a_batch_too_large_for_the_device_is_reported_as_not_fitting(capsys, tin
     assert "**no**" in captured.out and "Largest listed batch that fits: none" in captured.out
     assert "does not fit: the eval step at 4096 clips per device needs" in captured.err
     assert "the compiler refused it: RESOURCE_EXHAUSTED" in captured.out  # the TPU compiler's own check, reported
+
+
+# Loaded by the row processes of the test below (a `sitecustomize` on their PYTHONPATH): the compile of batch 2
+# dies of SIGSEGV, as libtpu 0.0.42.1 does compiling for v6e-8; batch 4's raises.
+FAULTY_COMPILER = """
+import os, signal
+from smallbig_jax.tools import aot
+
+_compile_target = aot.compile_target
+
+
+def compile_target(config, target, batches, which, log=print):
+    if batches == [2]:
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if batches == [4]:
+        raise RuntimeError("INTERNAL: a compiler bug\\nits second line")
+    return _compile_target(config, target, batches, which, log)
+
+
+aot.compile_target = compile_target
+"""
+
+
+def test_a_compiler_that_crashes_or_raises_loses_its_row_only(capsys, tiny, tmp_path, monkeypatch):
+    """Each row compiles in a process of its own: a crash or an error is that row's "failed", the other rows are
+    whole, and the exit status is 1."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FAULTY_COMPILER)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), REPO]))
+    args = [tiny, "--target=v5e-4", "--per_device_batch=1,2,4", "--steps=eval"]
+    assert _status(args) == 1
+    out, err = capsys.readouterr()
+    assert re.search(r"\| eval \| 1 \| [\d.]+ \| .* \| yes \(", out), out
+    assert "| eval | 2 | - | - | - | - | **failed** |" in out and "| eval | 4 | - | - | - | - | **failed** |" in out
+    assert "eval step at 2: failed: the compiler's process died (signal SIGSEGV); its output is above" in out
+    assert "eval step at 4: failed: RuntimeError: INTERNAL: a compiler bug" in out
+    assert "Largest listed batch that fits: 1 clips per device." in out
+    assert "failed: the eval step at 2 clips per device: the compiler's process died (signal SIGSEGV)" in err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert [r["failure"] != "" for r in record["rows"]] == [False, True, True]
 
 
 @pytest.mark.parametrize(

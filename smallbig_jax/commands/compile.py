@@ -10,13 +10,22 @@ roofline ceiling and the compile time: analysis of the compiled program, never a
 Needs the `aot` extra (`pip install -e '.[aot]'`: libtpu and the CUDA plugin, no CUDA libraries). Targets: TPU
 v4/v5e/v5p/v6e slices (`v5e-16`, `v5p-128`, ...) and 8-GPU servers (`a100x8`, `h100x8`, `h200x8`, `b200x8`);
 smallbig_jax/tools/targets.py has the table of targets and device facts, smallbig_jax/tools/aot.py what is read.
-Prints a markdown table and one JSON record (appended to --results when given). Exit status 1 when a listed batch
-does not fit in the device's memory, 2 for bad input.
+Each step at each batch compiles in a process of its own: a compiler that crashes (libtpu 0.0.42.1 on v6e-8) or
+raises loses that row only, reported as failed. Prints a markdown table and one JSON record (appended to --results
+when given). Exit status 1 when a listed batch does not fit in the device's memory or failed to compile, 2 for bad
+input.
 """
 
 import json
+import os
 import pathlib
+import pickle
+import signal
+import subprocess
 import sys
+import tempfile
+import time
+import traceback
 
 from absl import flags
 
@@ -61,6 +70,62 @@ def _batches(config, target) -> list[int]:
     return [config.batch_size // target.num_devices]
 
 
+# A row's process: JAX's platforms chosen before JAX is imported, as for the command itself.
+_ROW_PROCESS = """import sys
+from smallbig_jax import cli
+cli.choose_jax_platforms(keep_cuda_compiler={keep_cuda})
+from smallbig_jax.commands import compile
+sys.exit(compile.compile_row(sys.argv[1], sys.argv[2]))
+"""
+
+
+def compile_each_in_a_child(config, target: targets.Target, batches: list[int], which: list[str]) -> list[aot.Compiled]:
+    """`aot.compile_target`, each step at each batch in a Python process of its own. A row whose process crashed
+    or raised comes back with `failure` saying how (the process's own output went to this stderr)."""
+    aot.check_batches(config, batches)
+    env = {**os.environ, cli.DEBUG_ENV: "1"} if cli.debug_requested() else None
+    results = []
+    for b in batches:
+        for step in which:
+            with tempfile.TemporaryDirectory(prefix="smallbig_compile_") as folder:
+                spec, out = os.path.join(folder, "spec.pkl"), os.path.join(folder, "row.pkl")
+                with open(spec, "wb") as f:
+                    pickle.dump((config, target.name, target.num_slices, target.num_hosts, b, step), f)
+                start = time.perf_counter()
+                code = _ROW_PROCESS.format(keep_cuda=target.platform != "tpu")
+                status = subprocess.run([sys.executable, "-c", code, spec, out], env=env).returncode
+                row = None
+                if os.path.exists(out):
+                    with open(out, "rb") as f:
+                        row = pickle.load(f)
+            if isinstance(row, aot.Compiled):
+                results.append(row)
+                continue
+            if row is None:
+                died = f"signal {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
+                row = f"the compiler's process died ({died}); its output is above"
+            print(f"  failed: {row}", file=sys.stderr)
+            results.append(aot.failed_row(config, target, step, b, time.perf_counter() - start, row))
+    return results
+
+
+def compile_row(spec_path: str, out_path: str) -> int:
+    """A row's process: one step at one batch, its `aot.Compiled` (or the error's first line, exit status 1)
+    pickled to `out_path`."""
+    with open(spec_path, "rb") as f:
+        config, name, num_slices, num_hosts, batch, step = pickle.load(f)
+    target = targets.parse_target(name, num_slices, num_hosts)
+    try:
+        (row,) = aot.compile_target(config, target, [batch], [step], log=lambda m: print(m, file=sys.stderr))
+    except Exception as error:
+        if cli.debug_requested():
+            traceback.print_exc()
+        row = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+    with open(out_path, "wb") as f:
+        pickle.dump(row, f)
+    return 0 if isinstance(row, aot.Compiled) else 1
+
+
 def main() -> int | None:
     config = cli.config_value(_CONFIG)
     if config is None:
@@ -72,7 +137,7 @@ def main() -> int | None:
     if not which or set(which) - {"train", "eval"}:
         raise targets.TargetError(f"--steps={','.join(which)}: expected train, eval or both")
     batches = _batches(config, target)
-    results = aot.compile_target(config, target, batches, which, log=lambda m: print(m, file=sys.stderr))
+    results = compile_each_in_a_child(config, target, batches, which)
     record = aot.report(config, target, results, " ".join(["smallbig-jax", *sys.argv[1:]]))
     table = aot.markdown(record)
     print(table)
@@ -89,7 +154,10 @@ def main() -> int | None:
         folder.mkdir(parents=True, exist_ok=True)
         for r in results:
             (folder / f"{target.name}_{r.step}_{r.per_device_batch}.hlo.txt").write_text(r.hlo_text)
-    unfit = [r for r in results if not r.fits]
+    for r in results:
+        if r.failure:
+            print(f"failed: the {r.step} step at {r.per_device_batch} clips per device: {r.failure}", file=sys.stderr)
+    unfit = [r for r in results if not r.fits and not r.failure]
     for r in unfit:
         print(
             f"does not fit: the {r.step} step at {r.per_device_batch} clips per device needs "
@@ -97,4 +165,4 @@ def main() -> int | None:
             f"{r.device_bytes / aot.GIB:.1f} GiB",
             file=sys.stderr,
         )
-    return 1 if unfit else 0
+    return 1 if unfit or any(r.failure for r in results) else 0

@@ -17,6 +17,10 @@ config (formulation, dtype, `params_sharding`, `batchnorm`, `grad_accum_steps`, 
 - a **roofline bound**: step time >= max(FLOPs / peak FLOP/s, bytes accessed / memory bandwidth), and the clips/s
   per device ceiling it implies. It is analysis of the compiled program, never a measured speed;
 - **compile seconds** on this machine.
+
+The command (`smallbig_jax.commands.compile`) compiles each step and batch in a process of its own: a compiler
+that crashes (libtpu 0.0.42.1 on v6e-8, docs/aot.md) or raises loses that row only, which the table reports as
+failed, and the memory of one compile is returned before the next.
 """
 
 from __future__ import annotations
@@ -161,10 +165,11 @@ class Compiled:
     hbm_bandwidth: float
     hlo_text: str = dataclasses.field(repr=False, default="")
     out_of_memory: str = ""  # the compiler's own refusal, when it found the program larger than the device
+    failure: str = ""  # the compiler crashed or raised (the command's process for this row): nothing else is known
 
     @property
     def fits(self) -> bool:
-        return not self.out_of_memory and self.memory["total"] <= self.device_bytes
+        return not (self.out_of_memory or self.failure) and self.memory["total"] <= self.device_bytes
 
     @property
     def roofline_s(self) -> float:
@@ -196,6 +201,7 @@ class Compiled:
             "bound": self.bound,
             "clips_per_s_per_device_ceiling": self.per_device_batch / self.roofline_s,
             "out_of_memory": self.out_of_memory,
+            "failure": self.failure,
         }
 
 
@@ -291,6 +297,25 @@ def target_devices(target: Target) -> list:
     return devices
 
 
+def _peak_flops(config: ml_collections.ConfigDict, target: Target) -> float:
+    """The device's peak FLOP/s in the config's compute dtype (bfloat16's where the table has no other)."""
+    dtype = config.model.dtype if config.model.dtype in target.facts.peak_flops else "bfloat16"
+    return target.facts.peak_flops[dtype]
+
+
+def _analytic_flops(macs_per_clip: int, step: str, batch: int) -> float:
+    """2 FLOPs per multiply-accumulate per clip; a train step 3 times the forward (the backward costs about 2)."""
+    return float(2 * macs_per_clip * batch * (3 if step == "train" else 1))
+
+
+def check_batches(config: ml_collections.ConfigDict, per_device_batches: Sequence[int]) -> None:
+    """`TargetError` for a per-device batch that the config's micro-batches do not split."""
+    k = config.grad_accum_steps
+    for b in per_device_batches:
+        if b < 1 or b % k:
+            raise TargetError(f"per-device batch {b}: expected a positive multiple of grad_accum_steps={k}")
+
+
 def compile_target(
     config: ml_collections.ConfigDict,
     target: Target,
@@ -300,13 +325,9 @@ def compile_target(
 ) -> list[Compiled]:
     """Compiles the config's `which` steps for `target` at each per-device batch (each checked against the config
     first: `TargetError` for a batch the config's micro-batches do not split)."""
-    k = config.grad_accum_steps
-    for b in per_device_batches:
-        if b < 1 or b % k:
-            raise TargetError(f"per-device batch {b}: expected a positive multiple of grad_accum_steps={k}")
+    check_batches(config, per_device_batches)
     mesh = sharding.make_mesh(target_devices(target), num_slices=target.num_slices)
-    dtype = config.model.dtype if config.model.dtype in target.facts.peak_flops else "bfloat16"
-    peak = target.facts.peak_flops[dtype]
+    peak = _peak_flops(config, target)
     macs = macs_per_clip(config)
     tx = make_optimizer(config, STEPS_PER_EPOCH)
     lr = learning_rate_schedule(config, STEPS_PER_EPOCH)
@@ -330,10 +351,8 @@ def compile_target(
             start = time.perf_counter()
             if step == "train":
                 lowered = train_step.lower(state, {"clip": clips, "label": labels})
-                analytic = 3 * 2 * macs * b
             else:
                 lowered = eval_step.lower(eval_params, state["batch_stats"], clips)
-                analytic = 2 * macs * b
             device_bytes, refusal = target.facts.hbm_bytes, ""
             try:
                 compiled = lowered.compile()
@@ -354,7 +373,7 @@ def compile_target(
                     device_bytes,
                     flops,
                     bytes_accessed,
-                    float(analytic),
+                    _analytic_flops(macs, step, b),
                     collectives_by_kind(collectives(text)),
                     peak,
                     target.facts.hbm_bandwidth,
@@ -364,6 +383,26 @@ def compile_target(
             )
             log(f"  {seconds:.1f} s; {results[-1].memory['total'] / GIB:.2f} GiB per device")
     return results
+
+
+def failed_row(
+    config: ml_collections.ConfigDict, target: Target, step: str, batch: int, seconds: float, failure: str
+) -> Compiled:
+    """The row of a step whose compile failed (`failure` says how): the analytic FLOPs, nothing measured."""
+    return Compiled(
+        step,
+        batch,
+        seconds,
+        {},
+        target.facts.hbm_bytes,
+        None,
+        None,
+        _analytic_flops(macs_per_clip(config), step, batch),
+        {},
+        _peak_flops(config, target),
+        target.facts.hbm_bandwidth,
+        failure=failure,
+    )
 
 
 def largest_fitting(results: Sequence[Compiled]) -> int | None:
@@ -437,6 +476,12 @@ def markdown(record: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
+        if r["failure"]:
+            lines.append(
+                f"| {r['step']} | {r['per_device_batch']} | - | - | - | - | **failed** | - | "
+                f"{r['analytic_flops'] / 1e12:.2f} | - | - | - | - | {r['compile_s']:.0f} |"
+            )
+            continue
         m = r["memory_bytes"]
         fits = f"{'yes' if r['fits'] else '**no**'} ({r['device_bytes'] / GIB:.2f})"
         xla = f"{r['xla_flops'] / 1e12:.2f}" if r["xla_flops"] else "n/a"
@@ -456,6 +501,9 @@ def markdown(record: dict[str, Any]) -> str:
         f"\n{r['step']} step at {r['per_device_batch']}: the compiler refused it: {r['out_of_memory']}"
         for r in record["rows"]
         if r["out_of_memory"]
+    ]
+    lines += [
+        f"\n{r['step']} step at {r['per_device_batch']}: failed: {r['failure']}" for r in record["rows"] if r["failure"]
     ]
     best = record["largest_fitting_batch"]
     lines += ["", f"Largest listed batch that fits: {best if best is not None else 'none'} clips per device."]
