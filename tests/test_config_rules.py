@@ -29,7 +29,7 @@ ALLOWED = {
     ("smallbig_jax/models/smallbig.py", "__init__"): "one-line guard of the model's constructor (build_model)",
     ("smallbig_jax/commands/check.py", "main"): "names the command's own flags (--format, --num_classes)",
     ("smallbig_jax/commands/compile.py", "_batches"): "batch_size against the target's device count",
-    ("smallbig_jax/tools/aot.py", "compile_target"): "a --per_device_batch against grad_accum_steps",
+    ("smallbig_jax/tools/aot.py", "check_batches"): "a --per_device_batch against grad_accum_steps",
 }
 
 

@@ -83,6 +83,7 @@ def compile_each_in_a_child(config, target: targets.Target, batches: list[int], 
     """`aot.compile_target`, each step at each batch in a Python process of its own. A row whose process crashed
     or raised comes back with `failure` saying how (the process's own output went to this stderr)."""
     aot.check_batches(config, batches)
+    aot.require_compiler(target)
     env = {**os.environ, cli.DEBUG_ENV: "1"} if cli.debug_requested() else None
     results = []
     for b in batches:

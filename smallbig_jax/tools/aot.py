@@ -262,15 +262,21 @@ def _abstract(tree, shardings):
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-def _require(module: str, what: str) -> None:
+def require_compiler(target: Target) -> None:
+    """`TargetError` saying how to install it when the compiler for `target`'s platform is missing."""
+    module, what = (
+        ("libtpu", "the TPU compiler (libtpu)")
+        if target.platform == "tpu"
+        else ("jax_plugins.xla_cuda12", "the CUDA compiler (jax-cuda12-plugin, jax-cuda12-pjrt)")
+    )
     if importlib.util.find_spec(module) is None:
         raise TargetError(f"{what} is not installed; install the aot extra: {INSTALL_AOT}")
 
 
 def target_devices(target: Target) -> list:
     """Compile-only devices of `target`, every slice's or host's, in the compiler's order."""
+    require_compiler(target)
     if target.platform == "tpu":
-        _require("libtpu", "the TPU compiler (libtpu)")
         # Compiling only: several processes (pytest workers, two compiles) may load libtpu side by side. libtpu reads
         # the TPU VM it runs on from these variables (a TPU VM sets them) and warns without them: name the target.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -284,7 +290,6 @@ def target_devices(target: Target) -> list:
             num_slices=target.num_slices,
         )
     else:
-        _require("jax_plugins.xla_cuda12", "the CUDA compiler (jax-cuda12-plugin, jax-cuda12-pjrt)")
         topology = topologies.get_topology_desc(
             target.name,
             "cuda",
