@@ -91,7 +91,7 @@ def compile_each_in_a_child(config, target: targets.Target, batches: list[int], 
             with tempfile.TemporaryDirectory(prefix="smallbig_compile_") as folder:
                 spec, out = os.path.join(folder, "spec.pkl"), os.path.join(folder, "row.pkl")
                 with open(spec, "wb") as f:
-                    pickle.dump((config, target.name, target.num_slices, target.num_hosts, b, step), f)
+                    pickle.dump((config, target, b, step), f)
                 start = time.perf_counter()
                 code = _ROW_PROCESS.format(keep_cuda=target.platform != "tpu")
                 status = subprocess.run([sys.executable, "-c", code, spec, out], env=env).returncode
@@ -114,8 +114,7 @@ def compile_row(spec_path: str, out_path: str) -> int:
     """A row's process: one step at one batch, its `aot.Compiled` (or the error's first line, exit status 1)
     pickled to `out_path`."""
     with open(spec_path, "rb") as f:
-        config, name, num_slices, num_hosts, batch, step = pickle.load(f)
-    target = targets.parse_target(name, num_slices, num_hosts)
+        config, target, batch, step = pickle.load(f)
     try:
         (row,) = aot.compile_target(config, target, [batch], [step], log=lambda m: print(m, file=sys.stderr))
     except Exception as error:

@@ -213,14 +213,16 @@ def pool_taps(x: Array, axis: int, window: int, stride: int, padding: int) -> li
     """The `window` strided slices of `x` (padded along `axis`) whose elementwise maximum is the 1D max-pool.
 
     Pads by repeating the edge instead of -inf: with padding <= window // 2 every window that reaches into the
-    padding also holds the edge element, so the maximum is PyTorch's.
+    padding also holds the edge element, so the maximum is PyTorch's. The edge slices are concatenated on rather
+    than `jnp.pad(mode="edge")`, whose transpose XLA's SPMD partitioner turned into clip-sized sends from the first
+    chip to the last (docs/aot.md).
     """
     if padding > window // 2:
         raise ValueError(f"edge padding equals -inf padding only for padding <= window // 2, got {padding}, {window}")
     if padding:
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (padding, padding)
-        x = jnp.pad(x, pad, mode="edge")
+        n = x.shape[axis]
+        first, last = lax.slice_in_dim(x, 0, 1, axis=axis), lax.slice_in_dim(x, n - 1, n, axis=axis)
+        x = jnp.concatenate([first] * padding + [x] + [last] * padding, axis=axis)
     n_out = (x.shape[axis] - window) // stride + 1
     return [lax.slice_in_dim(x, i, i + (n_out - 1) * stride + 1, stride, axis) for i in range(window)]
 
