@@ -62,10 +62,12 @@ _GROUPS_LIST = re.compile(r"replica_groups=\{\{([0-9,]*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[([0-9,]+)\]<=")
 _GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}")  # mesh['axis_0'=4,...] {'axis_0'}
 # Several TPU slices: libtpu moves data between slices as host-transfer sends that the multi-slice runtime carries
-# over the data-centre network; each names the slices it goes to (`dcn_collective_permute_send`).
+# over the data-centre network. A send names the slices it goes to (`dcn_collective_permute_send`) or, as one part of
+# an all-reduce over slices, the slices it joins (`_xla_megascale_target="{1,2}x{0:3}"` for two slices of 4 chips).
 DCN = "dcn-send"
 _DCN_SEND = re.compile(r"=\s*(?P<result>.*?)\ssend\(.*xla_megascale_runtime")
 _DCN_SLICES = re.compile(r'"non_source_slice_ids":\[([0-9,]*)\]')
+_DCN_ALL_REDUCE_SLICES = re.compile(r'_xla_megascale_target="\{([0-9,]+)\}x')
 
 
 def arrays_bytes(text: str) -> list[int]:
@@ -116,12 +118,17 @@ class Collective:
 
 def collectives(hlo_text: str) -> list[Collective]:
     """Every collective of a compiled HLO module's text (synchronous ops and the `-start` of asynchronous ones), and
-    each send to other slices (kind `DCN`, its group the slices it joins: the sender and those it names)."""
+    each send to other slices (kind `DCN`, its group the slices it joins: the sender and those it names, or the
+    slices of the all-reduce it is part of)."""
     found = []
     for line in hlo_text.splitlines():
         if m := _DCN_SEND.search(line):
-            slices = _DCN_SLICES.search(line)
-            size = len(slices.group(1).split(",")) + 1 if slices and slices.group(1) else None
+            if (slices := _DCN_SLICES.search(line)) and slices.group(1):
+                size = len(slices.group(1).split(",")) + 1
+            elif slices := _DCN_ALL_REDUCE_SLICES.search(line):
+                size = len(slices.group(1).split(","))
+            else:
+                size = None
             found.append(Collective(DCN, arrays_bytes(m.group("result"))[0], size, line.strip()))
             continue
         m = _OP.search(line)
