@@ -14,14 +14,13 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 
 import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from helpers import run_cli
+from helpers import run_cli, start
 
 from smallbig_jax import checkpointing, cli, evaluate, steps, train
 from smallbig_jax import config as config_lib
@@ -469,6 +468,6 @@ def test_a_train_keeps_the_checkpoints_an_evaluation_is_reading_and_deletes_them
 
 
 def _ended_pid() -> int:
-    process = subprocess.Popen(["true"])
+    process = start(["true"])
     process.wait()
     return process.pid
